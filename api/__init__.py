@@ -1,0 +1,1 @@
+"""The FastAPI gateway: auth, routing, async jobs; no torch in this process."""

@@ -1,0 +1,91 @@
+"""`create_app(settings)`: the gateway. Services are built in the lifespan, never at import."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from bitinglip.config import Settings, get_settings
+from bitinglip.db.session import Database
+from bitinglip.http import install_error_handlers
+from bitinglip.jobs.dispatcher import Dispatcher
+from bitinglip.jobs.store import JobStore
+from bitinglip.models import registry
+from bitinglip.models.store import ModelStore
+from api import health
+from api.inference import router as inference_router
+from api.inference.service import InferenceService
+from api.jobs import router as jobs_router
+from api.jobs.service import JobService
+from api.models import router as models_router
+from api.models.service import ModelService
+from api.state import GatewayState
+from api.workers import router as workers_router
+from api.workers.client import WorkerClient
+from api.workers.service import WorkerDirectory
+
+log = logging.getLogger(__name__)
+
+
+def build_state(settings: Settings) -> GatewayState:
+    from flows.inference import submit_inference_run
+
+    db = Database(settings.gateway_db_url)
+    workers = WorkerDirectory(settings, db)
+    client = WorkerClient(settings.worker_request_timeout_s)
+    models = ModelService(db, workers)
+    store = JobStore(db)
+    dispatcher = Dispatcher(
+        store, submit_inference_run, jobs_per_run=settings.jobs_per_run, interval_s=settings.dispatch_interval_s
+    )
+    return GatewayState(
+        settings=settings,
+        db=db,
+        workers=workers,
+        worker_client=client,
+        models=models,
+        inference=InferenceService(settings, models, workers, client),
+        jobs=JobService(settings, store, models, dispatcher),
+        dispatcher=dispatcher,
+        http=httpx.AsyncClient(),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = build_state(settings)
+        registry.sync_from_store(state.db, ModelStore(settings.store_dir))
+        state.dispatcher.start()
+        app.state.gateway = state
+        log.info("gateway ready on %s (Prefect %s)", settings.gateway_url, settings.prefect_api)
+        try:
+            yield
+        finally:
+            await state.dispatcher.stop()
+            await state.worker_client.close()
+            await state.http.aclose()
+            state.db.dispose()
+
+    app = FastAPI(
+        title="BitingLip gateway",
+        version="0.1.0",
+        description="AI inference as tracked jobs: sync, streaming and async text generation.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in (
+        health.router,
+        inference_router.router,
+        jobs_router.router,
+        models_router.router,
+        workers_router.router,
+    ):
+        app.include_router(router)
+    return app

@@ -1,0 +1,55 @@
+"""Annotated dependencies: routers ask for services, built once in app state by the lifespan."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from bitinglip.config import Settings
+from api.inference.service import InferenceService
+from api.jobs.service import JobService
+from api.models.service import ModelService
+from api.state import GatewayState
+from api.workers.service import WorkerDirectory
+
+
+def get_state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+StateDep = Annotated[GatewayState, Depends(get_state)]
+
+
+def _settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+def _inference(state: StateDep) -> InferenceService:
+    return state.inference
+
+
+def _jobs(state: StateDep) -> JobService:
+    return state.jobs
+
+
+def _models(state: StateDep) -> ModelService:
+    return state.models
+
+
+def _workers(state: StateDep) -> WorkerDirectory:
+    return state.workers
+
+
+def _owner() -> str:
+    """The caller's identity; one shared tenant until authentication lands."""
+    return "anonymous"
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+InferenceServiceDep = Annotated[InferenceService, Depends(_inference)]
+JobServiceDep = Annotated[JobService, Depends(_jobs)]
+ModelServiceDep = Annotated[ModelService, Depends(_models)]
+WorkerDirectoryDep = Annotated[WorkerDirectory, Depends(_workers)]
+OwnerDep = Annotated[str, Depends(_owner)]

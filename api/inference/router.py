@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from bitinglip.errors import BitingLipError
+from api.deps import InferenceServiceDep
+from api.inference.schemas import TextInferenceRequest, TextInferenceResponse
+from api.inference.service import stream_error
+
+router = APIRouter(prefix="/api/v1/inference", tags=["inference"])
+
+
+@router.post(
+    "/text",
+    response_model=TextInferenceResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE when stream=true"}},
+)
+async def generate_text(body: TextInferenceRequest, inference: InferenceServiceDep) -> Any:
+    if not body.stream:
+        return await inference.generate_text(body)
+    model_id, events = await inference.stream_text(body)
+    return StreamingResponse(_sse(model_id, events), media_type="text/event-stream")
+
+
+async def _sse(model_id: str, events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+    try:
+        async for event in events:
+            yield f"data: {json.dumps({'model': model_id, **event})}\n\n"
+    except BitingLipError as exc:
+        yield f"data: {json.dumps(stream_error(exc))}\n\n"
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,72 @@
+"""Sync and streaming generation: resolve the model, pick a worker, relay. No Prefect on this path
+(a flow run costs 120-170 ms; DESIGN.md decision 1)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from bitinglip.config import Settings
+from bitinglip.engines.types import Priority
+from bitinglip.errors import BitingLipError, RemoteError, ServiceUnavailable
+from bitinglip.schemas import TextGenerationParams
+from api.models.service import ModelService
+from api.workers.client import WorkerClient
+from api.workers.service import WorkerDirectory, WorkerInfo
+
+
+class InferenceService:
+    def __init__(
+        self, settings: Settings, models: ModelService, workers: WorkerDirectory, client: WorkerClient
+    ) -> None:
+        self.settings = settings
+        self.models = models
+        self.workers = workers
+        self.client = client
+
+    async def _target(self, params: TextGenerationParams) -> tuple[str, dict[str, Any]]:
+        record = await self.models.resolve(params.model or self.settings.default_text_model, "text")
+        payload = params.model_dump(exclude_none=True, mode="json")
+        payload.update(model=record.id, priority=int(Priority.SYNC))
+        return record.id, payload
+
+    async def generate_text(self, params: TextGenerationParams) -> dict[str, Any]:
+        model_id, payload = await self._target(params)
+        started = time.perf_counter()
+        result, worker = await self._with_failover(model_id, payload)
+        result["timings"]["gateway_seconds"] = round(time.perf_counter() - started, 5)
+        return {"model": model_id, "worker": worker.id, **result}
+
+    async def _with_failover(self, model_id: str, payload: dict[str, Any]) -> tuple[dict[str, Any], WorkerInfo]:
+        """One retry on another worker when the first cannot be reached (nothing ran there)."""
+        tried: frozenset[str] = frozenset()
+        while True:
+            worker = await self.workers.pick(model_id, exclude=tried)
+            try:
+                return await self.client.generate_text(worker, payload), worker
+            except ServiceUnavailable:
+                tried = tried | {worker.id}
+                if len(tried) >= 2:
+                    raise
+
+    async def stream_text(self, params: TextGenerationParams) -> tuple[str, AsyncIterator[dict[str, Any]]]:
+        """Resolves and connects before returning, so errors up to the first token are real HTTP
+        errors; the iterator then yields the worker's events."""
+        model_id, payload = await self._target(params)
+        worker = await self.workers.pick(model_id)
+        events = self.client.stream_text(worker, payload)
+        first = await anext(events)
+        if "error" in first:
+            raise RemoteError(int(first.get("status_code", 500)), first)
+
+        async def chain() -> AsyncIterator[dict[str, Any]]:
+            yield first
+            async for event in events:
+                yield event
+
+        return model_id, chain()
+
+
+def stream_error(exc: BitingLipError) -> dict[str, Any]:
+    return {**exc.body(), "status_code": exc.status_code}

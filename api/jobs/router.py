@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+
+from api.deps import JobServiceDep, OwnerDep
+from api.jobs.schemas import JobPageView, JobRequest, JobStatus, JobView, QueueStatus
+
+router = APIRouter(prefix="/api/v1", tags=["jobs"])
+
+
+@router.post("/tasks", status_code=202, response_model=JobView)
+async def submit_job(body: JobRequest, jobs: JobServiceDep, owner: OwnerDep) -> JobView:
+    return await jobs.submit(body, owner)
+
+
+@router.get("/tasks", response_model=JobPageView)
+async def list_jobs(
+    jobs: JobServiceDep,
+    owner: OwnerDep,
+    status: JobStatus | None = None,
+    type: str | None = Query(default=None, max_length=16),
+    limit: int = Query(default=50, ge=1, le=500),
+    offset: int = Query(default=0, ge=0),
+) -> JobPageView:
+    return await jobs.list(owner, status, type, limit, offset)
+
+
+@router.get("/tasks/{job_id}", response_model=JobView)
+async def get_job(job_id: str, jobs: JobServiceDep, owner: OwnerDep) -> JobView:
+    return await jobs.get(job_id, owner)
+
+
+@router.delete("/tasks/{job_id}", response_model=JobView)
+async def cancel_job(job_id: str, jobs: JobServiceDep, owner: OwnerDep) -> JobView:
+    return await jobs.cancel(job_id, owner)
+
+
+@router.get("/queue/status", response_model=QueueStatus)
+async def queue_status(jobs: JobServiceDep) -> QueueStatus:
+    return await jobs.queue_status()

@@ -1,0 +1,97 @@
+"""Async job shapes. `type` discriminates `params`, so image/embedding/batch jobs slot in later."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from bitinglip.db.tables import Job
+from bitinglip.engines.types import Priority
+from bitinglip.schemas import TextGenerationParams
+
+PriorityName = Literal["high", "normal", "low"]
+JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+
+
+class TextJobRequest(BaseModel):
+    type: Literal["text"] = "text"
+    priority: PriorityName = "normal"
+    params: TextGenerationParams
+
+
+JobRequest = Annotated[TextJobRequest, Field(discriminator="type")]
+
+
+class JobTimings(BaseModel):
+    queue_seconds: float | None = None
+    run_seconds: float | None = None
+    engine_seconds: float | None = None
+
+
+class JobView(BaseModel):
+    id: str
+    type: str
+    model: str
+    status: str
+    priority: PriorityName
+    owner: str
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    attempts: int
+    cancel_requested: bool
+    prefect_run_id: str | None
+    prefect_url: str | None
+    worker: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    timings: JobTimings
+
+    @classmethod
+    def from_job(cls, job: Job, prefect_ui: str) -> JobView:
+        def seconds(a: datetime | None, b: datetime | None) -> float | None:
+            return None if a is None or b is None else round((b - a).total_seconds(), 4)
+
+        return cls(
+            id=job.id,
+            type=job.type,
+            model=job.model,
+            status=job.status,
+            priority=_PRIORITY_NAMES.get(job.priority, "normal"),
+            owner=job.owner,
+            params=job.params,
+            result=job.result,
+            error=job.error,
+            attempts=job.attempts,
+            cancel_requested=job.cancel_requested,
+            prefect_run_id=job.prefect_run_id,
+            prefect_url=f"{prefect_ui}/runs/task-run/{job.prefect_run_id}" if job.prefect_run_id else None,
+            worker=job.worker_id,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            timings=JobTimings(
+                queue_seconds=seconds(job.created_at, job.started_at),
+                run_seconds=seconds(job.started_at, job.finished_at),
+                engine_seconds=job.engine_seconds,
+            ),
+        )
+
+
+_PRIORITY_NAMES: dict[int, PriorityName] = {Priority.HIGH: "high", Priority.NORMAL: "normal", Priority.LOW: "low"}
+
+
+class JobPageView(BaseModel):
+    items: list[JobView]
+    total: int
+    limit: int
+    offset: int
+
+
+class QueueStatus(BaseModel):
+    by_status: dict[str, int]
+    queued_by_priority: dict[PriorityName, int]
+    dispatcher_healthy: bool

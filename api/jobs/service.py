@@ -1,0 +1,60 @@
+"""Async jobs: accept durably (one INSERT, then 202), let the dispatcher create the Prefect run."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bitinglip.config import Settings
+from bitinglip.engines.types import Priority
+from bitinglip.jobs.dispatcher import Dispatcher
+from bitinglip.jobs.store import JobStore
+from api.jobs.schemas import _PRIORITY_NAMES, JobPageView, JobRequest, JobView, QueueStatus
+from api.models.service import ModelService
+
+
+class JobService:
+    def __init__(self, settings: Settings, store: JobStore, models: ModelService, dispatcher: Dispatcher) -> None:
+        self.settings = settings
+        self.store = store
+        self.models = models
+        self.dispatcher = dispatcher
+
+    def _view(self, job: object) -> JobView:
+        return JobView.from_job(job, self.settings.prefect_ui_url)  # type: ignore[arg-type]
+
+    async def submit(self, request: JobRequest, owner: str) -> JobView:
+        params = request.params
+        record = await self.models.resolve(params.model or self.settings.default_text_model, request.type)
+        job = await asyncio.to_thread(
+            self.store.create,
+            type_=request.type,
+            model=record.id,
+            params=params.model_dump(exclude_none=True, exclude={"model"}, mode="json"),
+            priority=int(Priority.for_job(request.priority)),
+            owner=owner,
+        )
+        self.dispatcher.poke()
+        return self._view(job)
+
+    async def get(self, job_id: str, owner: str | None) -> JobView:
+        return self._view(await asyncio.to_thread(self.store.get, job_id, owner))
+
+    async def list(
+        self, owner: str | None, status: str | None, type_: str | None, limit: int, offset: int
+    ) -> JobPageView:
+        page = await asyncio.to_thread(
+            lambda: self.store.list(owner=owner, status=status, type_=type_, limit=limit, offset=offset)
+        )
+        return JobPageView(items=[self._view(j) for j in page.items], total=page.total, limit=limit, offset=offset)
+
+    async def cancel(self, job_id: str, owner: str | None) -> JobView:
+        return self._view(await asyncio.to_thread(self.store.cancel, job_id, owner))
+
+    async def queue_status(self) -> QueueStatus:
+        counts = await asyncio.to_thread(self.store.queue_status)
+        queued = counts.get("queued", {})
+        return QueueStatus(
+            by_status={status: sum(by_p.values()) for status, by_p in counts.items()},
+            queued_by_priority={name: queued.get(str(int(p)), 0) for p, name in _PRIORITY_NAMES.items()},
+            dispatcher_healthy=self.dispatcher.healthy,
+        )

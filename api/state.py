@@ -1,0 +1,29 @@
+"""Everything the gateway builds at start-up, in one typed object (never at import time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from bitinglip.config import Settings
+from bitinglip.db.session import Database
+from bitinglip.jobs.dispatcher import Dispatcher
+from api.inference.service import InferenceService
+from api.jobs.service import JobService
+from api.models.service import ModelService
+from api.workers.client import WorkerClient
+from api.workers.service import WorkerDirectory
+
+
+@dataclass
+class GatewayState:
+    settings: Settings
+    db: Database
+    workers: WorkerDirectory
+    worker_client: WorkerClient
+    models: ModelService
+    inference: InferenceService
+    jobs: JobService
+    dispatcher: Dispatcher
+    http: httpx.AsyncClient

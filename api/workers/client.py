@@ -1,0 +1,65 @@
+"""HTTP client from the gateway to model workers: keep-alive, errors relayed in our envelope."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from bitinglip.errors import RemoteError, ServiceUnavailable
+from api.workers.service import WorkerInfo
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+async def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    await response.aread()
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": {"message": response.text[:200] or "worker error", "type": "upstream_error"}}
+    raise RemoteError(response.status_code, body, _retry_after(response))
+
+
+class WorkerClient:
+    def __init__(self, timeout_s: float) -> None:
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def generate_text(self, worker: WorkerInfo, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = await self._http.post(f"{worker.url}/internal/v1/text", json=payload)
+        except httpx.TransportError as exc:
+            raise ServiceUnavailable(f"model worker {worker.id} unreachable", retry_after=2) from exc
+        await _raise_for(response)
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def stream_text(self, worker: WorkerInfo, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Yields the worker's NDJSON events; errors before the first byte raise, later ones arrive
+        as an `error` event."""
+        try:
+            async with self._http.stream(
+                "POST", f"{worker.url}/internal/v1/text", json={**payload, "stream": True}
+            ) as response:
+                await _raise_for(response)
+                async for line in response.aiter_lines():
+                    if line:
+                        yield json.loads(line)
+        except httpx.TransportError as exc:
+            raise ServiceUnavailable(f"model worker {worker.id} unreachable", retry_after=2) from exc

@@ -1,0 +1,3 @@
+"""BitingLip: AI inference as tracked jobs."""
+
+__version__ = "0.1.0"

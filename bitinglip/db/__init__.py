@@ -1,0 +1,1 @@
+"""Gateway state (jobs, workers, models) in SQLAlchemy: SQLite embedded, PostgreSQL scaled out."""

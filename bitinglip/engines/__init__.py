@@ -1,0 +1,1 @@
+"""Engines: warm models behind one small interface, fed by a dynamic batcher."""

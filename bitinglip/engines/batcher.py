@@ -1,0 +1,160 @@
+"""Per-model dynamic batcher (Ray Serve's design): a priority queue, a "batch full" wake-up and a
+deadline counted from the oldest waiting request. One compute thread runs the batches.
+
+Guarantees: output count equals input count or every request of the batch fails with the reason;
+a full queue refuses at once (Overloaded, with Retry-After) instead of queueing forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from bitinglip.errors import Overloaded
+
+log = logging.getLogger(__name__)
+
+I = TypeVar("I")  # noqa: E741
+R = TypeVar("R")
+
+
+@dataclass(order=True)
+class _Pending(Generic[I, R]):
+    priority: int
+    seq: int
+    arrived: float = field(compare=False)
+    item: I = field(compare=False)
+    future: asyncio.Future[R] = field(compare=False)
+
+
+@dataclass
+class BatcherStats:
+    waiting: int
+    running: int
+    batches: int
+    items: int
+
+
+class DynamicBatcher(Generic[I, R]):
+    def __init__(
+        self,
+        name: str,
+        run_batch: Callable[[list[I]], list[R]],
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self._run_batch = run_batch
+        self._executor = executor
+        self._on_batch = on_batch
+        self._heap: list[_Pending[I, R]] = []
+        self._seq = itertools.count()
+        self._changed = asyncio.Event()
+        self._running = 0
+        self._batches = 0
+        self._items = 0
+        self._last_batch_seconds = 1.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher:{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for pending in self._heap:
+            if not pending.future.done():
+                pending.future.set_exception(Overloaded(f"model {self.name!r} is shutting down"))
+        self._heap.clear()
+
+    @property
+    def stats(self) -> BatcherStats:
+        return BatcherStats(len(self._heap), self._running, self._batches, self._items)
+
+    async def submit(self, item: I, priority: int) -> R:
+        if len(self._heap) >= self.max_queue:
+            raise Overloaded(
+                f"model {self.name!r} has {len(self._heap)} requests waiting (max {self.max_queue})",
+                retry_after=self._last_batch_seconds,
+            )
+        self.start()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._heap, _Pending(priority, next(self._seq), time.monotonic(), item, future))
+        self._changed.set()
+        return await future
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wait_for_batch()
+            batch = self._take()
+            if not batch:
+                continue
+            await self._execute(batch)
+
+    async def _wait_for_batch(self) -> None:
+        while not self._heap:
+            self._changed.clear()
+            await self._changed.wait()
+        deadline = min(p.arrived for p in self._heap) + self.max_wait
+        while len(self._heap) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                break
+
+    def _take(self) -> list[_Pending[I, R]]:
+        batch: list[_Pending[I, R]] = []
+        while self._heap and len(batch) < self.max_batch_size:
+            pending = heapq.heappop(self._heap)
+            if not pending.future.done():  # cancelled while waiting: its slot goes to the next one
+                batch.append(pending)
+        return batch
+
+    async def _execute(self, batch: list[_Pending[I, R]]) -> None:
+        items = [p.item for p in batch]
+        self._running = len(batch)
+        started = time.monotonic()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, items)
+            if len(results) != len(items):
+                raise RuntimeError(f"engine returned {len(results)} results for {len(items)} requests")
+        except Exception as exc:
+            log.exception("batch of %d failed on %s", len(items), self.name)
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+        else:
+            for p, result in zip(batch, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(result)
+        finally:
+            self._running = 0
+            self._batches += 1
+            self._items += len(items)
+            self._last_batch_seconds = time.monotonic() - started
+            if self._on_batch is not None:
+                self._on_batch(len(items))

@@ -1,0 +1,153 @@
+"""The model pool of one worker process: engines loaded once, one batcher each, one compute thread.
+
+All torch work runs on a single dedicated thread: on a CPU box several handler threads fighting over
+torch's threads is what made a naive server 30% slower than one request at a time (DESIGN.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from bitinglip.config import Settings
+from bitinglip.engines.batcher import DynamicBatcher
+from bitinglip.engines.device import resolve_device, resolve_dtype
+from bitinglip.engines.text import TextEngine
+from bitinglip.engines.types import Priority, TextDelta, TextRequest, TextResult
+from bitinglip.errors import InvalidRequest
+from bitinglip.models.store import Manifest, ModelStore
+from bitinglip.schemas import TextGenerationParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    manifest: Manifest
+    engine: TextEngine
+    batcher: DynamicBatcher[TextRequest, TextResult]
+    load_seconds: float
+    last_used: float
+
+
+class ModelPool:
+    def __init__(self, settings: Settings, store: ModelStore, max_loaded: int = 4) -> None:
+        self.settings = settings
+        self.store = store
+        self.max_loaded = max_loaded
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.on_batch: Callable[[str, int], None] | None = None
+        if settings.torch_threads:
+            self.executor.submit(_set_threads, settings.torch_threads).result()
+
+    def loaded(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": m.manifest.id,
+                "name": m.manifest.name,
+                "task": m.manifest.task,
+                "waiting": m.batcher.stats.waiting,
+                "running": m.batcher.stats.running,
+                "load_seconds": round(m.load_seconds, 3),
+            }
+            for m in self._models.values()
+        ]
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(m.batcher.stats.waiting + m.batcher.stats.running for m in self._models.values())
+
+    async def get(self, model_id: str) -> LoadedModel:
+        manifest = self.store.resolve(model_id)
+        key = manifest.id
+        if key in self._models:
+            self._models.move_to_end(key)
+            loaded = self._models[key]
+            loaded.last_used = time.monotonic()
+            return loaded
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            if key not in self._models:
+                await self._load(manifest)
+        return self._models[key]
+
+    async def _load(self, manifest: Manifest) -> None:
+        if manifest.task != "text":
+            raise InvalidRequest(f"model {manifest.id!r} is a {manifest.task} model", param="model")
+        while len(self._models) >= self.max_loaded:
+            _, evicted = self._models.popitem(last=False)
+            await evicted.batcher.stop()
+            log.info("unloaded %s to make room", evicted.manifest.id)
+        started = time.perf_counter()
+        path = self.store.path(manifest)
+        engine = await asyncio.get_running_loop().run_in_executor(
+            self.executor,
+            TextEngine.load,
+            manifest.id,
+            path,
+            self.device,
+            self.dtype,
+            self.settings.device_map,
+        )
+        size, wait_ms, queue = self.settings.batching_for(manifest.name)
+        batcher: DynamicBatcher[TextRequest, TextResult] = DynamicBatcher(
+            manifest.id,
+            engine.run_batch,
+            self.executor,
+            max_batch_size=size,
+            max_wait_ms=wait_ms,
+            max_queue=queue,
+            on_batch=(lambda n, mid=manifest.id: self.on_batch(mid, n)) if self.on_batch else None,
+        )
+        elapsed = time.perf_counter() - started
+        self._models[manifest.id] = LoadedModel(manifest, engine, batcher, elapsed, time.monotonic())
+        log.info("loaded %s on %s in %.2fs", manifest.id, self.device, elapsed)
+
+    async def generate_text(
+        self,
+        params: TextGenerationParams,
+        priority: Priority,
+        sink: Callable[[TextDelta], None] | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> TextResult:
+        """Tokenize, check the context, queue for the next batch and wait for the result."""
+        loaded = await self.get(params.model or self.settings.default_text_model)
+        if params.prompt_chars() > self.settings.max_prompt_chars:
+            raise InvalidRequest(
+                f"prompt is longer than {self.settings.max_prompt_chars} characters", param="prompt"
+            )
+        sampling = params.sampling(self.settings.default_max_tokens)
+        if sampling.max_tokens > self.settings.max_tokens_cap:
+            raise InvalidRequest(f"max_tokens must be <= {self.settings.max_tokens_cap}", param="max_tokens")
+        engine = loaded.engine
+        input_ids = engine.encode(params.prompt, params.template_messages())
+        engine.check_length(input_ids, sampling.max_tokens)
+        item = TextRequest(input_ids, sampling, sink)
+        if cancelled is not None:
+            item.cancelled = cancelled
+        try:
+            return await loaded.batcher.submit(item, int(priority))
+        except asyncio.CancelledError:
+            item.cancelled.set()  # the caller went away: free the slot in the running batch
+            raise
+
+    async def close(self) -> None:
+        for loaded in self._models.values():
+            await loaded.batcher.stop()
+        self._models.clear()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)

@@ -1,0 +1,228 @@
+"""Text generation engine: one model, a hand-rolled decode loop over a KV cache.
+
+Why not `model.generate`: one `generate` call takes one sampling config, while a dynamic batch mixes
+requests with different temperature/top_p/seed/stop/max_tokens, each streaming its own deltas and each
+cancellable on its own. The loop below does per-row sampling, per-row stop and drops finished rows from
+the cache so short requests do not pay for long ones.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from bitinglip.engines.types import FinishReason, SamplingParams, TextDelta, TextRequest, TextResult, TokenLogprob
+from bitinglip.errors import ContextLengthExceeded, InvalidRequest
+
+
+@dataclass
+class _Row:
+    request: TextRequest
+    generator: torch.Generator | None
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    emitted_logprobs: int = 0
+    finish: FinishReason | None = None
+    first_token_at: float = 0.0
+
+
+class TextEngine:
+    task = "text"
+
+    def __init__(self, name: str, model: Any, tokenizer: Any, device: str) -> None:
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(tokenizer.eos_token_id)
+        self.eos_ids = frozenset(eos_ids)
+        self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
+
+    @classmethod
+    def load(cls, name: str, path: Path, device: str, dtype: torch.dtype, device_map: str | None) -> TextEngine:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map)
+        if device_map is None:
+            model.to(device)
+        model.eval()
+        return cls(name, model, tokenizer, device)
+
+    @property
+    def memory_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    # -- request preparation (cheap, runs on the caller's thread)
+
+    def encode(self, prompt: str | None, messages: list[dict[str, Any]] | None) -> list[int]:
+        if messages is not None:
+            if not messages:
+                raise InvalidRequest("messages must not be empty", param="messages")
+            if getattr(self.tokenizer, "chat_template", None) is None:
+                raise InvalidRequest(f"model {self.name!r} has no chat template; send a prompt", param="messages")
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            return list(ids)
+        if prompt is None:
+            raise InvalidRequest("either prompt or messages is required", param="prompt")
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def check_length(self, input_ids: list[int], max_tokens: int) -> None:
+        if not input_ids:
+            raise InvalidRequest("prompt is empty", param="prompt")
+        if len(input_ids) + max_tokens > self.context_length:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.context_length} tokens; the prompt has "
+                f"{len(input_ids)} tokens and max_tokens is {max_tokens}.",
+                param="max_tokens" if len(input_ids) < self.context_length else "prompt",
+            )
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text)["input_ids"])
+
+    # -- the batch
+
+    @torch.inference_mode()
+    def run_batch(self, requests: list[TextRequest]) -> list[TextResult]:
+        started = time.perf_counter()
+        rows = [_Row(r, self._generator(r.sampling)) for r in requests]
+        width = max(len(r.input_ids) for r in requests)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(requests):
+            ids[i, width - len(r.input_ids) :] = torch.tensor(r.input_ids, dtype=torch.long)
+            mask[i, width - len(r.input_ids) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        active = list(range(len(rows)))  # batch row -> index into rows
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache)
+        while True:
+            logits = out.logits[:, -1, :].float()
+            next_tokens = self._sample(logits, [rows[i] for i in active])
+            now = time.perf_counter()
+            keep: list[int] = []
+            for b, i in enumerate(active):
+                row = rows[i]
+                if not row.tokens:
+                    row.first_token_at = now
+                self._advance(row, int(next_tokens[b]), logits[b])
+                if row.finish is None:
+                    keep.append(b)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=ids.device)
+                cache.batch_select_indices(index)
+                mask, positions, next_tokens = mask[index], positions[index], next_tokens[index]
+                active = [active[b] for b in keep]
+            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=mask.device)], dim=1)
+            positions = positions[:, -1:] + 1
+            out = self.model(
+                input_ids=next_tokens.view(-1, 1).to(ids.device),
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+            )
+        done = time.perf_counter()
+        return [
+            TextResult(
+                text=row.text,
+                finish_reason=row.finish or "length",
+                prompt_tokens=len(row.request.input_ids),
+                completion_tokens=len(row.tokens),
+                logprobs=row.logprobs if row.request.sampling.logprobs is not None else None,
+                queue_seconds=started - row.request.enqueued_at,
+                first_token_seconds=row.first_token_at - row.request.enqueued_at,
+                total_seconds=done - row.request.enqueued_at,
+                batch_size=len(rows),
+            )
+            for row in rows
+        ]
+
+    @staticmethod
+    def _generator(sampling: SamplingParams) -> torch.Generator | None:
+        if sampling.greedy or sampling.seed is None:
+            return None
+        return torch.Generator().manual_seed(sampling.seed)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+        chosen = logits.argmax(dim=-1).cpu()
+        for b, row in enumerate(rows):
+            params = row.request.sampling
+            if params.greedy:
+                continue
+            scaled = logits[b].cpu() / params.temperature
+            probs = torch.softmax(scaled, dim=-1)
+            if params.top_p < 1.0:
+                sorted_probs, order = probs.sort(descending=True)
+                cumulative = sorted_probs.cumsum(-1)
+                cut = cumulative - sorted_probs > params.top_p  # keep the smallest prefix reaching top_p
+                sorted_probs[cut] = 0.0
+                probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+            chosen[b] = torch.multinomial(probs, 1, generator=row.generator).item()
+        return chosen
+
+    def _advance(self, row: _Row, token: int, logits: torch.Tensor) -> None:
+        params = row.request.sampling
+        if params.logprobs is not None:
+            row.logprobs.append(self._logprob(token, logits, params.logprobs))
+        if token in self.eos_ids:
+            row.finish = "stop"
+        else:
+            row.tokens.append(token)
+            row.text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+            stop_at = min((p for s in params.stop if (p := row.text.find(s)) >= 0), default=-1)
+            if stop_at >= 0:
+                row.text = row.text[:stop_at]
+                row.finish = "stop"
+            elif len(row.tokens) >= params.max_tokens:
+                row.finish = "length"
+        if row.finish is None and row.request.cancelled.is_set():
+            row.finish = "cancelled"
+        self._emit(row)
+
+    def _logprob(self, token: int, logits: torch.Tensor, top: int) -> TokenLogprob:
+        logp = torch.log_softmax(logits, dim=-1)
+        alternatives: tuple[tuple[str, float], ...] = ()
+        if top > 0:
+            values, indices = logp.topk(top)
+            alternatives = tuple(
+                (self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(values, indices, strict=True)
+            )
+        return TokenLogprob(self.tokenizer.decode([token]), float(logp[token]), alternatives)
+
+    @staticmethod
+    def _emit(row: _Row) -> None:
+        """Send the new, stable part of the text: hold back a partial UTF-8 character and any tail
+        that could still grow into a stop string, so streamed text always equals the final text."""
+        if row.request.sink is None:
+            return
+        safe = len(row.text)
+        if row.finish is None:
+            if row.text.endswith("\ufffd"):
+                safe -= 1
+            for stop in row.request.sampling.stop:
+                for k in range(min(len(stop) - 1, safe), 0, -1):
+                    if row.text[:safe].endswith(stop[:k]):
+                        safe -= k
+                        break
+        if safe > row.emitted or row.finish is not None:
+            new_logprobs = row.logprobs[row.emitted_logprobs :]
+            row.emitted_logprobs = len(row.logprobs)
+            row.request.sink(TextDelta(row.text[row.emitted : safe], new_logprobs))
+            row.emitted = max(row.emitted, safe)

@@ -1,0 +1,99 @@
+"""Errors that cross process boundaries, and the one JSON envelope they travel in.
+
+The envelope is OpenAI's (`{"error": {"message", "type", "param", "code"}}`) on every route, so the
+openai SDK raises its proper exception classes and REST clients parse one shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BitingLipError(Exception):
+    status_code = 500
+    type = "internal_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.code, self.param)
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class InvalidRequest(BitingLipError):
+    status_code = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class NotFound(BitingLipError):
+    status_code = 404
+    type = "not_found_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class Conflict(BitingLipError):
+    status_code = 409
+    type = "conflict_error"
+    code = "conflict"
+
+
+class Overloaded(BitingLipError):
+    """A bounded queue is full: the caller should retry later, not wait forever."""
+
+    status_code = 503
+    type = "overloaded_error"
+    code = "queue_full"
+
+
+class ServiceUnavailable(BitingLipError):
+    status_code = 503
+    type = "service_unavailable"
+    code = "unavailable"
+
+
+class RemoteError(BitingLipError):
+    """An error answered by another of our processes, relayed with its status and envelope."""
+
+    def __init__(self, status_code: int, body: dict[str, Any], retry_after: float | None = None) -> None:
+        err = body.get("error") if isinstance(body.get("error"), dict) else {}
+        super().__init__(
+            str(err.get("message") or "upstream error"),
+            param=err.get("param"),
+            code=err.get("code"),
+            retry_after=retry_after,
+            status_code=status_code,
+        )
+        self.type = str(err.get("type") or "upstream_error")

@@ -1,0 +1,1 @@
+"""Async jobs: accepted durably in the gateway DB, dispatched to Prefect in groups, run by workers."""

@@ -1,0 +1,86 @@
+"""Runs a group of async jobs inside a model worker, through the same batcher as sync requests.
+
+Called by the Prefect task in `flows/inference.py`. Claims each job (so nothing runs twice), watches
+for cancellation while generating, and records every outcome; transient failures are re-queued and
+re-raised so Prefect's declared retries pick them up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+from bitinglip.config import Settings
+from bitinglip.db.tables import Job
+from bitinglip.engines.pool import ModelPool
+from bitinglip.engines.types import Priority
+from bitinglip.errors import BitingLipError, Overloaded
+from bitinglip.jobs.store import JobStore
+from bitinglip.schemas import TextGenerationParams
+
+log = logging.getLogger(__name__)
+
+
+class RetryableJobsError(RuntimeError):
+    """Some jobs of the group hit a transient error and were re-queued."""
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, pool: ModelPool, store: JobStore, worker_id: str) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.store = store
+        self.worker_id = worker_id
+
+    async def run(self, job_ids: list[str]) -> dict[str, str]:
+        claimed = await asyncio.to_thread(self.store.claim_for_run, job_ids, self.worker_id)
+        cancel_events = {job.id: threading.Event() for job in claimed}
+        watcher = asyncio.create_task(self._watch_cancellation(cancel_events))
+        try:
+            outcomes = await asyncio.gather(*(self._run_one(job, cancel_events[job.id]) for job in claimed))
+        finally:
+            watcher.cancel()
+        summary = {job.id: outcome for job, outcome in zip(claimed, outcomes, strict=True)}
+        requeued = [job_id for job_id, outcome in summary.items() if outcome == "requeued"]
+        if requeued:
+            raise RetryableJobsError(f"{len(requeued)} job(s) re-queued after transient errors")
+        return summary
+
+    async def _run_one(self, job: Job, cancelled: threading.Event) -> str:
+        if job.attempts > self.settings.job_max_attempts:
+            return await self._finish(job, "failed", error={"message": "too many attempts", "type": "job_error"})
+        try:
+            params = TextGenerationParams.model_validate({**job.params, "model": job.model})
+            started = time.perf_counter()
+            result = await self.pool.generate_text(params, Priority(job.priority), cancelled=cancelled)
+        except Overloaded as exc:
+            return await self._requeue(job, exc)
+        except BitingLipError as exc:  # the request itself is wrong: retrying cannot help
+            return await self._finish(job, "failed", error=exc.body()["error"])
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            return await self._requeue(job, exc)
+        status = "cancelled" if result.finish_reason == "cancelled" or cancelled.is_set() else "completed"
+        return await self._finish(
+            job, status, result=result.as_dict(), engine_seconds=time.perf_counter() - started
+        )
+
+    async def _finish(self, job: Job, status: str, **fields: Any) -> str:
+        await asyncio.to_thread(self.store.finish, job.id, status=status, **fields)
+        return status
+
+    async def _requeue(self, job: Job, exc: Exception) -> str:
+        error = {"message": f"{type(exc).__name__}: {exc}", "type": "transient_error"}
+        if job.attempts >= self.settings.job_max_attempts:
+            return await self._finish(job, "failed", error=error)
+        await asyncio.to_thread(self.store.requeue, job.id, error)
+        return "requeued"
+
+    async def _watch_cancellation(self, events: dict[str, threading.Event], every: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(every)
+            pending = [job_id for job_id, event in events.items() if not event.is_set()]
+            for job_id in await asyncio.to_thread(self.store.cancel_requested, pending):
+                events[job_id].set()

@@ -1,0 +1,32 @@
+"""Rich progress bars for model installs run from the CLI (the flow itself runs in this process)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from bitinglip.config import Settings
+from bitinglip.models import installer
+
+_LABELS = {"fetch": "fetching", "convert": "converting to safetensors", "install": "verifying + installing"}
+
+
+def pull_with_progress(
+    settings: Settings, console: Console, name: str, source: str | None = None, revision: str | None = None
+) -> dict[str, object]:
+    from flows.download import download_model
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def listener(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(f"{name}: {_LABELS.get(phase, phase)}", total=total or 1)
+            progress.update(tasks[phase], completed=done, total=total or 1)
+
+        remove = installer.add_progress_listener(listener)
+        try:
+            return download_model(name=name, source=source, revision=revision)
+        finally:
+            remove()

@@ -1,0 +1,67 @@
+"""Request shapes shared by the gateway, the model workers and async jobs (one definition each)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bitinglip.engines.types import SamplingParams
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def as_template_dict(self) -> dict[str, Any]:
+        content = self.content
+        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+            content = "".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
+        return {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+
+
+class TextGenerationParams(BaseModel):
+    """Text generation: a raw `prompt` or chat `messages`, and sampling settings."""
+
+    model: str | None = Field(default=None, description="Installed model id; default text model when empty.")
+    prompt: str | None = Field(default=None, min_length=1)
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    stop: list[str] | None = Field(default=None, max_length=8)
+    logprobs: int | None = Field(default=None, ge=0, le=20, description="Top alternatives per token.")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> TextGenerationParams:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of `prompt` or `messages`")
+        if self.stop and any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+        return self
+
+    def sampling(self, default_max_tokens: int) -> SamplingParams:
+        return SamplingParams(
+            max_tokens=self.max_tokens or default_max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=tuple(self.stop or ()),
+            logprobs=self.logprobs,
+        )
+
+    def template_messages(self) -> list[dict[str, Any]] | None:
+        return None if self.messages is None else [m.as_template_dict() for m in self.messages]
+
+    def prompt_chars(self) -> int:
+        if self.prompt is not None:
+            return len(self.prompt)
+        return sum(len(str(m.content or "")) for m in self.messages or [])

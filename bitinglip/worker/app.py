@@ -1,0 +1,155 @@
+"""The model worker's internal HTTP API, its heartbeat and its Prefect task worker, in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+
+from bitinglip.config import Settings
+from bitinglip.db.session import Database
+from bitinglip.engines.pool import ModelPool
+from bitinglip.engines.types import TextDelta
+from bitinglip.errors import BitingLipError
+from bitinglip.http import install_error_handlers
+from bitinglip.jobs.runner import JobRunner
+from bitinglip.jobs.store import JobStore
+from bitinglip.models.store import ModelStore
+from bitinglip.worker.heartbeat import Heartbeat
+from bitinglip.worker.runtime import WorkerRuntime, set_runtime
+from bitinglip.worker.schemas import WorkerTextRequest
+
+log = logging.getLogger(__name__)
+
+
+async def _serve_prefect_tasks(settings: Settings) -> None:
+    """Run Prefect's task worker for inference jobs on this event loop, so job tasks share the warm
+    pool. It installs a SIGTERM handler that exits the process; we keep uvicorn's graceful one."""
+    from prefect.task_worker import TaskWorker
+
+    from flows.inference import run_inference_jobs
+
+    previous = signal.getsignal(signal.SIGTERM)
+    task_worker = TaskWorker(run_inference_jobs, limit=settings.task_worker_limit)
+    runner = asyncio.create_task(task_worker.astart())
+    await asyncio.sleep(0)
+    signal.signal(signal.SIGTERM, previous)
+    while True:
+        try:
+            await runner
+            return
+        except asyncio.CancelledError:
+            runner.cancel()
+            raise
+        except Exception as exc:  # Prefect API away: reconnect instead of dying
+            log.warning("task worker stopped (%s); reconnecting in 2s", exc)
+            await asyncio.sleep(2)
+            task_worker = TaskWorker(run_inference_jobs, limit=settings.task_worker_limit)
+            runner = asyncio.create_task(task_worker.astart())
+            await asyncio.sleep(0)
+            signal.signal(signal.SIGTERM, previous)
+
+
+def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.gateway_db_url)
+        pool = ModelPool(settings, ModelStore(settings.store_dir))
+        for model in settings.worker_models:
+            try:
+                await pool.get(model)
+            except BitingLipError as exc:
+                log.error("cannot preload %s: %s", model, exc.message)
+        runner = JobRunner(settings, pool, JobStore(db), settings.worker_name)
+        set_runtime(WorkerRuntime(settings, pool, runner))
+        heartbeat = Heartbeat(settings, db, pool)
+        background = [asyncio.create_task(heartbeat.run(), name="heartbeat")]
+        if serve_jobs:
+            background.append(asyncio.create_task(_serve_prefect_tasks(settings), name="task-worker"))
+        app.state.pool = pool
+        log.info("worker %s ready on %s (%s)", settings.worker_name, settings.worker_url, pool.device)
+        try:
+            yield
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            with suppress(Exception):
+                await asyncio.to_thread(heartbeat.deregister)
+            set_runtime(None)
+            await pool.close()
+            db.dispose()
+
+    app = FastAPI(title="BitingLip model worker", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+
+    @app.get("/health")
+    async def health(request: Request) -> dict[str, Any]:
+        pool: ModelPool = request.app.state.pool
+        return {
+            "status": "ok",
+            "worker_id": settings.worker_name,
+            "device": pool.device,
+            "models": pool.loaded(),
+            "queue_depth": pool.queue_depth,
+        }
+
+    @app.post("/internal/v1/text", response_model=None)
+    async def generate_text(body: WorkerTextRequest, request: Request) -> dict[str, Any] | StreamingResponse:
+        pool: ModelPool = request.app.state.pool
+        if not body.stream:
+            result = await pool.generate_text(body, body.priority)
+            return result.as_dict()
+        return StreamingResponse(_stream(pool, body), media_type="application/x-ndjson")
+
+    return app
+
+
+async def _stream(pool: ModelPool, body: WorkerTextRequest) -> AsyncIterator[bytes]:
+    """NDJSON: one `{"delta": ...}` line per text piece, then `{"result": ...}` or `{"error": ...}`.
+    If the client goes away, the generator is closed and the request's slot in the batch is freed."""
+    loop = asyncio.get_running_loop()
+    deltas: asyncio.Queue[TextDelta] = asyncio.Queue()
+    generation = asyncio.create_task(
+        pool.generate_text(body, body.priority, sink=lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d))
+    )
+    try:
+        while True:
+            getter = asyncio.create_task(deltas.get())
+            done, _ = await asyncio.wait({getter, generation}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                if line := _delta_line(getter.result()):
+                    yield line
+                continue
+            getter.cancel()
+            while not deltas.empty():
+                if line := _delta_line(deltas.get_nowait()):
+                    yield line
+            try:
+                yield _line({"result": generation.result().as_dict()})
+            except BitingLipError as exc:
+                yield _line({**exc.body(), "status_code": exc.status_code})
+            return
+    finally:
+        if not generation.done():
+            generation.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await generation
+
+
+def _delta_line(delta: TextDelta) -> bytes | None:
+    if not delta.text and not delta.logprobs:
+        return None
+    logprobs = [{"token": lp.token, "logprob": lp.logprob, "top_logprobs": lp.top} for lp in delta.logprobs]
+    return _line({"delta": delta.text, "logprobs": logprobs or None})
+
+
+def _line(payload: dict[str, Any]) -> bytes:
+    return (json.dumps(payload, default=str) + "\n").encode()

@@ -1,0 +1,50 @@
+"""The worker's row in the shared DB: the gateway routes on it and drains workers that go quiet."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from sqlalchemy import delete
+
+from bitinglip.config import Settings
+from bitinglip.db.session import Database
+from bitinglip.db.tables import Worker
+from bitinglip.engines.pool import ModelPool
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    def __init__(self, settings: Settings, db: Database, pool: ModelPool) -> None:
+        self.settings = settings
+        self.db = db
+        self.pool = pool
+        self.started_at = datetime.now(UTC)
+
+    def beat(self) -> None:
+        with self.db.session() as s:
+            s.merge(
+                Worker(
+                    id=self.settings.worker_name,
+                    url=self.settings.worker_url,
+                    device=self.pool.device,
+                    models=self.pool.loaded(),
+                    queue_depth=self.pool.queue_depth,
+                    started_at=self.started_at,
+                    heartbeat_at=datetime.now(UTC),
+                )
+            )
+
+    def deregister(self) -> None:
+        with self.db.session() as s:
+            s.execute(delete(Worker).where(Worker.id == self.settings.worker_name))
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.beat)
+            except Exception as exc:  # the DB may be briefly away; keep serving, beat again soon
+                log.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(self.settings.worker_heartbeat_s)

@@ -1,0 +1,34 @@
+"""The worker process's live objects, reachable from Prefect task code that runs inside it.
+
+Imports nothing heavy: the gateway imports the task module to submit runs and must not load torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bitinglip.config import Settings
+    from bitinglip.engines.pool import ModelPool
+    from bitinglip.jobs.runner import JobRunner
+
+
+@dataclass
+class WorkerRuntime:
+    settings: Settings
+    pool: ModelPool
+    runner: JobRunner
+
+
+_runtime: WorkerRuntime | None = None
+
+
+def set_runtime(runtime: WorkerRuntime | None) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+def current_runtime() -> WorkerRuntime:
+    if _runtime is None:
+        raise RuntimeError("inference jobs run inside `bitinglip worker`; no worker runtime in this process")
+    return _runtime

@@ -1,0 +1,92 @@
+"""Install a model into the store as a tracked Prefect flow run (deployed on the `cpu` pool)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+
+from bitinglip.config import get_settings
+from bitinglip.db.session import Database
+from bitinglip.models import installer, registry
+from bitinglip.models.catalog import Task, load_catalog
+from bitinglip.models.names import check_part
+from bitinglip.models.sources import parse_source
+from bitinglip.models.store import Manifest, ModelStore
+
+
+@task(retries=3, retry_delay_seconds=[2, 10, 30], task_run_name="fetch {source}")
+def fetch_files(source: str, dest: Path) -> None:
+    installer.fetch(get_settings(), parse_source(source), dest)
+
+
+@task(task_run_name="convert")
+def convert_files(fetched: Path, out: Path) -> str | None:
+    return installer.convert(fetched, out)
+
+
+@task(task_run_name="install {name}@{revision}")
+def install_files(
+    staged: Path, name: str, revision: str, task_type: Task, source: str, converted_from: str | None
+) -> Manifest:
+    store = ModelStore(get_settings().store_dir)
+    return installer.install(
+        store, staged, name=name, revision=revision, task=task_type, source=source, converted_from=converted_from
+    )
+
+
+def _progress_to_artifact() -> installer.ProgressListener:
+    artifact_id = create_progress_artifact(0.0, key=None, description="model download progress")
+    last = [0.0]
+    weights = {"fetch": (0.0, 60.0), "convert": (60.0, 35.0), "install": (95.0, 5.0)}
+
+    def listener(phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.5 and done < total:
+            return
+        last[0] = now
+        start, span = weights.get(phase, (0.0, 100.0))
+        update_progress_artifact(artifact_id, start + span * (done / total if total else 1.0))
+
+    return listener
+
+
+@flow(name="download-model", flow_run_name="download {name}", log_prints=True)
+def download_model(
+    name: str, source: str | None = None, revision: str | None = None, task_type: Task | None = None
+) -> dict[str, object]:
+    """Fetch, convert, verify and install one model; the store is unchanged unless it all succeeds."""
+    settings = get_settings()
+    entry = load_catalog().get(name)
+    source = source or (entry.source if entry else None)
+    task_type = task_type or (entry.task if entry else None)
+    if source is None or task_type is None:
+        raise ValueError(f"model {name!r} is not in the catalog: give its source and task type")
+    revision = check_part(revision or (entry.revision if entry else None) or "main", "revision")
+    check_part(name, "model")
+    parse_source(source)  # reject a malformed URI before recording anything
+    db, store = Database(settings.gateway_db_url), ModelStore(settings.store_dir)
+    registry.mark_downloading(db, name, revision, task_type, source)
+    remove_listener = installer.add_progress_listener(_progress_to_artifact())
+    try:
+        with store.staging() as staging:
+            fetch_files(source, staging / "fetched")
+            converted_from = convert_files(staging / "fetched", staging / "model")
+            manifest = install_files(staging / "model", name, revision, task_type, source, converted_from)
+        registry.mark_ready(db, manifest, store)
+    except Exception as exc:
+        registry.mark_failed(db, f"{name}@{revision}", f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        remove_listener()
+        db.dispose()
+    create_markdown_artifact(
+        f"## Installed `{manifest.id}`\n\n| | |\n|---|---|\n| task | {manifest.task} |\n"
+        f"| source | `{manifest.source}` |\n| files | {len(manifest.files)} |\n"
+        f"| size | {manifest.size_bytes / 1e6:.1f} MB |\n| sha256 | `{manifest.sha256[:16]}...` |\n"
+        f"| converted from | {manifest.converted_from or '-'} |\n",
+        description=f"install {manifest.id}",
+    )
+    return {"id": manifest.id, "size_bytes": manifest.size_bytes, "sha256": manifest.sha256}

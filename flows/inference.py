@@ -1,0 +1,30 @@
+"""Async inference jobs as Prefect background task runs, executed by model workers with warm models.
+
+One run carries a group of queued jobs of one model (see bitinglip/jobs/dispatcher.py). Job
+parameters stay in the gateway DB: only job ids travel through Prefect's parameter storage."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from bitinglip.worker.runtime import current_runtime
+
+
+@task(
+    name="run-inference-jobs",
+    retries=2,
+    retry_delay_seconds=2,
+    task_run_name="{model} x{count}",
+    log_prints=True,
+)
+async def run_inference_jobs(job_ids: list[str], model: str, count: int) -> dict[str, str]:
+    """Runs inside `bitinglip worker`, whose task worker serves this task."""
+    return await current_runtime().runner.run(job_ids)
+
+
+def submit_inference_run(model: str, job_ids: list[str]) -> str:
+    """Create the Prefect run for a group of jobs; returns its task run id (blocking call)."""
+    future = run_inference_jobs.with_options(tags=["bitinglip", f"model:{model}"]).delay(
+        job_ids=job_ids, model=model, count=len(job_ids)
+    )
+    return str(future.task_run_id)
