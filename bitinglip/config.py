@@ -140,6 +140,8 @@ class Settings(BaseSettings):
             "PREFECT_LOGGING_LEVEL": "WARNING",
             "HF_HUB_OFFLINE": "1",
             "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "TQDM_DISABLE": "1",
         }
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.prefect_database_url or (
             f"sqlite+aiosqlite:///{self.prefect_home / 'prefect.db'}"

@@ -50,23 +50,26 @@ def deploy(settings: Settings) -> None:
     )
 
 
-def install_missing_models(settings: Settings, console: Console) -> None:
+def install_missing_models(settings: Settings) -> None:
+    """Each install is a download flow run in a child process: Prefect's log and event workers drain
+    at exit, which must happen while the server is still up."""
     from bitinglip.models.catalog import load_catalog
     from bitinglip.models.store import ModelStore
-    from bitinglip.progress import pull_with_progress
 
-    store = ModelStore(settings.store_dir)
-    installed = {m.name for m in store.installed()}
+    installed = {m.name for m in ModelStore(settings.store_dir).installed()}
     for model in settings.worker_models:
         name = model.partition("@")[0]
         if name not in installed and name in load_catalog():
-            pull_with_progress(settings, console, name)
+            subprocess.run(
+                [sys.executable, "-m", "bitinglip.cli", "models", "pull", name],
+                env=child_env(settings),
+                check=True,
+            )
 
 
 def run_platform(settings: Settings, console: Console, install: bool = True) -> int:
     started = time.monotonic()
     env = child_env(settings)
-    os.environ.update(settings.prefect_env())
     sup = Supervisor(settings.home_dir / "logs", env)
     py = sys.executable
     try:
@@ -82,7 +85,7 @@ def run_platform(settings: Settings, console: Console, install: bool = True) -> 
             ensure_work_pools(settings)
             deploy(settings)
         if install:
-            install_missing_models(settings, console)
+            install_missing_models(settings)
         with console.status("starting model worker, pool workers and gateway"):
             sup.start("model-worker", [py, "-m", "bitinglip.cli", "worker"], cwd=PROJECT_DIR)
             for pool in ("gpu", "cpu"):

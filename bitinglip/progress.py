@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from bitinglip.config import Settings
 from bitinglip.models import installer
@@ -16,14 +16,17 @@ def pull_with_progress(
 ) -> dict[str, object]:
     from flows.download import download_model
 
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         tasks: dict[str, TaskID] = {}
 
         def listener(phase: str, done: int, total: int) -> None:
+            label = f"{name}: {_LABELS.get(phase, phase)}"
+            if phase == "fetch":
+                label += f" ({total / 1e6:.1f} MB)"
             if phase not in tasks:
-                tasks[phase] = progress.add_task(f"{name}: {_LABELS.get(phase, phase)}", total=total or 1)
-            progress.update(tasks[phase], completed=done, total=total or 1)
+                tasks[phase] = progress.add_task(label, total=total or 1)
+            progress.update(tasks[phase], description=label, completed=done, total=total or 1)
 
         remove = installer.add_progress_listener(listener)
         try:

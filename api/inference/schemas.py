@@ -24,4 +24,4 @@ class TextInferenceResponse(BaseModel):
     finish_reason: str
     usage: Usage
     logprobs: list[dict[str, Any]] | None = None
-    timings: dict[str, float]
+    timings: dict[str, float | int]

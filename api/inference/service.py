@@ -7,6 +7,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import logging
+
 from bitinglip.config import Settings
 from bitinglip.engines.types import Priority
 from bitinglip.errors import BitingLipError, RemoteError, ServiceUnavailable
@@ -14,6 +16,8 @@ from bitinglip.schemas import TextGenerationParams
 from api.models.service import ModelService
 from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory, WorkerInfo
+
+log = logging.getLogger(__name__)
 
 
 class InferenceService:
@@ -45,7 +49,8 @@ class InferenceService:
             worker = await self.workers.pick(model_id, exclude=tried)
             try:
                 return await self.client.generate_text(worker, payload), worker
-            except ServiceUnavailable:
+            except ServiceUnavailable as exc:
+                log.warning("worker %s failed: %s (%r)", worker.id, exc, exc.__cause__)
                 tried = tried | {worker.id}
                 if len(tried) >= 2:
                     raise

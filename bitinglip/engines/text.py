@@ -8,6 +8,7 @@ the cache so short requests do not pay for long ones.
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,8 @@ class TextEngine:
             eos_ids.add(tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos_ids)
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
+        # transformers renamed `past_key_values` to `cache` in 5.x; use whichever this version takes.
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     @classmethod
     def load(cls, name: str, path: Path, device: str, dtype: torch.dtype, device_map: str | None) -> TextEngine:
@@ -109,7 +112,7 @@ class TextEngine:
 
         cache = DynamicCache(config=self.model.config)
         active = list(range(len(rows)))  # batch row -> index into rows
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **{self._cache_kwarg: cache})
         while True:
             logits = out.logits[:, -1, :].float()
             next_tokens = self._sample(logits, [rows[i] for i in active])
@@ -135,7 +138,7 @@ class TextEngine:
                 input_ids=next_tokens.view(-1, 1).to(ids.device),
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=cache,
+                **{self._cache_kwarg: cache},
             )
         done = time.perf_counter()
         return [

@@ -41,7 +41,19 @@ class Heartbeat:
         with self.db.session() as s:
             s.execute(delete(Worker).where(Worker.id == self.settings.worker_name))
 
+    async def _listening(self) -> None:
+        """Announce ourselves only once the HTTP server accepts connections: a heartbeat written
+        during start-up would send the gateway to a closed port."""
+        while True:
+            try:
+                _, writer = await asyncio.open_connection(self.settings.worker_host, self.settings.worker_port)
+                writer.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+
     async def run(self) -> None:
+        await self._listening()
         while True:
             try:
                 await asyncio.to_thread(self.beat)

@@ -1,0 +1,101 @@
+"""Real processes for end-to-end tests: Prefect server, model worker and gateway, each a child
+process on free ports under a throwaway BITINGLIP_HOME, supervised like `bitinglip up` does."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bitinglip.config import Settings
+from bitinglip.platform import PROJECT_DIR, child_env
+from bitinglip.supervisor import Child, Supervisor
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    env_overrides: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        env = child_env(self.settings)
+        env.update(
+            {
+                "BITINGLIP_GATEWAY_PORT": str(self.settings.gateway_port),
+                "BITINGLIP_WORKER_PORT": str(self.settings.worker_port),
+                "BITINGLIP_PREFECT_PORT": str(self.settings.prefect_port),
+                "BITINGLIP_WORKER_HEARTBEAT_S": str(self.settings.worker_heartbeat_s),
+                "BITINGLIP_WORKER_STALE_AFTER_S": str(self.settings.worker_stale_after_s),
+                **self.env_overrides,
+            }
+        )
+        self.sup = Supervisor(self.settings.home_dir / "logs", env)
+        self.children: dict[str, Child] = {}
+
+    @property
+    def gateway(self) -> str:
+        return self.settings.gateway_url
+
+    def start_prefect(self) -> None:
+        self._start(
+            "prefect-server",
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+             "--port", str(self.settings.prefect_port)],
+        )
+        self.sup.wait_http(f"{self.settings.prefect_api}/health", timeout=120)
+
+    def start_worker(self, wait: bool = True) -> None:
+        self._start("model-worker", [sys.executable, "-m", "bitinglip.cli", "worker"])
+        if wait:
+            self.sup.wait_http(f"{self.settings.worker_url}/health", timeout=120)
+
+    def start_gateway(self) -> None:
+        self._start("gateway", [sys.executable, "-m", "bitinglip.cli", "gateway"])
+        self.sup.wait_http(f"{self.gateway}/health", timeout=60, ok=(200, 503))
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        self.sup.wait_http(f"{self.gateway}/health", timeout=timeout)
+
+    def stop(self, name: str) -> None:
+        child = self.children.pop(name)
+        self.sup.children.remove(child)
+        from bitinglip.supervisor import _signal_group
+        import signal
+
+        _signal_group(child.process, signal.SIGTERM)
+        child.process.wait(30)
+
+    def kill(self, name: str) -> None:
+        child = self.children.pop(name)
+        self.sup.children.remove(child)
+        child.process.kill()
+        child.process.wait(30)
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        self.children[name] = self.sup.start(name, argv, cwd=PROJECT_DIR)
+
+    def close(self) -> None:
+        self.sup.stop_all()
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.gateway, timeout=120, **kwargs)  # type: ignore[arg-type]
+
+
+def platform_settings(home: Path) -> Settings:
+    return Settings(
+        home=home,
+        gateway_port=free_port(),
+        worker_port=free_port(),
+        prefect_port=free_port(),
+        worker_heartbeat_s=0.5,
+        worker_stale_after_s=3.0,
+    )
