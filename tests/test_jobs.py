@@ -1,0 +1,140 @@
+"""Async jobs end to end: accepted durably, run as Prefect task runs by the warm model worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.platform_harness import Platform
+from tests.test_gateway_text import CAPITAL, assert_envelope
+
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+def submit(client: httpx.Client, params: dict[str, Any], priority: str = "normal") -> dict[str, Any]:
+    response = client.post("/api/v1/tasks", json={"type": "text", "priority": priority, "params": params})
+    assert response.status_code == 202, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def wait_done(client: httpx.Client, job_id: str, timeout: float = 120) -> tuple[dict[str, Any], list[str]]:
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/v1/tasks/{job_id}").json()
+        if not seen or seen[-1] != job["status"]:
+            seen.append(job["status"])
+        if job["status"] in TERMINAL:
+            return job, seen
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} not finished after {timeout}s; statuses {seen}")
+
+
+def prefect_task_run_state(platform: Platform, run_id: str) -> str:
+    from prefect.client.orchestration import get_client
+
+    async def read() -> str:
+        async with get_client() as client:
+            run = await client.read_task_run(run_id)
+            assert run.state is not None
+            return str(run.state.type.value)
+
+    for _ in range(50):  # the final state lands just after our own record: read until it settles
+        state = asyncio.run(read())
+        if state == "COMPLETED":
+            return state
+        time.sleep(0.1)
+    return state
+
+
+@pytest.fixture()
+def prefect_api(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", platform.settings.prefect_api)
+
+
+def test_job_lifecycle_answers_paris_as_a_prefect_run(platform: Platform, prefect_api: None) -> None:
+    client = platform.client()
+    started = time.perf_counter()
+    accepted = submit(client, {"messages": CAPITAL, "max_tokens": 24, "temperature": 0}, priority="high")
+    assert time.perf_counter() - started < 2.0
+    assert accepted["status"] == "queued" and accepted["priority"] == "high"
+
+    job, seen = wait_done(client, accepted["id"])
+    assert job["status"] == "completed", job
+    assert seen[0] == "queued" and seen[-1] == "completed"
+    assert set(seen) <= {"queued", "running", "completed"}
+    assert "Paris" in job["result"]["text"]
+    assert job["attempts"] == 1
+    assert job["started_at"] < job["finished_at"]
+    assert job["timings"]["engine_seconds"] > 0
+    assert job["prefect_url"].endswith(job["prefect_run_id"])
+    assert prefect_task_run_state(platform, job["prefect_run_id"]) == "COMPLETED"
+
+
+def test_many_jobs_share_prefect_runs(platform: Platform) -> None:
+    client = platform.client()
+    ids = [submit(client, {"prompt": f"Count to {i}:", "max_tokens": 2, "temperature": 0})["id"] for i in range(12)]
+    jobs = [wait_done(client, job_id)[0] for job_id in ids]
+    assert all(j["status"] == "completed" for j in jobs)
+    runs = {j["prefect_run_id"] for j in jobs}
+    assert len(runs) < len(jobs)  # grouped: fewer Prefect runs than jobs
+
+
+def test_list_filters_and_pages(platform: Platform) -> None:
+    client = platform.client()
+    done = submit(client, {"prompt": "Hi", "max_tokens": 1})
+    wait_done(client, done["id"])
+    completed = client.get("/api/v1/tasks", params={"status": "completed", "limit": 500}).json()
+    assert done["id"] in {j["id"] for j in completed["items"]}
+    assert all(j["status"] == "completed" for j in completed["items"])
+    page = client.get("/api/v1/tasks", params={"limit": 1, "offset": 1}).json()
+    assert len(page["items"]) == 1 and page["total"] >= 2 and page["offset"] == 1
+    assert client.get("/api/v1/tasks", params={"type": "image"}).json()["total"] == 0
+    assert_envelope(client.get("/api/v1/tasks", params={"status": "sleeping"}), 422)
+    assert_envelope(client.get("/api/v1/tasks", params={"limit": 0}), 422)
+
+
+def test_job_bad_inputs(platform: Platform) -> None:
+    client = platform.client()
+    assert_envelope(
+        client.post("/api/v1/tasks", json={"type": "text", "params": {"model": "nope", "prompt": "x"}}),
+        404,
+        "model_not_found",
+    )
+    assert_envelope(client.post("/api/v1/tasks", json={"type": "text", "priority": "urgent", "params": {"prompt": "x"}}), 422)
+    assert_envelope(client.post("/api/v1/tasks", json={"type": "video", "params": {"prompt": "x"}}), 422)
+    assert_envelope(client.post("/api/v1/tasks", json={"type": "text", "params": {"max_tokens": 3}}), 422)
+    assert_envelope(client.get("/api/v1/tasks/does-not-exist"), 404, "not_found")
+    assert_envelope(client.delete("/api/v1/tasks/does-not-exist"), 404, "not_found")
+
+
+def test_too_long_job_fails_with_the_reason(platform: Platform) -> None:
+    client = platform.client()
+    job, _ = wait_done(client, submit(client, {"prompt": "hello " * 9000, "max_tokens": 8})["id"])
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "context_length_exceeded"
+
+
+def test_queue_status_counts(platform: Platform) -> None:
+    body = platform.client().get("/api/v1/queue/status").json()
+    assert body["by_status"]["completed"] >= 1
+    assert set(body["queued_by_priority"]) == {"high", "normal", "low"}
+    assert body["dispatcher_healthy"] is True
+
+
+def test_running_job_can_be_cancelled(platform: Platform) -> None:
+    client = platform.client()
+    job = submit(client, {"prompt": "Write a very long essay about rivers.", "max_tokens": 400, "temperature": 0})
+    deadline = time.monotonic() + 60
+    while client.get(f"/api/v1/tasks/{job['id']}").json()["status"] == "queued":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    cancelled = client.delete(f"/api/v1/tasks/{job['id']}").json()
+    assert cancelled["cancel_requested"] is True
+    final, _ = wait_done(client, job["id"])
+    assert final["status"] == "cancelled"
+    assert final["result"]["usage"]["completion_tokens"] < 400  # it stopped early, not at max_tokens

@@ -1,0 +1,48 @@
+"""Nothing is lost: jobs survive a gateway restart, a stopped worker and a Prefect outage.
+These tests stop and restart real components, and leave the platform running again."""
+
+from __future__ import annotations
+
+import time
+
+from tests.platform_harness import Platform
+from tests.test_jobs import submit, wait_done
+
+
+def test_queued_job_cancel_and_gateway_restart_lose_nothing(platform: Platform) -> None:
+    platform.stop("model-worker")  # nothing can run: jobs stay queued
+    try:
+        client = platform.client()
+        jobs = [submit(client, {"prompt": f"Say {i}", "max_tokens": 2, "temperature": 0}) for i in range(3)]
+        cancelled = client.delete(f"/api/v1/tasks/{jobs[0]['id']}").json()
+        assert cancelled["status"] == "cancelled"
+        time.sleep(0.5)  # let the dispatcher hand them to Prefect
+        platform.stop("gateway")
+        platform.start_gateway()
+    finally:
+        platform.start_worker()
+        platform.wait_ready()
+    client = platform.client()
+    final = [wait_done(client, j["id"])[0] for j in jobs]
+    assert final[0]["status"] == "cancelled" and final[0]["result"] is None
+    assert [j["status"] for j in final[1:]] == ["completed", "completed"]
+    assert all(j["attempts"] == 1 for j in final[1:])  # ran exactly once
+
+
+def test_job_submitted_while_prefect_is_down_completes_later(platform: Platform) -> None:
+    platform.stop("prefect-server")
+    try:
+        client = platform.client()
+        started = time.perf_counter()
+        job = submit(client, {"prompt": "Hello", "max_tokens": 2, "temperature": 0})
+        assert time.perf_counter() - started < 2.0  # accepted without Prefect
+        deadline = time.monotonic() + 60  # Prefect's client retries a while before giving up
+        while client.get("/api/v1/queue/status").json()["dispatcher_healthy"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert client.get(f"/api/v1/tasks/{job['id']}").json()["status"] == "queued"
+    finally:
+        platform.start_prefect()
+    final, _ = wait_done(platform.client(), job["id"], timeout=180)
+    assert final["status"] == "completed"
+    assert final["prefect_run_id"]
