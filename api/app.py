@@ -9,13 +9,6 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
-from bitinglip.config import Settings, get_settings
-from bitinglip.db.session import Database
-from bitinglip.http import install_error_handlers
-from bitinglip.jobs.dispatcher import Dispatcher
-from bitinglip.jobs.store import JobStore
-from bitinglip.models import registry
-from bitinglip.models.store import ModelStore
 from api import health
 from api.inference import router as inference_router
 from api.inference.service import InferenceService
@@ -27,6 +20,13 @@ from api.state import GatewayState
 from api.workers import router as workers_router
 from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory
+from bitinglip.config import Settings, get_settings
+from bitinglip.db.session import Database
+from bitinglip.http import install_error_handlers
+from bitinglip.jobs.dispatcher import Dispatcher
+from bitinglip.jobs.store import JobStore
+from bitinglip.models import registry
+from bitinglip.models.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,10 @@ def build_state(settings: Settings) -> GatewayState:
     models = ModelService(db, workers)
     store = JobStore(db)
     dispatcher = Dispatcher(
-        store, submit_inference_run, jobs_per_run=settings.jobs_per_run, interval_s=settings.dispatch_interval_s
+        store,
+        submit_inference_run,
+        jobs_per_run=settings.jobs_per_run,
+        interval_s=settings.dispatch_interval_s,
     )
     return GatewayState(
         settings=settings,

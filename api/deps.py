@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from bitinglip.config import Settings
 from api.inference.service import InferenceService
 from api.jobs.service import JobService
 from api.models.service import ModelService
 from api.state import GatewayState
 from api.workers.service import WorkerDirectory
+from bitinglip.config import Settings
 
 
 def get_state(request: Request) -> GatewayState:

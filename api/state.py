@@ -6,14 +6,14 @@ from dataclasses import dataclass
 
 import httpx
 
-from bitinglip.config import Settings
-from bitinglip.db.session import Database
-from bitinglip.jobs.dispatcher import Dispatcher
 from api.inference.service import InferenceService
 from api.jobs.service import JobService
 from api.models.service import ModelService
 from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory
+from bitinglip.config import Settings
+from bitinglip.db.session import Database
+from bitinglip.jobs.dispatcher import Dispatcher
 
 
 @dataclass

@@ -88,7 +88,8 @@ class RemoteError(BitingLipError):
     """An error answered by another of our processes, relayed with its status and envelope."""
 
     def __init__(self, status_code: int, body: dict[str, Any], retry_after: float | None = None) -> None:
-        err = body.get("error") if isinstance(body.get("error"), dict) else {}
+        raw = body.get("error")
+        err: dict[str, Any] = raw if isinstance(raw, dict) else {}
         super().__init__(
             str(err.get("message") or "upstream error"),
             param=err.get("param"),

@@ -77,8 +77,17 @@ def run_platform(settings: Settings, console: Console, install: bool = True) -> 
         with console.status("starting Prefect server"):
             sup.start(
                 "prefect-server",
-                [py, "-m", "prefect", "server", "start", "--host", settings.prefect_host,
-                 "--port", str(settings.prefect_port)],
+                [
+                    py,
+                    "-m",
+                    "prefect",
+                    "server",
+                    "start",
+                    "--host",
+                    settings.prefect_host,
+                    "--port",
+                    str(settings.prefect_port),
+                ],
             )
             sup.wait_http(f"{settings.prefect_api}/health", timeout=90)
         with console.status("work pools and deployments"):
@@ -89,8 +98,11 @@ def run_platform(settings: Settings, console: Console, install: bool = True) -> 
         with console.status("starting model worker, pool workers and gateway"):
             sup.start("model-worker", [py, "-m", "bitinglip.cli", "worker"], cwd=PROJECT_DIR)
             for pool in ("gpu", "cpu"):
-                sup.start(f"pool-worker-{pool}", [py, "-m", "prefect", "worker", "start", "--pool", pool,
-                                                  "--type", "process"], cwd=PROJECT_DIR)
+                sup.start(
+                    f"pool-worker-{pool}",
+                    [py, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
+                    cwd=PROJECT_DIR,
+                )
             sup.start("gateway", [py, "-m", "bitinglip.cli", "gateway"], cwd=PROJECT_DIR)
             sup.wait_http(f"{settings.worker_url}/health", timeout=120)
             sup.wait_http(f"{settings.gateway_url}/health", timeout=60)

@@ -33,7 +33,9 @@ class Supervisor:
         self.children: list[Child] = []
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, argv: Sequence[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> Child:
+    def start(
+        self, name: str, argv: Sequence[str], cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> Child:
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("ab") as log_file:
             process = subprocess.Popen(

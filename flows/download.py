@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import cast
+from uuid import UUID
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
@@ -33,12 +35,18 @@ def install_files(
 ) -> Manifest:
     store = ModelStore(get_settings().store_dir)
     return installer.install(
-        store, staged, name=name, revision=revision, task=task_type, source=source, converted_from=converted_from
+        store,
+        staged,
+        name=name,
+        revision=revision,
+        task=task_type,
+        source=source,
+        converted_from=converted_from,
     )
 
 
 def _progress_to_artifact() -> installer.ProgressListener:
-    artifact_id = create_progress_artifact(0.0, key=None, description="model download progress")
+    artifact_id = cast(UUID, create_progress_artifact(0.0, key=None, description="model download progress"))
     last = [0.0]
     weights = {"fetch": (0.0, 60.0), "convert": (60.0, 35.0), "install": (95.0, 5.0)}
 

@@ -13,12 +13,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from the store only; the Hub is unreachable
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from bitinglip.config import Settings  # noqa: E402
-from bitinglip.models import installer  # noqa: E402
-from bitinglip.models.catalog import load_catalog  # noqa: E402
-from bitinglip.models.sources import parse_source  # noqa: E402
-from bitinglip.models.store import ModelStore  # noqa: E402
-from tests.platform_harness import Platform, platform_settings  # noqa: E402
+from bitinglip.config import Settings
+from bitinglip.models import installer
+from bitinglip.models.catalog import load_catalog
+from bitinglip.models.sources import parse_source
+from bitinglip.models.store import ModelStore
+from tests.platform_harness import Platform, platform_settings
 
 TEXT_MODEL = "smollm2-135m-instruct"
 

@@ -48,8 +48,17 @@ class Platform:
     def start_prefect(self) -> None:
         self._start(
             "prefect-server",
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-             "--port", str(self.settings.prefect_port)],
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.settings.prefect_port),
+            ],
         )
         self.sup.wait_http(f"{self.settings.prefect_api}/health", timeout=120)
 
@@ -68,8 +77,9 @@ class Platform:
     def stop(self, name: str) -> None:
         child = self.children.pop(name)
         self.sup.children.remove(child)
-        from bitinglip.supervisor import _signal_group
         import signal
+
+        from bitinglip.supervisor import _signal_group
 
         _signal_group(child.process, signal.SIGTERM)
         child.process.wait(30)

@@ -112,9 +112,7 @@ def test_invalid_parameters_are_422(platform: Platform) -> None:
 
 
 def test_prompt_over_context_is_400(platform: Platform) -> None:
-    response = platform.client().post(
-        "/api/v1/inference/text", json={"prompt": "hello " * 9000, "max_tokens": 16}
-    )
+    response = platform.client().post("/api/v1/inference/text", json={"prompt": "hello " * 9000, "max_tokens": 16})
     error = assert_envelope(response, 400, "context_length_exceeded")
     assert "8192" in str(error["message"])
 

@@ -105,7 +105,10 @@ def test_job_bad_inputs(platform: Platform) -> None:
         404,
         "model_not_found",
     )
-    assert_envelope(client.post("/api/v1/tasks", json={"type": "text", "priority": "urgent", "params": {"prompt": "x"}}), 422)
+    assert_envelope(
+        client.post("/api/v1/tasks", json={"type": "text", "priority": "urgent", "params": {"prompt": "x"}}),
+        422,
+    )
     assert_envelope(client.post("/api/v1/tasks", json={"type": "video", "params": {"prompt": "x"}}), 422)
     assert_envelope(client.post("/api/v1/tasks", json={"type": "text", "params": {"max_tokens": 3}}), 422)
     assert_envelope(client.get("/api/v1/tasks/does-not-exist"), 404, "not_found")

@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from bitinglip.errors import BitingLipError
 from api.deps import InferenceServiceDep
 from api.inference.schemas import TextInferenceRequest, TextInferenceResponse
 from api.inference.service import stream_error
+from bitinglip.errors import BitingLipError
 
 router = APIRouter(prefix="/api/v1/inference", tags=["inference"])
 

@@ -3,19 +3,18 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import logging
-
+from api.models.service import ModelService
+from api.workers.client import WorkerClient
+from api.workers.service import WorkerDirectory, WorkerInfo
 from bitinglip.config import Settings
 from bitinglip.engines.types import Priority
 from bitinglip.errors import BitingLipError, RemoteError, ServiceUnavailable
 from bitinglip.schemas import TextGenerationParams
-from api.models.service import ModelService
-from api.workers.client import WorkerClient
-from api.workers.service import WorkerDirectory, WorkerInfo
 
 log = logging.getLogger(__name__)
 

@@ -81,7 +81,11 @@ class JobView(BaseModel):
         )
 
 
-_PRIORITY_NAMES: dict[int, PriorityName] = {Priority.HIGH: "high", Priority.NORMAL: "normal", Priority.LOW: "low"}
+_PRIORITY_NAMES: dict[int, PriorityName] = {
+    Priority.HIGH: "high",
+    Priority.NORMAL: "normal",
+    Priority.LOW: "low",
+}
 
 
 class JobPageView(BaseModel):

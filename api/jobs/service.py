@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+from api.jobs.schemas import _PRIORITY_NAMES, JobPageView, JobRequest, JobView, QueueStatus
+from api.models.service import ModelService
 from bitinglip.config import Settings
 from bitinglip.engines.types import Priority
 from bitinglip.jobs.dispatcher import Dispatcher
 from bitinglip.jobs.store import JobStore
-from api.jobs.schemas import _PRIORITY_NAMES, JobPageView, JobRequest, JobView, QueueStatus
-from api.models.service import ModelService
 
 
 class JobService:
@@ -43,7 +43,7 @@ class JobService:
         self, owner: str | None, status: str | None, type_: str | None, limit: int, offset: int
     ) -> JobPageView:
         page = await asyncio.to_thread(
-            lambda: self.store.list(owner=owner, status=status, type_=type_, limit=limit, offset=offset)
+            lambda: self.store.page(owner=owner, status=status, type_=type_, limit=limit, offset=offset)
         )
         return JobPageView(items=[self._view(j) for j in page.items], total=page.total, limit=limit, offset=offset)
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+from api.models.schemas import ModelView
+from api.workers.service import WorkerDirectory
 from bitinglip.db.session import Database
 from bitinglip.db.tables import ModelRecord
 from bitinglip.errors import ModelNotFound
 from bitinglip.models import registry
 from bitinglip.models.names import split_model_id
-from api.models.schemas import ModelView
-from api.workers.service import WorkerDirectory
 
 
 class ModelService:

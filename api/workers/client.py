@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from bitinglip.errors import RemoteError, ServiceUnavailable
 from api.workers.service import WorkerInfo
+from bitinglip.errors import RemoteError, ServiceUnavailable
 
 
 def _retry_after(response: httpx.Response) -> float | None:

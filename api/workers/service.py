@@ -51,7 +51,13 @@ class WorkerDirectory:
             age = (now - beat).total_seconds()
             infos.append(
                 WorkerInfo(
-                    w.id, w.url, w.device, list(w.models), w.queue_depth, age, age <= self.settings.worker_stale_after_s
+                    w.id,
+                    w.url,
+                    w.device,
+                    list(w.models),
+                    w.queue_depth,
+                    age,
+                    age <= self.settings.worker_stale_after_s,
                 )
             )
         return infos

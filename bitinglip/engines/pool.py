@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from bitinglip.config import Settings
@@ -106,11 +107,15 @@ class ModelPool:
             max_batch_size=size,
             max_wait_ms=wait_ms,
             max_queue=queue,
-            on_batch=(lambda n, mid=manifest.id: self.on_batch(mid, n)) if self.on_batch else None,
+            on_batch=partial(self._batch_done, manifest.id),
         )
         elapsed = time.perf_counter() - started
         self._models[manifest.id] = LoadedModel(manifest, engine, batcher, elapsed, time.monotonic())
         log.info("loaded %s on %s in %.2fs", manifest.id, self.device, elapsed)
+
+    def _batch_done(self, model_id: str, size: int) -> None:
+        if self.on_batch is not None:
+            self.on_batch(model_id, size)
 
     async def generate_text(
         self,
@@ -122,9 +127,7 @@ class ModelPool:
         """Tokenize, check the context, queue for the next batch and wait for the result."""
         loaded = await self.get(params.model or self.settings.default_text_model)
         if params.prompt_chars() > self.settings.max_prompt_chars:
-            raise InvalidRequest(
-                f"prompt is longer than {self.settings.max_prompt_chars} characters", param="prompt"
-            )
+            raise InvalidRequest(f"prompt is longer than {self.settings.max_prompt_chars} characters", param="prompt")
         sampling = params.sampling(self.settings.default_max_tokens)
         if sampling.max_tokens > self.settings.max_tokens_cap:
             raise InvalidRequest(f"max_tokens must be <= {self.settings.max_tokens_cap}", param="max_tokens")

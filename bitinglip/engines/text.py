@@ -17,7 +17,14 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bitinglip.engines.types import FinishReason, SamplingParams, TextDelta, TextRequest, TextResult, TokenLogprob
+from bitinglip.engines.types import (
+    FinishReason,
+    SamplingParams,
+    TextDelta,
+    TextRequest,
+    TextResult,
+    TokenLogprob,
+)
 from bitinglip.errors import ContextLengthExceeded, InvalidRequest
 
 
@@ -57,7 +64,7 @@ class TextEngine:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map)
         if device_map is None:
-            model.to(device)
+            model.to(device)  # type: ignore[arg-type]
         model.eval()
         return cls(name, model, tokenizer, device)
 

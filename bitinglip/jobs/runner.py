@@ -63,9 +63,7 @@ class JobRunner:
             log.exception("job %s failed", job.id)
             return await self._requeue(job, exc)
         status = "cancelled" if result.finish_reason == "cancelled" or cancelled.is_set() else "completed"
-        return await self._finish(
-            job, status, result=result.as_dict(), engine_seconds=time.perf_counter() - started
-        )
+        return await self._finish(job, status, result=result.as_dict(), engine_seconds=time.perf_counter() - started)
 
     async def _finish(self, job: Job, status: str, **fields: Any) -> str:
         await asyncio.to_thread(self.store.finish, job.id, status=status, **fields)

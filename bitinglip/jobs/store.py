@@ -7,15 +7,22 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, Update, func, select, update
+from sqlalchemy.orm import Session
 
 from bitinglip.db.session import Database
 from bitinglip.db.tables import Job
 from bitinglip.errors import NotFound
 
 TERMINAL = ("completed", "failed", "cancelled")
+
+
+def _rows(session: Session, statement: Update) -> int:
+    """Run an UPDATE and say how many rows it changed (0: someone else got there first)."""
+    result = cast("CursorResult[Any]", session.execute(statement))
+    return int(result.rowcount)
 
 
 def _now() -> datetime:
@@ -56,9 +63,7 @@ class JobStore:
                 raise NotFound(f"job {job_id!r} not found", param="id")
             return job
 
-    def list(
-        self, *, owner: str | None, status: str | None, type_: str | None, limit: int, offset: int
-    ) -> JobPage:
+    def page(self, *, owner: str | None, status: str | None, type_: str | None, limit: int, offset: int) -> JobPage:
         query = select(Job)
         if owner is not None:
             query = query.where(Job.owner == owner)
@@ -110,12 +115,13 @@ class JobStore:
             for job_id, model, dispatched_at in rows:
                 if len(groups[model]) >= limit:
                     continue
-                won = s.execute(
+                won = _rows(
+                    s,
                     update(Job)
                     .where(Job.id == job_id, Job.status == "queued")
                     .where(Job.dispatched_at.is_(None) if dispatched_at is None else Job.dispatched_at == dispatched_at)
-                    .values(dispatched_at=now)
-                ).rowcount
+                    .values(dispatched_at=now),
+                )
                 if won:
                     groups[model].append(job_id)
         return dict(groups)
@@ -126,9 +132,7 @@ class JobStore:
 
     def release_dispatch(self, job_ids: list[str]) -> None:
         with self.db.session() as s:
-            s.execute(
-                update(Job).where(Job.id.in_(job_ids), Job.status == "queued").values(dispatched_at=None)
-            )
+            s.execute(update(Job).where(Job.id.in_(job_ids), Job.status == "queued").values(dispatched_at=None))
 
     # -- worker side
 
@@ -136,11 +140,12 @@ class JobStore:
         claimed = []
         with self.db.session() as s:
             for job_id in job_ids:
-                won = s.execute(
+                won = _rows(
+                    s,
                     update(Job)
                     .where(Job.id == job_id, Job.status == "queued")
-                    .values(status="running", worker_id=worker_id, started_at=_now(), attempts=Job.attempts + 1)
-                ).rowcount
+                    .values(status="running", worker_id=worker_id, started_at=_now(), attempts=Job.attempts + 1),
+                )
                 if won:
                     job = s.get(Job, job_id)
                     if job is not None:
@@ -167,26 +172,27 @@ class JobStore:
                 update(Job)
                 .where(Job.id == job_id, Job.status == "running")
                 .values(
-                    status=status, result=result, error=error, engine_seconds=engine_seconds, finished_at=_now()
+                    status=status,
+                    result=result,
+                    error=error,
+                    engine_seconds=engine_seconds,
+                    finished_at=_now(),
                 )
             )
 
     def requeue(self, job_id: str, error: dict[str, Any]) -> None:
         """A transient failure: back to the queue for the task's Prefect retry to claim again."""
         with self.db.session() as s:
-            s.execute(
-                update(Job).where(Job.id == job_id, Job.status == "running").values(status="queued", error=error)
-            )
+            s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(status="queued", error=error))
 
     def fail_orphans(self, worker_ids: list[str], reason: str) -> int:
         """Jobs left `running` by workers that stopped heartbeating go back to the queue or fail."""
         if not worker_ids:
             return 0
         with self.db.session() as s:
-            return int(
-                s.execute(
-                    update(Job)
-                    .where(Job.status == "running", Job.worker_id.in_(worker_ids))
-                    .values(status="queued", dispatched_at=None, error={"message": reason})
-                ).rowcount
+            return _rows(
+                s,
+                update(Job)
+                .where(Job.status == "running", Job.worker_id.in_(worker_ids))
+                .values(status="queued", dispatched_at=None, error={"message": reason}),
             )

@@ -119,7 +119,14 @@ class ModelStore:
             shutil.rmtree(folder, ignore_errors=True)
 
     def install(
-        self, staged: Path, *, name: str, revision: str, task: Task, source: str, converted_from: str | None = None
+        self,
+        staged: Path,
+        *,
+        name: str,
+        revision: str,
+        task: Task,
+        source: str,
+        converted_from: str | None = None,
     ) -> Manifest:
         files = hash_tree(staged)
         if not files:

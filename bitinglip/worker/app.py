@@ -117,9 +117,11 @@ async def _stream(pool: ModelPool, body: WorkerTextRequest) -> AsyncIterator[byt
     If the client goes away, the generator is closed and the request's slot in the batch is freed."""
     loop = asyncio.get_running_loop()
     deltas: asyncio.Queue[TextDelta] = asyncio.Queue()
-    generation = asyncio.create_task(
-        pool.generate_text(body, body.priority, sink=lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d))
-    )
+
+    def sink(delta: TextDelta) -> None:  # called on the compute thread
+        loop.call_soon_threadsafe(deltas.put_nowait, delta)
+
+    generation = asyncio.create_task(pool.generate_text(body, body.priority, sink=sink))
     try:
         while True:
             getter = asyncio.create_task(deltas.get())

@@ -1,0 +1,156 @@
+"""The dynamic batcher with a real (pure-Python) batch function: grouping, deadline, priority,
+failure propagation, the output-count guarantee and backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from bitinglip.engines.batcher import DynamicBatcher
+from bitinglip.errors import Overloaded
+
+
+@pytest.fixture()
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool
+
+
+class Recorder:
+    """Upper-cases items and records every batch it was given."""
+
+    def __init__(self, delay: float = 0.0, gate: threading.Event | None = None) -> None:
+        self.batches: list[list[str]] = []
+        self.delay = delay
+        self.gate = gate
+
+    def __call__(self, items: list[str]) -> list[str]:
+        if self.gate is not None:
+            self.gate.wait(5)
+        time.sleep(self.delay)
+        self.batches.append(list(items))
+        return [i.upper() for i in items]
+
+
+def make(
+    executor: ThreadPoolExecutor,
+    fn: Callable[[list[str]], list[str]],
+    size: int = 4,
+    wait_ms: float = 50,
+    queue: int = 64,
+) -> DynamicBatcher[str, str]:
+    return DynamicBatcher("test", fn, executor, max_batch_size=size, max_wait_ms=wait_ms, max_queue=queue)
+
+
+async def test_concurrent_requests_are_grouped_up_to_max_batch_size(executor: ThreadPoolExecutor) -> None:
+    rec = Recorder()
+    batcher = make(executor, rec, size=4)
+    results = await asyncio.gather(*(batcher.submit(f"r{i}", 0) for i in range(10)))
+    assert results == [f"R{i}" for i in range(10)]
+    assert [len(b) for b in rec.batches] == [4, 4, 2]
+    await batcher.stop()
+
+
+async def test_a_lone_request_waits_at_most_max_wait(executor: ThreadPoolExecutor) -> None:
+    rec = Recorder()
+    batcher = make(executor, rec, size=8, wait_ms=100)
+    started = time.monotonic()
+    assert await batcher.submit("solo", 0) == "SOLO"
+    elapsed = time.monotonic() - started
+    assert 0.09 <= elapsed < 1.0
+    assert rec.batches == [["solo"]]
+    await batcher.stop()
+
+
+async def test_full_batch_runs_without_waiting_for_the_deadline(executor: ThreadPoolExecutor) -> None:
+    batcher = make(executor, Recorder(), size=2, wait_ms=5_000)
+    started = time.monotonic()
+    await asyncio.gather(batcher.submit("a", 0), batcher.submit("b", 0))
+    assert time.monotonic() - started < 1.0
+    await batcher.stop()
+
+
+async def test_priority_orders_waiting_requests(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    rec = Recorder(gate=gate)
+    batcher = make(executor, rec, size=2, wait_ms=0)
+    first = asyncio.ensure_future(batcher.submit("blocker", 0))
+    await asyncio.sleep(0.05)  # the blocker's batch is now running and holds the compute thread
+    waiting = [
+        asyncio.ensure_future(batcher.submit(name, prio))
+        for name, prio in [("batch", 4), ("low", 3), ("sync", 0), ("high", 1)]
+    ]
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.gather(first, *waiting)
+    assert rec.batches == [["blocker"], ["sync", "high"], ["low", "batch"]]
+    await batcher.stop()
+
+
+async def test_a_failing_batch_fails_every_request_with_the_reason(executor: ThreadPoolExecutor) -> None:
+    def boom(items: list[str]) -> list[str]:
+        raise ValueError("engine exploded")
+
+    batcher = make(executor, boom, size=3)
+    results = await asyncio.gather(*(batcher.submit(str(i), 0) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(r, ValueError) and "engine exploded" in str(r) for r in results)
+    await batcher.stop()
+
+
+async def test_output_count_must_equal_input_count(executor: ThreadPoolExecutor) -> None:
+    batcher = make(executor, lambda items: items[:-1], size=2)
+    results = await asyncio.gather(batcher.submit("a", 0), batcher.submit("b", 0), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) and "1 results for 2" in str(r) for r in results)
+    await batcher.stop()
+
+
+async def test_batcher_keeps_serving_after_a_failure(executor: ThreadPoolExecutor) -> None:
+    calls = {"n": 0}
+
+    def flaky(items: list[str]) -> list[str]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("first batch fails")
+        return items
+
+    batcher = make(executor, flaky, size=1, wait_ms=0)
+    with pytest.raises(RuntimeError):
+        await batcher.submit("a", 0)
+    assert await batcher.submit("b", 0) == "b"
+    await batcher.stop()
+
+
+async def test_full_queue_refuses_with_retry_after(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    batcher = make(executor, Recorder(gate=gate), size=1, wait_ms=0, queue=2)
+    running = asyncio.ensure_future(batcher.submit("running", 0))
+    await asyncio.sleep(0.05)
+    queued = [asyncio.ensure_future(batcher.submit(f"q{i}", 0)) for i in range(2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded) as refused:
+        await batcher.submit("one too many", 0)
+    assert refused.value.status_code == 503 and "Retry-After" in refused.value.headers()
+    gate.set()
+    assert await asyncio.gather(running, *queued) == ["RUNNING", "Q0", "Q1"]
+    await batcher.stop()
+
+
+async def test_cancelled_waiter_gives_its_slot_away(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    rec = Recorder(gate=gate)
+    batcher = make(executor, rec, size=2, wait_ms=0)
+    blocker = asyncio.ensure_future(batcher.submit("blocker", 0))
+    await asyncio.sleep(0.05)
+    gone = asyncio.ensure_future(batcher.submit("gone", 0))
+    kept = [asyncio.ensure_future(batcher.submit(n, 0)) for n in ("x", "y")]
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    gate.set()
+    await asyncio.gather(blocker, *kept)
+    assert rec.batches == [["blocker"], ["x", "y"]]
+    await batcher.stop()

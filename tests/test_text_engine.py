@@ -1,0 +1,115 @@
+"""The text engine on the real SmolLM2 weights, in-process: batching must not change answers."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from bitinglip.engines.text import TextEngine
+from bitinglip.engines.types import SamplingParams, TextDelta, TextRequest
+from bitinglip.errors import ContextLengthExceeded, InvalidRequest
+from bitinglip.models.store import ModelStore
+from tests.conftest import TEXT_MODEL
+
+
+@pytest.fixture(scope="module")
+def engine(model_store: ModelStore) -> TextEngine:
+    manifest = model_store.resolve(TEXT_MODEL)
+    return TextEngine.load(manifest.id, model_store.path(manifest), "cpu", torch.float32, None)
+
+
+def chat(engine: TextEngine, text: str) -> list[int]:
+    return engine.encode(None, [{"role": "user", "content": text}])
+
+
+def greedy(max_tokens: int = 24, **kw: object) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, **kw)  # type: ignore[arg-type]
+
+
+def test_model_was_converted_from_gguf_to_safetensors(model_store: ModelStore) -> None:
+    manifest = model_store.resolve(TEXT_MODEL)
+    assert manifest.converted_from == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert "model.safetensors" in manifest.files and not any(f.endswith(".gguf") for f in manifest.files)
+    assert model_store.verify(manifest) == []
+
+
+def test_mixed_batch_gives_each_request_its_own_answer(engine: TextEngine) -> None:
+    paris = chat(engine, "What is the capital of France?")
+    alone = engine.run_batch([TextRequest(paris, greedy())])[0]
+    mixed = engine.run_batch(
+        [
+            TextRequest(
+                engine.encode("Once upon a time", None), SamplingParams(max_tokens=40, temperature=0.9, seed=3)
+            ),
+            TextRequest(paris, greedy()),
+            TextRequest(engine.encode("1, 2, 3,", None), greedy(max_tokens=5)),
+        ]
+    )
+    assert "Paris" in alone.text
+    assert mixed[1].text == alone.text  # padding and neighbours do not change a greedy answer
+    assert mixed[2].completion_tokens == 5 and mixed[2].finish_reason == "length"
+    assert mixed[0].completion_tokens <= 40
+    assert all(r.batch_size == 3 for r in mixed)
+
+
+def test_seed_makes_sampling_reproducible_inside_any_batch(engine: TextEngine) -> None:
+    prompt = engine.encode("The weather today is", None)
+    params = SamplingParams(max_tokens=12, temperature=1.0, top_p=0.9, seed=42)
+    solo = engine.run_batch([TextRequest(prompt, params)])[0].text
+    batched = engine.run_batch([TextRequest(prompt, greedy()), TextRequest(prompt, params)])[1].text
+    assert solo == batched
+
+
+def test_stop_strings_cut_the_text_and_streaming_matches(engine: TextEngine) -> None:
+    deltas: list[str] = []
+    result = engine.run_batch(
+        [
+            TextRequest(
+                engine.encode("1, 2, 3,", None),
+                greedy(max_tokens=30, stop=(" 7",)),
+                sink=lambda d: deltas.append(d.text),
+            )
+        ]
+    )[0]
+    assert result.finish_reason == "stop"
+    assert result.text.startswith(" 4, 5, 6,") and "7" not in result.text
+    assert "".join(deltas) == result.text
+
+
+def test_logprobs_are_reported_per_token(engine: TextEngine) -> None:
+    result = engine.run_batch([TextRequest(engine.encode("Hello", None), greedy(max_tokens=4, logprobs=3))])[0]
+    assert result.logprobs is not None and len(result.logprobs) == 4
+    for lp in result.logprobs:
+        assert lp.logprob <= 0 and len(lp.top) == 3
+        assert lp.top[0][1] == pytest.approx(lp.logprob)  # greedy picks the top alternative
+
+
+def test_cancelled_request_stops_early_and_neighbours_finish(engine: TextEngine) -> None:
+    cancel = threading.Event()
+    tokens: list[TextDelta] = []
+
+    def sink(delta: TextDelta) -> None:
+        tokens.append(delta)
+        if len(tokens) == 3:
+            cancel.set()
+
+    prompt = chat(engine, "Write a long story about a dragon who learns to fly.")
+    stopped, finished = engine.run_batch(
+        [
+            TextRequest(prompt, greedy(max_tokens=60), sink=sink, cancelled=cancel),
+            TextRequest(prompt, greedy(max_tokens=20)),
+        ]
+    )
+    assert stopped.finish_reason == "cancelled" and stopped.completion_tokens < 10
+    assert finished.completion_tokens == 20
+
+
+def test_context_and_input_checks(engine: TextEngine) -> None:
+    with pytest.raises(ContextLengthExceeded):
+        engine.check_length(list(range(8000)), 500)
+    with pytest.raises(InvalidRequest):
+        engine.encode(None, None)
+    with pytest.raises(InvalidRequest):
+        engine.check_length([], 10)
