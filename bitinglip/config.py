@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     device_map: str | None = Field(default=None, description="accelerate device_map, e.g. auto, balanced.")
     torch_threads: int | None = None
     max_batch_size: int = Field(default=8, ge=1, le=256)
-    max_wait_ms: float = Field(default=20.0, ge=0)
+    max_wait_ms: float = Field(default=10.0, ge=0)
     max_queue: int = Field(default=64, ge=1)
     batching: dict[str, BatchingOverride] = Field(default_factory=dict)
     default_max_tokens: int = 128

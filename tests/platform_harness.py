@@ -100,12 +100,7 @@ class Platform:
         return httpx.Client(base_url=self.gateway, timeout=120, **kwargs)  # type: ignore[arg-type]
 
 
-def platform_settings(home: Path) -> Settings:
-    return Settings(
-        home=home,
-        gateway_port=free_port(),
-        worker_port=free_port(),
-        prefect_port=free_port(),
-        worker_heartbeat_s=0.5,
-        worker_stale_after_s=3.0,
-    )
+def platform_settings(home: Path, fast_heartbeat: bool = True) -> Settings:
+    """Tests beat fast so restarts are noticed quickly; benchmarks keep the production defaults."""
+    beat = {"worker_heartbeat_s": 0.5, "worker_stale_after_s": 3.0} if fast_heartbeat else {}
+    return Settings(home=home, gateway_port=free_port(), worker_port=free_port(), prefect_port=free_port(), **beat)

@@ -71,14 +71,18 @@ class Dispatcher:
             await asyncio.sleep(self.interval_s)  # lets a burst of submissions gather into one run
 
     async def dispatch_once(self) -> int:
-        groups = await asyncio.to_thread(self.store.claim_for_dispatch, self.jobs_per_run, self.redispatch_after)
+        groups = await asyncio.to_thread(self.store.claim_for_dispatch, self.jobs_per_run * 4, self.redispatch_after)
+        runs = [
+            (model, ids[i : i + self.jobs_per_run])
+            for model, ids in groups.items()
+            for i in range(0, len(ids), self.jobs_per_run)
+        ]
         count = 0
-        for i, (model, job_ids) in enumerate(groups.items()):
+        for n, (model, job_ids) in enumerate(runs):
             try:
                 run_id = await asyncio.to_thread(self.submit, model, job_ids)
             except Exception:
-                remaining = [j for ids in list(groups.values())[i:] for j in ids]
-                await asyncio.to_thread(self.store.release_dispatch, remaining)
+                await asyncio.to_thread(self.store.release_dispatch, [j for _, ids in runs[n:] for j in ids])
                 raise
             await asyncio.to_thread(self.store.set_run, job_ids, run_id)
             count += len(job_ids)

@@ -27,12 +27,43 @@ class RetryableJobsError(RuntimeError):
     """Some jobs of the group hit a transient error and were re-queued."""
 
 
+class FinishWriter:
+    """Coalesces job outcomes that land together (one batch finishes many jobs) into one
+    transaction: on SQLite every commit contends for the single write lock."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self._pending: list[tuple[str, dict[str, Any], asyncio.Future[None]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def finish(self, job_id: str, **fields: Any) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((job_id, fields, future))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            await asyncio.sleep(0.005)  # let the rest of the batch's outcomes arrive
+            batch, self._pending = self._pending, []
+            try:
+                await asyncio.to_thread(self.store.finish_many, [(job_id, f) for job_id, f, _ in batch])
+            except Exception as exc:
+                for *_, future in batch:
+                    future.set_exception(exc)
+            else:
+                for *_, future in batch:
+                    future.set_result(None)
+
+
 class JobRunner:
     def __init__(self, settings: Settings, pool: ModelPool, store: JobStore, worker_id: str) -> None:
         self.settings = settings
         self.pool = pool
         self.store = store
         self.worker_id = worker_id
+        self.writer = FinishWriter(store)
 
     async def run(self, job_ids: list[str]) -> dict[str, str]:
         claimed = await asyncio.to_thread(self.store.claim_for_run, job_ids, self.worker_id)
@@ -66,7 +97,7 @@ class JobRunner:
         return await self._finish(job, status, result=result.as_dict(), engine_seconds=time.perf_counter() - started)
 
     async def _finish(self, job: Job, status: str, **fields: Any) -> str:
-        await asyncio.to_thread(self.store.finish, job.id, status=status, **fields)
+        await self.writer.finish(job.id, status=status, **fields)
         return status
 
     async def _requeue(self, job: Job, exc: Exception) -> str:

@@ -100,30 +100,22 @@ class JobStore:
     # -- dispatcher side
 
     def claim_for_dispatch(self, limit: int, redispatch_after: timedelta) -> dict[str, list[str]]:
-        """Queued jobs nobody dispatched (or whose dispatch is stale), grouped by model, best first."""
-        stale = _now() - redispatch_after
+        """Queued jobs nobody dispatched (or whose dispatch went stale), best priority first, taken
+        in one atomic UPDATE ... RETURNING and grouped by model."""
+        dispatchable = (Job.status == "queued") & (
+            Job.dispatched_at.is_(None) | (Job.dispatched_at < _now() - redispatch_after)
+        )
+        candidates = select(Job.id).where(dispatchable).order_by(Job.priority, Job.created_at).limit(limit)
         with self.db.session() as s:
             rows = s.execute(
-                select(Job.id, Job.model, Job.dispatched_at)
-                .where(Job.status == "queued")
-                .where((Job.dispatched_at.is_(None)) | (Job.dispatched_at < stale))
-                .order_by(Job.priority, Job.created_at)
-                .limit(limit * 4)
+                update(Job)
+                .where(Job.id.in_(candidates.scalar_subquery()), dispatchable)
+                .values(dispatched_at=_now())
+                .returning(Job.id, Job.model, Job.priority, Job.created_at)
             ).all()
-            groups: dict[str, list[str]] = defaultdict(list)
-            now = _now()
-            for job_id, model, dispatched_at in rows:
-                if len(groups[model]) >= limit:
-                    continue
-                won = _rows(
-                    s,
-                    update(Job)
-                    .where(Job.id == job_id, Job.status == "queued")
-                    .where(Job.dispatched_at.is_(None) if dispatched_at is None else Job.dispatched_at == dispatched_at)
-                    .values(dispatched_at=now),
-                )
-                if won:
-                    groups[model].append(job_id)
+        groups: dict[str, list[str]] = defaultdict(list)
+        for job_id, model, _, _ in sorted(rows, key=lambda r: (r[2], r[3])):
+            groups[model].append(job_id)
         return dict(groups)
 
     def set_run(self, job_ids: list[str], run_id: str) -> None:
@@ -137,20 +129,16 @@ class JobStore:
     # -- worker side
 
     def claim_for_run(self, job_ids: list[str], worker_id: str) -> list[Job]:
-        claimed = []
+        """Queued -> running in one statement; a job someone else claimed (or cancelled) is skipped."""
         with self.db.session() as s:
-            for job_id in job_ids:
-                won = _rows(
-                    s,
+            return list(
+                s.scalars(
                     update(Job)
-                    .where(Job.id == job_id, Job.status == "queued")
-                    .values(status="running", worker_id=worker_id, started_at=_now(), attempts=Job.attempts + 1),
+                    .where(Job.id.in_(job_ids), Job.status == "queued")
+                    .values(status="running", worker_id=worker_id, started_at=_now(), attempts=Job.attempts + 1)
+                    .returning(Job)
                 )
-                if won:
-                    job = s.get(Job, job_id)
-                    if job is not None:
-                        claimed.append(job)
-        return claimed
+            )
 
     def cancel_requested(self, job_ids: list[str]) -> set[str]:
         if not job_ids:
@@ -158,27 +146,14 @@ class JobStore:
         with self.db.session() as s:
             return set(s.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.cancel_requested.is_(True))))
 
-    def finish(
-        self,
-        job_id: str,
-        *,
-        status: str,
-        result: dict[str, Any] | None = None,
-        error: dict[str, Any] | None = None,
-        engine_seconds: float | None = None,
-    ) -> None:
+    def finish_many(self, outcomes: list[tuple[str, dict[str, Any]]]) -> None:
+        """Record final outcomes (status, result, error, engine_seconds) of running jobs, in one transaction."""
+        now = _now()
         with self.db.session() as s:
-            s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == "running")
-                .values(
-                    status=status,
-                    result=result,
-                    error=error,
-                    engine_seconds=engine_seconds,
-                    finished_at=_now(),
+            for job_id, fields in outcomes:
+                s.execute(
+                    update(Job).where(Job.id == job_id, Job.status == "running").values(finished_at=now, **fields)
                 )
-            )
 
     def requeue(self, job_id: str, error: dict[str, Any]) -> None:
         """A transient failure: back to the queue for the task's Prefect retry to claim again."""

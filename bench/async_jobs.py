@@ -1,0 +1,84 @@
+"""Async job path: 200 one-token jobs from 1 and from 16 concurrent submitters.
+
+Prints acceptance latency (target p95 <= 20 ms), orchestration overhead per job (end-to-end minus
+engine time) and completed jobs/s (target >= 20; Prefect background tasks alone do ~4/s here)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+import httpx
+
+from bench.harness import median, pct, running_platform
+
+JOBS = 200
+
+
+def run_round(base_url: str, submitters: int, tag: str) -> None:
+    def submit(client: httpx.Client, i: int) -> tuple[str, float]:
+        started = time.perf_counter()
+        response = client.post(
+            "/api/v1/tasks",
+            json={"type": "text", "params": {"prompt": f"{tag} {i}:", "max_tokens": 1, "temperature": 0}},
+        )
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 202, response.text
+        return response.json()["id"], elapsed
+
+    per_submitter = JOBS // submitters
+    accepted: list[tuple[str, float]] = []
+
+    def submitter(k: int) -> list[tuple[str, float]]:
+        with httpx.Client(base_url=base_url, timeout=60) as client:  # one keep-alive connection each
+            return [submit(client, k * per_submitter + i) for i in range(per_submitter)]
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(submitters) as pool:
+        for batch in pool.map(submitter, range(submitters)):
+            accepted.extend(batch)
+    ids = {job_id for job_id, _ in accepted}
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        while True:
+            page = client.get("/api/v1/tasks", params={"limit": 500}).json()["items"]
+            mine = [j for j in page if j["id"] in ids]
+            if len(mine) == len(ids) and all(j["status"] in ("completed", "failed", "cancelled") for j in mine):
+                break
+            time.sleep(0.1)
+    wall = time.perf_counter() - t0
+    failed = [j for j in mine if j["status"] != "completed"]
+    created = [datetime.fromisoformat(j["created_at"]) for j in mine]
+    finished = [datetime.fromisoformat(j["finished_at"]) for j in mine]
+    e2e = [(f - c).total_seconds() for c, f in zip(created, finished, strict=True)]
+    overhead = [t - (j["timings"]["engine_seconds"] or 0) for t, j in zip(e2e, mine, strict=True)]
+    span = (max(finished) - min(created)).total_seconds()
+    runs = {j["prefect_run_id"] for j in mine}
+    latencies = [lat for _, lat in accepted]
+    print(f"{submitters:>2} submitter(s): {len(mine)} jobs, {len(failed)} not completed, {len(runs)} Prefect runs")
+    print(
+        f"    acceptance  p50 {median(latencies) * 1000:6.1f} ms  p95 {pct(latencies, 95) * 1000:6.1f} ms"
+        "   (target p95 <= 20 ms)"
+    )
+    print(f"    end-to-end  p50 {median(e2e) * 1000:6.0f} ms  p95 {pct(e2e, 95) * 1000:6.0f} ms")
+    queue = [j["timings"]["queue_seconds"] for j in mine]
+    run = [j["timings"]["run_seconds"] for j in mine]
+    engine = [j["timings"]["engine_seconds"] for j in mine]
+    print(
+        f"    accepted->started p50 {median(queue) * 1000:6.0f} ms   started->finished p50 {median(run) * 1000:6.0f} ms"
+        f"   engine p50 {median(engine) * 1000:6.0f} ms"
+    )
+    print(f"    orchestration overhead per job (e2e - engine) p50 {median(overhead) * 1000:6.0f} ms")
+    print(f"    completed   {len(mine) / span:6.1f} jobs/s (first accepted -> last finished), wall {wall:.1f}s")
+
+
+def main() -> None:
+    with running_platform() as platform:
+        run_round(platform.gateway, 1, "warm-up")  # first round also warms Prefect's task path
+        print("--- measured ---")
+        run_round(platform.gateway, 1, "sequential")
+        run_round(platform.gateway, 16, "concurrent")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Benchmark plumbing: a throwaway platform on free ports, its store linked from the user's store
+(installing SmolLM2 there first if needed), and small statistics helpers."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bitinglip.config import Settings
+from bitinglip.models import installer
+from bitinglip.models.catalog import load_catalog
+from bitinglip.models.sources import parse_source
+from bitinglip.models.store import ModelStore
+from tests.conftest import home_with_store
+from tests.platform_harness import Platform, platform_settings
+
+MODEL = "smollm2-135m-instruct"
+
+
+def user_store() -> ModelStore:
+    settings = Settings()
+    store = ModelStore(settings.store_dir)
+    if not any(m.name == MODEL for m in store.installed()):
+        entry = load_catalog()[MODEL]
+        print(f"installing {MODEL} into {store.root} (once)...", flush=True)
+        with store.staging() as staging:
+            installer.fetch(settings, parse_source(entry.source), staging / "fetched")
+            converted = installer.convert(staging / "fetched", staging / "model")
+            installer.install(
+                store,
+                staging / "model",
+                name=entry.name,
+                revision=entry.revision,
+                task=entry.task,
+                source=entry.source,
+                converted_from=converted,
+            )
+    return store
+
+
+@contextmanager
+def running_platform(env: dict[str, str] | None = None) -> Iterator[Platform]:
+    store = user_store()
+    with tempfile.TemporaryDirectory(prefix="bitinglip-bench-") as tmp:
+        home = home_with_store(Path(tmp), store)
+        platform = Platform(platform_settings(home, fast_heartbeat=False), env_overrides=env or {})
+        try:
+            platform.start_prefect()
+            platform.start_worker(wait=False)
+            platform.start_gateway()
+            platform.wait_ready(timeout=180)
+            yield platform
+        finally:
+            platform.close()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
