@@ -16,6 +16,8 @@ from api.jobs import router as jobs_router
 from api.jobs.service import JobService
 from api.models import router as models_router
 from api.models.service import ModelService
+from api.openai import router as openai_router
+from api.openai.serving import OpenAIServing
 from api.state import GatewayState
 from api.workers import router as workers_router
 from api.workers.client import WorkerClient
@@ -45,13 +47,15 @@ def build_state(settings: Settings) -> GatewayState:
         jobs_per_run=settings.jobs_per_run,
         interval_s=settings.dispatch_interval_s,
     )
+    inference = InferenceService(settings, models, workers, client)
     return GatewayState(
         settings=settings,
         db=db,
         workers=workers,
         worker_client=client,
         models=models,
-        inference=InferenceService(settings, models, workers, client),
+        inference=inference,
+        openai=OpenAIServing(inference, models),
         jobs=JobService(settings, store, models, dispatcher),
         dispatcher=dispatcher,
         http=httpx.AsyncClient(),
@@ -89,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs_router.router,
         models_router.router,
         workers_router.router,
+        openai_router.router,
     ):
         app.include_router(router)
     return app

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from api.inference.service import InferenceService
 from api.jobs.service import JobService
 from api.models.service import ModelService
+from api.openai.serving import OpenAIServing
 from api.state import GatewayState
 from api.workers.service import WorkerDirectory
 from bitinglip.config import Settings
@@ -42,6 +43,10 @@ def _workers(state: StateDep) -> WorkerDirectory:
     return state.workers
 
 
+def _openai(state: StateDep) -> OpenAIServing:
+    return state.openai
+
+
 def _owner() -> str:
     """The caller's identity; one shared tenant until authentication lands."""
     return "anonymous"
@@ -52,4 +57,5 @@ InferenceServiceDep = Annotated[InferenceService, Depends(_inference)]
 JobServiceDep = Annotated[JobService, Depends(_jobs)]
 ModelServiceDep = Annotated[ModelService, Depends(_models)]
 WorkerDirectoryDep = Annotated[WorkerDirectory, Depends(_workers)]
+OpenAIServingDep = Annotated[OpenAIServing, Depends(_openai)]
 OwnerDep = Annotated[str, Depends(_owner)]

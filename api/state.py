@@ -9,6 +9,7 @@ import httpx
 from api.inference.service import InferenceService
 from api.jobs.service import JobService
 from api.models.service import ModelService
+from api.openai.serving import OpenAIServing
 from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory
 from bitinglip.config import Settings
@@ -25,5 +26,6 @@ class GatewayState:
     models: ModelService
     inference: InferenceService
     jobs: JobService
+    openai: OpenAIServing
     dispatcher: Dispatcher
     http: httpx.AsyncClient

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from api.deps import OpenAIServingDep
+from api.openai.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCardList,
+)
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+_SSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE when stream=true"}
+}
+
+
+@router.get("/models", response_model=ModelCardList)
+async def list_models(serving: OpenAIServingDep) -> ModelCardList:
+    return await serving.list_models()
+
+
+@router.post("/chat/completions", response_model=ChatCompletionResponse, responses=_SSE)
+async def chat_completions(body: ChatCompletionRequest, serving: OpenAIServingDep) -> Any:
+    if body.stream:
+        return StreamingResponse(await serving.chat_stream(body), media_type="text/event-stream")
+    return await serving.chat(body)
+
+
+@router.post("/completions", response_model=CompletionResponse, responses=_SSE)
+async def completions(body: CompletionRequest, serving: OpenAIServingDep) -> Any:
+    if body.stream:
+        return StreamingResponse(await serving.complete_stream(body), media_type="text/event-stream")
+    return await serving.complete(body)

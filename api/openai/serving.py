@@ -1,0 +1,249 @@
+"""OpenAI chat/completions on top of the inference service: `n` choices and several prompts fan out
+as concurrent requests (the worker's batcher batches them), streams are merged into one SSE stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from api.inference.service import InferenceService
+from api.models.service import ModelService
+from api.openai.protocol import (
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessageOut,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelCardList,
+    SamplingFields,
+    Usage,
+    new_id,
+    now,
+)
+from bitinglip.errors import BitingLipError
+from bitinglip.schemas import TextGenerationParams
+
+log = logging.getLogger(__name__)
+
+_FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
+
+
+def _params(req: SamplingFields, index: int, **fields: Any) -> TextGenerationParams:
+    """One engine request per choice; with a seed, choice i samples with seed+i so choices differ."""
+    seed = None if req.seed is None else req.seed + index
+    stop = [req.stop] if isinstance(req.stop, str) else req.stop
+    return TextGenerationParams(
+        model=req.model, temperature=req.temperature, top_p=req.top_p, seed=seed, stop=stop, **fields
+    )
+
+
+def _chat_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    if entries is None:
+        return None
+    return {
+        "content": [
+            {
+                "token": e["token"],
+                "logprob": e["logprob"],
+                "bytes": list(e["token"].encode()),
+                "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in e["top_logprobs"]],
+            }
+            for e in entries
+        ]
+    }
+
+
+def _completion_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    if entries is None:
+        return None
+    offsets, offset = [], 0
+    for e in entries:
+        offsets.append(offset)
+        offset += len(e["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [dict(e["top_logprobs"]) for e in entries],
+        "text_offset": offsets,
+    }
+
+
+class OpenAIServing:
+    def __init__(self, inference: InferenceService, models: ModelService) -> None:
+        self.inference = inference
+        self.models = models
+
+    def _log_ignored(self, req: SamplingFields) -> None:
+        if ignored := req.ignored_fields():
+            log.info("ignoring unsupported OpenAI fields: %s", ", ".join(ignored))
+
+    async def list_models(self) -> ModelCardList:
+        cards = []
+        for m in await self.models.list():
+            if m.status == "ready" and m.task == "text":
+                cards.append(ModelCard(id=m.name, created=int(m.created_at.timestamp()), root=m.id))
+        return ModelCardList(data=cards)
+
+    # -- chat
+
+    def _chat_requests(self, req: ChatCompletionRequest) -> list[TextGenerationParams]:
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        messages = [m.model_dump() for m in req.messages]
+        return [_params(req, i, messages=messages, max_tokens=max_tokens, logprobs=top) for i in range(req.n)]
+
+    async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
+        self._log_ignored(req)
+        results = await asyncio.gather(*(self.inference.generate_text(p) for p in self._chat_requests(req)))
+        usage = Usage()
+        choices = []
+        for i, r in enumerate(results):
+            usage.add(r["usage"])
+            choices.append(
+                ChatChoice(
+                    index=i,
+                    message=ChatMessageOut(content=r["text"]),
+                    finish_reason=_FINISH[r["finish_reason"]],
+                    logprobs=_chat_logprobs(r["logprobs"]),
+                )
+            )
+        return ChatCompletionResponse(
+            id=new_id("chatcmpl"), created=now(), model=req.model, choices=choices, usage=usage
+        )
+
+    async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[str]:
+        self._log_ignored(req)
+        chunk_id, created = new_id("chatcmpl"), now()
+
+        def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
+            choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
+            return {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": req.model,
+                    "choices": [choice]}  # fmt: skip
+
+        def on_delta(index: int, event: dict[str, Any]) -> dict[str, Any]:
+            return chunk(index, {"content": event["delta"]}, logprobs=_chat_logprobs(event.get("logprobs")))
+
+        def on_result(index: int, result: dict[str, Any]) -> dict[str, Any]:
+            return chunk(index, {}, _FINISH[result["finish_reason"]])
+
+        def usage_chunk(usage: Usage) -> dict[str, Any]:
+            return {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": req.model,
+                    "choices": [], "usage": usage.model_dump()}  # fmt: skip
+
+        first = [chunk(i, {"role": "assistant", "content": ""}) for i in range(req.n)]
+        return await self._stream(req, self._chat_requests(req), first, on_delta, on_result, usage_chunk)
+
+    # -- completions
+
+    def _completion_requests(self, req: CompletionRequest) -> list[TextGenerationParams]:
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        return [
+            _params(req, i, prompt=prompt, max_tokens=req.max_tokens or 16, logprobs=req.logprobs)
+            for prompt in prompts
+            for i in range(req.n)
+        ]
+
+    async def complete(self, req: CompletionRequest) -> CompletionResponse:
+        self._log_ignored(req)
+        params = self._completion_requests(req)
+        results = await asyncio.gather(*(self.inference.generate_text(p) for p in params))
+        usage = Usage()
+        choices = []
+        for i, (p, r) in enumerate(zip(params, results, strict=True)):
+            usage.add(r["usage"])
+            text = (p.prompt or "") + r["text"] if req.echo else r["text"]
+            choices.append(
+                CompletionChoice(
+                    index=i,
+                    text=text,
+                    finish_reason=_FINISH[r["finish_reason"]],
+                    logprobs=_completion_logprobs(r["logprobs"]),
+                )
+            )
+        return CompletionResponse(id=new_id("cmpl"), created=now(), model=req.model, choices=choices, usage=usage)
+
+    async def complete_stream(self, req: CompletionRequest) -> AsyncIterator[str]:
+        self._log_ignored(req)
+        chunk_id, created = new_id("cmpl"), now()
+
+        def chunk(index: int, text: str, finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
+            choice = {"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs}
+            return {"id": chunk_id, "object": "text_completion", "created": created, "model": req.model,
+                    "choices": [choice]}  # fmt: skip
+
+        def usage_chunk(usage: Usage) -> dict[str, Any]:
+            return {"id": chunk_id, "object": "text_completion", "created": created, "model": req.model,
+                    "choices": [], "usage": usage.model_dump()}  # fmt: skip
+
+        return await self._stream(
+            req,
+            self._completion_requests(req),
+            [],
+            lambda i, e: chunk(i, e["delta"], logprobs=_completion_logprobs(e.get("logprobs"))),
+            lambda i, r: chunk(i, "", _FINISH[r["finish_reason"]]),
+            usage_chunk,
+        )
+
+    # -- shared streaming machinery
+
+    async def _stream(
+        self,
+        req: SamplingFields,
+        params: list[TextGenerationParams],
+        first_chunks: list[dict[str, Any]],
+        on_delta: Callable[[int, dict[str, Any]], dict[str, Any]],
+        on_result: Callable[[int, dict[str, Any]], dict[str, Any]],
+        usage_chunk: Callable[[Usage], dict[str, Any]],
+    ) -> AsyncIterator[str]:
+        """Connects every choice's stream first (so errors are plain HTTP errors), then merges them."""
+        streams = [(await self.inference.stream_text(p))[1] for p in params]
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        async def merged() -> AsyncIterator[str]:
+            queue: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue()
+
+            async def pump(index: int, events: AsyncIterator[dict[str, Any]]) -> None:
+                try:
+                    async for event in events:
+                        await queue.put((index, event))
+                except BitingLipError as exc:
+                    await queue.put((index, exc.body()))
+                finally:
+                    await queue.put(None)
+
+            tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+            usage, open_streams = Usage(), len(tasks)
+            try:
+                for c in first_chunks:
+                    yield _sse(c)
+                while open_streams:
+                    item = await queue.get()
+                    if item is None:
+                        open_streams -= 1
+                        continue
+                    index, event = item
+                    if "error" in event:
+                        yield _sse({"error": event["error"]})
+                    elif "delta" in event:
+                        yield _sse(on_delta(index, event))
+                    elif "result" in event:
+                        usage.add(event["result"]["usage"])
+                        yield _sse(on_result(index, event["result"]))
+                if include_usage:
+                    yield _sse(usage_chunk(usage))
+                yield "data: [DONE]\n\n"
+            finally:
+                for task in tasks:
+                    task.cancel()
+
+        return merged()
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
