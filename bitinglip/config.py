@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(default=10.0, ge=0)
     max_queue: int = Field(default=64, ge=1)
     batching: dict[str, BatchingOverride] = Field(default_factory=dict)
+    text_batching: Literal["continuous", "static"] = Field(
+        default="continuous", description="continuous: requests join a running batch between tokens."
+    )
     default_max_tokens: int = 128
     max_tokens_cap: int = 4096
     max_prompt_chars: int = 100_000

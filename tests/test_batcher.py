@@ -154,3 +154,61 @@ async def test_cancelled_waiter_gives_its_slot_away(executor: ThreadPoolExecutor
     await asyncio.gather(blocker, *kept)
     assert rec.batches == [["blocker"], ["x", "y"]]
     await batcher.stop()
+
+
+class CountdownEngine:
+    """A pure-Python stand-in for the decode loop: an item finishes after `int(item)` steps."""
+
+    def __init__(self, fail_at_step: int | None = None) -> None:
+        self.running: dict[str, int] = {}
+        self.widths: list[int] = []
+        self.steps = 0
+        self.fail_at_step = fail_at_step
+
+    def step(self, admitted: list[str]) -> list[tuple[str, str]]:
+        self.steps += 1
+        if self.steps == self.fail_at_step:
+            raise RuntimeError("device lost")
+        for item in admitted:
+            self.running[item] = int(item.split(":")[1])
+        self.widths.append(len(self.running))
+        done = []
+        for item in list(self.running):
+            self.running[item] -= 1
+            if self.running[item] == 0:
+                del self.running[item]
+                done.append((item, f"done {item}"))
+        time.sleep(0.005)
+        return done
+
+    def reset(self) -> None:
+        self.running.clear()
+
+
+async def test_continuous_batcher_admits_new_items_while_others_run(executor: ThreadPoolExecutor) -> None:
+    from bitinglip.engines.batcher import ContinuousBatcher
+
+    engine = CountdownEngine()
+    batcher = ContinuousBatcher("c", engine.step, engine.reset, executor, max_batch_size=3, max_wait_ms=0, max_queue=16)
+    long = asyncio.ensure_future(batcher.submit("long:40", 0))
+    await asyncio.sleep(0.05)
+    assert not long.done()
+    shorts = await asyncio.gather(*(batcher.submit(f"short{i}:2", 0) for i in range(4)))
+    assert not long.done()  # the short ones finished while the long one kept running
+    assert shorts == [f"done short{i}:2" for i in range(4)]
+    assert await long == "done long:40"
+    assert max(engine.widths) == 3  # never more than max_batch_size in flight
+    await batcher.stop()
+
+
+async def test_continuous_batcher_failure_fails_everything_in_flight(executor: ThreadPoolExecutor) -> None:
+    from bitinglip.engines.batcher import ContinuousBatcher
+
+    engine = CountdownEngine(fail_at_step=3)
+    batcher = ContinuousBatcher(
+        "c", engine.step, engine.reset, executor, max_batch_size=4, max_wait_ms=20, max_queue=16
+    )
+    results = await asyncio.gather(*(batcher.submit(f"x{i}:10", 0) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) and "device lost" in str(r) for r in results)
+    assert await batcher.submit("after:1", 0) == "done after:1"  # and it serves again
+    await batcher.stop()

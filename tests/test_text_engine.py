@@ -113,3 +113,22 @@ def test_context_and_input_checks(engine: TextEngine) -> None:
         engine.encode(None, None)
     with pytest.raises(InvalidRequest):
         engine.check_length([], 10)
+
+
+def test_continuous_batching_admits_requests_mid_flight_without_changing_answers(engine: TextEngine) -> None:
+    assert engine.supports_continuous
+    first = TextRequest(chat(engine, "What is the capital of France?"), greedy(max_tokens=24))
+    late = TextRequest(engine.encode("1, 2, 3,", None), greedy(max_tokens=12))
+    expected = {id(r): engine.run_batch([TextRequest(r.input_ids, r.sampling)])[0].text for r in (first, late)}
+    done = {id(req): result for req, result in engine.step([first])}
+    for _ in range(3):
+        done.update({id(req): result for req, result in engine.step([])})
+    assert len(engine.running_requests()) == 1  # `first` is mid-generation when `late` joins
+    done.update({id(req): result for req, result in engine.step([late])})
+    assert len(engine.running_requests()) == 2
+    for _ in range(60):
+        if len(done) == 2:
+            break
+        done.update({id(req): result for req, result in engine.step([])})
+    assert {k: v.text for k, v in done.items()} == expected
+    assert engine.running_requests() == []

@@ -1,8 +1,13 @@
-"""Per-model dynamic batcher (Ray Serve's design): a priority queue, a "batch full" wake-up and a
-deadline counted from the oldest waiting request. One compute thread runs the batches.
+"""Per-model batchers. Both share a bounded priority queue, a "batch full" wake-up and a deadline
+counted from the oldest waiting request (Ray Serve's design); one compute thread runs the work.
 
-Guarantees: output count equals input count or every request of the batch fails with the reason;
-a full queue refuses at once (Overloaded, with Retry-After) instead of queueing forever.
+- DynamicBatcher (static batches): a batch runs to its end; output count equals input count or
+  every request of the batch fails with the reason.
+- ContinuousBatcher (iteration-level): new requests join the running batch between decode steps,
+  so a request never waits for a whole batch to drain (what static batching loses with drifting
+  clients). Used for text when the engine supports it.
+
+A full queue refuses at once (Overloaded, with Retry-After) instead of queueing forever.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -158,3 +163,75 @@ class DynamicBatcher(Generic[I, R]):
             self._last_batch_seconds = time.monotonic() - started
             if self._on_batch is not None:
                 self._on_batch(len(items))
+
+
+class ContinuousBatcher(DynamicBatcher[I, R]):
+    """`step(admitted)` runs on the compute thread: it adds the admitted items to the engine's running
+    batch, advances everyone one iteration and returns the (item, result) pairs that finished."""
+
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[list[I]], Sequence[tuple[I, R]]],
+        reset: Callable[[], None],
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__(
+            name,
+            lambda items: [],
+            executor,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            on_batch=on_batch,
+        )
+        self._step = step
+        self._reset = reset
+        self._in_flight: dict[int, _Pending[I, R]] = {}
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._in_flight:
+                await self._wait_for_batch()  # idle engine: gather a first batch briefly
+            admitted: list[_Pending[I, R]] = []
+            while self._heap and len(self._in_flight) + len(admitted) < self.max_batch_size:
+                pending = heapq.heappop(self._heap)
+                if not pending.future.done():
+                    admitted.append(pending)
+            if not admitted and not self._in_flight:
+                continue
+            for p in admitted:
+                self._in_flight[id(p.item)] = p
+            self._running = len(self._in_flight)
+            try:
+                finished = await loop.run_in_executor(self._executor, self._step, [p.item for p in admitted])
+            except Exception as exc:
+                log.exception("continuous batch of %d failed on %s", len(self._in_flight), self.name)
+                self._reset()
+                for p in self._in_flight.values():
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                self._in_flight.clear()
+                continue
+            if admitted and self._on_batch is not None:
+                self._on_batch(len(self._in_flight))
+            for item, result in finished:
+                p = self._in_flight.pop(id(item))
+                self._items += 1
+                if not p.future.done():
+                    p.future.set_result(result)
+            self._batches += 1 if admitted else 0
+            self._running = len(self._in_flight)
+
+    async def stop(self) -> None:
+        await super().stop()
+        for p in self._in_flight.values():
+            if not p.future.done():
+                p.future.set_exception(Overloaded(f"model {self.name!r} is shutting down"))
+        self._in_flight.clear()

@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any
 
 from bitinglip.config import Settings
-from bitinglip.engines.batcher import DynamicBatcher
+from bitinglip.engines.batcher import ContinuousBatcher, DynamicBatcher
 from bitinglip.engines.device import resolve_device, resolve_dtype
 from bitinglip.engines.text import TextEngine
 from bitinglip.engines.types import Priority, TextDelta, TextRequest, TextResult
@@ -100,15 +100,29 @@ class ModelPool:
             self.settings.device_map,
         )
         size, wait_ms, queue = self.settings.batching_for(manifest.name)
-        batcher: DynamicBatcher[TextRequest, TextResult] = DynamicBatcher(
-            manifest.id,
-            engine.run_batch,
-            self.executor,
-            max_batch_size=size,
-            max_wait_ms=wait_ms,
-            max_queue=queue,
-            on_batch=partial(self._batch_done, manifest.id),
-        )
+        on_batch = partial(self._batch_done, manifest.id)
+        batcher: DynamicBatcher[TextRequest, TextResult]
+        if self.settings.text_batching == "continuous" and engine.supports_continuous:
+            batcher = ContinuousBatcher(
+                manifest.id,
+                engine.step,
+                engine.reset,
+                self.executor,
+                max_batch_size=size,
+                max_wait_ms=wait_ms,
+                max_queue=queue,
+                on_batch=on_batch,
+            )
+        else:
+            batcher = DynamicBatcher(
+                manifest.id,
+                engine.run_batch,
+                self.executor,
+                max_batch_size=size,
+                max_wait_ms=wait_ms,
+                max_queue=queue,
+                on_batch=on_batch,
+            )
         elapsed = time.perf_counter() - started
         self._models[manifest.id] = LoadedModel(manifest, engine, batcher, elapsed, time.monotonic())
         log.info("loaded %s on %s in %.2fs", manifest.id, self.device, elapsed)

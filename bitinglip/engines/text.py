@@ -38,7 +38,42 @@ class _Row:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     emitted_logprobs: int = 0
     finish: FinishReason | None = None
+    eos: bool = False
+    started_at: float = field(default_factory=time.perf_counter)
     first_token_at: float = 0.0
+
+
+@dataclass
+class _Running:
+    """A batch in flight: its rows, KV cache, attention mask, positions and each row's next input."""
+
+    rows: list[_Row]
+    cache: Any
+    mask: torch.Tensor
+    positions: torch.Tensor
+    pending: torch.Tensor
+    finished: list[_Row] = field(default_factory=list)
+
+    def merge(self, other: _Running) -> _Running:
+        """Join two batches: left-pad the shorter cache and mask to the same length, stack rows."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([_pad_left(mine.keys, width, 2), _pad_left(theirs.keys, width, 2)], dim=0)
+            mine.values = torch.cat([_pad_left(mine.values, width, 2), _pad_left(theirs.values, width, 2)], dim=0)
+        self.mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(other.mask, width, 1)], dim=0)
+        self.positions = torch.cat([self.positions, other.positions], dim=0)
+        self.pending = torch.cat([self.pending, other.pending], dim=0)
+        self.rows = self.rows + other.rows
+        return self
+
+
+def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
 class TextEngine:
@@ -57,6 +92,7 @@ class TextEngine:
         self.eos_ids = frozenset(eos_ids)
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
         # transformers renamed `past_key_values` to `cache` in 5.x; use whichever this version takes.
+        self._running: _Running | None = None
         self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     @classmethod
@@ -101,11 +137,10 @@ class TextEngine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])
 
-    # -- the batch
+    # -- decoding
 
-    @torch.inference_mode()
-    def run_batch(self, requests: list[TextRequest]) -> list[TextResult]:
-        started = time.perf_counter()
+    def _prefill(self, requests: list[TextRequest]) -> _Running:
+        """Left-padded forward over the new prompts; samples each one's first token."""
         rows = [_Row(r, self._generator(r.sampling)) for r in requests]
         width = max(len(r.input_ids) for r in requests)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -118,50 +153,108 @@ class TextEngine:
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
-        active = list(range(len(rows)))  # batch row -> index into rows
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **{self._cache_kwarg: cache})
+        running = _Running(rows, cache, mask, positions[:, -1:], torch.empty(0, dtype=torch.long))
+        running.finished = self._advance_all(running, out.logits[:, -1, :].float())
+        return running
+
+    def _decode(self, running: _Running) -> list[_Row]:
+        """One token for every running row; returns the rows that finished."""
+        ones = torch.ones((len(running.rows), 1), dtype=running.mask.dtype, device=running.mask.device)
+        running.mask = torch.cat([running.mask, ones], dim=1)
+        running.positions = running.positions + 1
+        out = self.model(
+            input_ids=running.pending.view(-1, 1).to(self.device),
+            attention_mask=running.mask,
+            position_ids=running.positions,
+            **{self._cache_kwarg: running.cache},
+        )
+        return self._advance_all(running, out.logits[:, -1, :].float())
+
+    def _advance_all(self, running: _Running, logits: torch.Tensor) -> list[_Row]:
+        """Sample, append, stream; then drop finished rows from the batch and its cache."""
+        chosen = self._sample(logits, running.rows)
+        now = time.perf_counter()
+        keep: list[int] = []
+        finished: list[int] = []
+        for b, row in enumerate(running.rows):
+            if not row.tokens and not row.first_token_at:
+                row.first_token_at = now
+            self._advance(row, int(chosen[b]), logits[b])
+            (finished if row.finish is not None else keep).append(b)
+        running.pending = chosen
+        if finished:
+            index = torch.tensor(keep, dtype=torch.long, device=running.mask.device)
+            running.cache.batch_select_indices(index)
+            running.mask, running.positions = running.mask[index], running.positions[index]
+            running.pending = chosen[index.cpu()]
+            done = [running.rows[b] for b in finished]
+            running.rows = [running.rows[b] for b in keep]
+            return done
+        return []
+
+    def _result(self, row: _Row, batch_size: int) -> TextResult:
+        request = row.request
+        return TextResult(
+            text=row.text,
+            finish_reason=row.finish or "length",
+            prompt_tokens=len(request.input_ids),
+            completion_tokens=len(row.tokens) + (1 if row.eos else 0),
+            logprobs=row.logprobs if request.sampling.logprobs is not None else None,
+            queue_seconds=row.started_at - request.enqueued_at,
+            first_token_seconds=row.first_token_at - request.enqueued_at,
+            total_seconds=time.perf_counter() - request.enqueued_at,
+            batch_size=batch_size,
+        )
+
+    @torch.inference_mode()
+    def run_batch(self, requests: list[TextRequest]) -> list[TextResult]:
+        """Static batching: the batch runs until its last request finishes."""
+        running = self._prefill(requests)
+        results: dict[int, TextResult] = {}
+        done = running.finished
         while True:
-            logits = out.logits[:, -1, :].float()
-            next_tokens = self._sample(logits, [rows[i] for i in active])
-            now = time.perf_counter()
-            keep: list[int] = []
-            for b, i in enumerate(active):
-                row = rows[i]
-                if not row.tokens:
-                    row.first_token_at = now
-                self._advance(row, int(next_tokens[b]), logits[b])
-                if row.finish is None:
-                    keep.append(b)
-            if not keep:
+            for row in done:
+                results[id(row.request)] = self._result(row, len(requests))
+            if not running.rows:
                 break
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=ids.device)
-                cache.batch_select_indices(index)
-                mask, positions, next_tokens = mask[index], positions[index], next_tokens[index]
-                active = [active[b] for b in keep]
-            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=mask.device)], dim=1)
-            positions = positions[:, -1:] + 1
-            out = self.model(
-                input_ids=next_tokens.view(-1, 1).to(ids.device),
-                attention_mask=mask,
-                position_ids=positions,
-                **{self._cache_kwarg: cache},
-            )
-        done = time.perf_counter()
-        return [
-            TextResult(
-                text=row.text,
-                finish_reason=row.finish or "length",
-                prompt_tokens=len(row.request.input_ids),
-                completion_tokens=len(row.tokens),
-                logprobs=row.logprobs if row.request.sampling.logprobs is not None else None,
-                queue_seconds=started - row.request.enqueued_at,
-                first_token_seconds=row.first_token_at - row.request.enqueued_at,
-                total_seconds=done - row.request.enqueued_at,
-                batch_size=len(rows),
-            )
-            for row in rows
-        ]
+            done = self._decode(running)
+        return [results[id(r)] for r in requests]
+
+    @property
+    def supports_continuous(self) -> bool:
+        """Continuous batching merges KV caches by left-padding: plain dynamic attention layers only."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        probe = DynamicCache(config=self.model.config)
+        return all(type(layer) is DynamicLayer for layer in probe.layers)
+
+    @torch.inference_mode()
+    def step(self, admitted: list[TextRequest]) -> list[tuple[TextRequest, TextResult]]:
+        """Continuous batching, one iteration: admit new requests into the running batch (prefill +
+        cache merge), then decode one token for everyone. Returns the requests that finished."""
+        done: list[_Row] = []
+        try:
+            if admitted:
+                fresh = self._prefill(admitted)
+                done.extend(fresh.finished)
+                self._running = fresh if self._running is None else self._running.merge(fresh)
+            if self._running is not None and self._running.rows:
+                done.extend(self._decode(self._running))
+        except Exception:
+            self._running = None  # the batch's state is unknown now: its requests fail together
+            raise
+        size = len(self._running.rows) if self._running else 0
+        if self._running is not None and not self._running.rows:
+            self._running = None
+        return [(row.request, self._result(row, size + len(done))) for row in done]
+
+    def running_requests(self) -> list[TextRequest]:
+        return [row.request for row in self._running.rows] if self._running else []
+
+    def reset(self) -> None:
+        self._running = None
 
     @staticmethod
     def _generator(sampling: SamplingParams) -> torch.Generator | None:
@@ -193,6 +286,7 @@ class TextEngine:
             row.logprobs.append(self._logprob(token, logits, params.logprobs))
         if token in self.eos_ids:
             row.finish = "stop"
+            row.eos = True
         else:
             row.tokens.append(token)
             row.text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
