@@ -29,8 +29,9 @@ lint: setup
 	$(VENV)/bin/mypy
 
 bench: setup
-	$(PY) bench/sync_overhead.py
-	$(PY) bench/async_jobs.py
+	$(PY) -m bench.sync_overhead
+	$(PY) -m bench.async_jobs
+	$(PY) -m bench.throughput
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -24,7 +24,7 @@ from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory
 from bitinglip.config import Settings, get_settings
 from bitinglip.db.session import Database
-from bitinglip.http import install_error_handlers
+from bitinglip.http import BodySizeLimit, install_error_handlers
 from bitinglip.jobs.dispatcher import Dispatcher
 from bitinglip.jobs.store import JobStore
 from bitinglip.models import registry
@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     for router in (
         health.router,
         inference_router.router,

@@ -23,7 +23,6 @@ class Settings(BaseSettings):
 
     # -- where things live
     home: Path = Field(default=Path("~/.bitinglip"), description="Root of the store, databases and logs.")
-    environment: Literal["dev", "production"] = "dev"
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
 
@@ -31,7 +30,7 @@ class Settings(BaseSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8001
     database_url: str | None = Field(default=None, description="Gateway DB; default SQLite under home.")
-    max_request_bytes: int = 1_000_000
+    max_request_bytes: int = Field(default=1_000_000, description="Larger request bodies get 413.")
 
     # -- Prefect
     prefect_host: str = "127.0.0.1"

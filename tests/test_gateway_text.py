@@ -120,3 +120,8 @@ def test_prompt_over_context_is_400(platform: Platform) -> None:
 def test_max_tokens_past_context_is_400(platform: Platform) -> None:
     response = platform.client().post("/api/v1/inference/text", json={"prompt": "hi", "max_tokens": 9000})
     assert_envelope(response, 400)
+
+
+def test_oversized_body_is_413(platform: Platform) -> None:
+    body = {"prompt": "x" * (platform.settings.max_request_bytes + 10)}
+    assert_envelope(platform.client().post("/api/v1/inference/text", json=body), 413, "too_large")
