@@ -13,6 +13,7 @@ from api import health
 from api.inference import router as inference_router
 from api.inference.service import InferenceService
 from api.jobs import router as jobs_router
+from api.jobs.runs import GROUPED, submit_run
 from api.jobs.service import JobService
 from api.models import router as models_router
 from api.models.service import ModelService
@@ -34,17 +35,16 @@ log = logging.getLogger(__name__)
 
 
 def build_state(settings: Settings) -> GatewayState:
-    from flows.inference import submit_inference_run
-
     db = Database(settings.gateway_db_url)
     workers = WorkerDirectory(settings, db)
     client = WorkerClient(settings.worker_request_timeout_s)
-    models = ModelService(db, workers)
     store = JobStore(db)
+    models = ModelService(settings, db, workers, store)
     dispatcher = Dispatcher(
         store,
-        submit_inference_run,
+        submit_run,
         jobs_per_run=settings.jobs_per_run,
+        grouped_types=frozenset(GROUPED),
         interval_s=settings.dispatch_interval_s,
     )
     inference = InferenceService(settings, models, workers, client)

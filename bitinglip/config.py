@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # -- models
     default_text_model: str = "smollm2-135m-instruct"
 
+    store_budget_bytes: int | None = Field(
+        default=None, description="Disk budget of the model store; LRU unpinned, unloaded models are evicted."
+    )
+
     # -- S3 (model sources, results)
     s3_endpoint_url: str | None = None
     s3_key: str | None = None

@@ -29,8 +29,9 @@ def ensure_work_pools(settings: Settings) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectAlreadyExists
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with get_client(sync_client=True) as client:
+    with temporary_settings({PREFECT_API_URL: settings.prefect_api}), get_client(sync_client=True) as client:
         for template_file in sorted((PROJECT_DIR / "work-pools").glob("*.json")):
             template = json.loads(template_file.read_text())
             name = template_file.stem
@@ -40,11 +41,11 @@ def ensure_work_pools(settings: Settings) -> None:
                 client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
 
 
-def deploy(settings: Settings) -> None:
+def deploy(settings: Settings, env: dict[str, str] | None = None) -> None:
     subprocess.run(
         [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
         cwd=PROJECT_DIR,
-        env=child_env(settings),
+        env=env or child_env(settings),
         check=True,
         capture_output=True,
     )

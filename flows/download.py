@@ -9,17 +9,27 @@ from uuid import UUID
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.client.schemas.objects import FlowRun, State
+from prefect.runtime import flow_run
 
-from bitinglip.config import get_settings
+from bitinglip.config import Settings, get_settings
 from bitinglip.db.session import Database
+from bitinglip.errors import BitingLipError, InvalidRequest
+from bitinglip.jobs.store import JobStore
 from bitinglip.models import installer, registry
+from bitinglip.models.budget import evict_for
 from bitinglip.models.catalog import Task, load_catalog
 from bitinglip.models.names import check_part
 from bitinglip.models.sources import parse_source
 from bitinglip.models.store import Manifest, ModelStore
 
 
-@task(retries=3, retry_delay_seconds=[2, 10, 30], task_run_name="fetch {source}")
+def _transient(task: object, task_run: object, state: State) -> bool:
+    """Retry network hiccups, not answers: a missing source or a bad checksum stays that way."""
+    return not isinstance(state.result(raise_on_failure=False), BitingLipError)
+
+
+@task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_transient, task_run_name="fetch {source}")
 def fetch_files(source: str, dest: Path) -> None:
     installer.fetch(get_settings(), parse_source(source), dest)
 
@@ -63,25 +73,57 @@ def _progress_to_artifact() -> installer.ProgressListener:
 
 @flow(name="download-model", flow_run_name="download {name}", log_prints=True)
 def download_model(
-    name: str, source: str | None = None, revision: str | None = None, task_type: Task | None = None
+    name: str,
+    source: str | None = None,
+    revision: str | None = None,
+    task_type: Task | None = None,
+    job_id: str | None = None,
 ) -> dict[str, object]:
-    """Fetch, convert, verify and install one model; the store is unchanged unless it all succeeds."""
+    """Fetch, convert, verify and install one model; the store is unchanged unless it all succeeds.
+    With `job_id` (API downloads) the job record follows the run: running, then completed/failed."""
     settings = get_settings()
+    db = Database(settings.gateway_db_url)
+    jobs = JobStore(db)
+    try:
+        if job_id is not None and not jobs.claim_for_run([job_id], f"flow-run:{flow_run.get_id()}"):
+            return {"skipped": f"job {job_id} is no longer queued"}
+        try:
+            outcome = _install(settings, db, name, source, revision, task_type)
+        except Exception as exc:
+            if job_id is not None:
+                error = exc.body()["error"] if isinstance(exc, BitingLipError) else None
+                jobs.finish_many(
+                    [(job_id, {"status": "failed", "error": error or {"message": f"{type(exc).__name__}: {exc}"}})]
+                )
+            raise
+        if job_id is not None:
+            jobs.finish_many([(job_id, {"status": "completed", "result": outcome})])
+        return outcome
+    finally:
+        db.dispose()
+
+
+def _install(
+    settings: Settings, db: Database, name: str, source: str | None, revision: str | None, task_type: Task | None
+) -> dict[str, object]:
     entry = load_catalog().get(name)
     source = source or (entry.source if entry else None)
     task_type = task_type or (entry.task if entry else None)
     if source is None or task_type is None:
-        raise ValueError(f"model {name!r} is not in the catalog: give its source and task type")
-    revision = check_part(revision or (entry.revision if entry else None) or "main", "revision")
+        raise InvalidRequest(f"model {name!r} is not in the catalog: give its source and task type", param="source")
+    revision = check_part(
+        revision or (entry.revision if entry else None) or parse_source(source).revision or "main", "revision"
+    )
     check_part(name, "model")
     parse_source(source)  # reject a malformed URI before recording anything
-    db, store = Database(settings.gateway_db_url), ModelStore(settings.store_dir)
+    store = ModelStore(settings.store_dir)
     registry.mark_downloading(db, name, revision, task_type, source)
     remove_listener = installer.add_progress_listener(_progress_to_artifact())
     try:
         with store.staging() as staging:
             fetch_files(source, staging / "fetched")
             converted_from = convert_files(staging / "fetched", staging / "model")
+            make_room(settings, db, store, staging / "model", f"{name}@{revision}")
             manifest = install_files(staging / "model", name, revision, task_type, source, converted_from)
         registry.mark_ready(db, manifest, store)
     except Exception as exc:
@@ -89,7 +131,6 @@ def download_model(
         raise
     finally:
         remove_listener()
-        db.dispose()
     create_markdown_artifact(
         f"## Installed `{manifest.id}`\n\n| | |\n|---|---|\n| task | {manifest.task} |\n"
         f"| source | `{manifest.source}` |\n| files | {len(manifest.files)} |\n"
@@ -98,3 +139,31 @@ def download_model(
         description=f"install {manifest.id}",
     )
     return {"id": manifest.id, "size_bytes": manifest.size_bytes, "sha256": manifest.sha256}
+
+
+def make_room(settings: Settings, db: Database, store: ModelStore, staged: Path, model_id: str) -> None:
+    if settings.store_budget_bytes is None:
+        return
+    needed = sum(p.stat().st_size for p in staged.rglob("*") if p.is_file())
+    evicted = evict_for(store, db, needed, settings.store_budget_bytes, keep={model_id})
+    if evicted:
+        print(f"evicted to make room: {', '.join(evicted)}")
+
+
+def submit_download_run(job_id: str) -> str:
+    """Start the deployed download flow for an accepted download job; returns the flow run id."""
+    from prefect.deployments import run_deployment
+
+    settings = get_settings()
+    db = Database(settings.gateway_db_url)
+    try:
+        job = JobStore(db).get(job_id)
+    finally:
+        db.dispose()
+    run = run_deployment(
+        "download-model/download-model",
+        parameters={**job.params, "job_id": job_id},
+        timeout=0,
+        tags=["bitinglip", f"model:{job.model}", f"owner:{job.owner}"],
+    )
+    return str(cast(FlowRun, run).id)

@@ -63,6 +63,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) 
         running.start_prefect()
         running.start_worker(wait=False)
         running.start_gateway()
+        running.deploy()
+        running.start_pool_worker("cpu")
         running.wait_ready(timeout=120)
         yield running
     finally:

@@ -71,6 +71,19 @@ class Platform:
         self._start("gateway", [sys.executable, "-m", "bitinglip.cli", "gateway"])
         self.sup.wait_http(f"{self.gateway}/health", timeout=60, ok=(200, 503))
 
+    def deploy(self) -> None:
+        """Work pools from work-pools/*.json and the deployments in prefect.yaml, as `up` does."""
+        from bitinglip.platform import deploy, ensure_work_pools
+
+        ensure_work_pools(self.settings)
+        deploy(self.settings, env=self.sup.env)
+
+    def start_pool_worker(self, pool: str) -> None:
+        self._start(
+            f"pool-worker-{pool}",
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
+        )
+
     def wait_ready(self, timeout: float = 60) -> None:
         self.sup.wait_http(f"{self.gateway}/health", timeout=timeout)
 

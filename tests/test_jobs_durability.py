@@ -14,6 +14,14 @@ def test_queued_job_cancel_and_gateway_restart_lose_nothing(platform: Platform) 
     try:
         client = platform.client()
         jobs = [submit(client, {"prompt": f"Say {i}", "max_tokens": 2, "temperature": 0}) for i in range(3)]
+        deadline = time.monotonic() + 30  # once the worker's heartbeat goes stale, sync requests get 503
+        while (
+            sync := client.post("/api/v1/inference/text", json={"prompt": "Hi", "max_tokens": 2})
+        ).status_code != 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert int(sync.headers["Retry-After"]) >= 1
+        assert sync.json()["error"]["type"] == "service_unavailable"
         cancelled = client.delete(f"/api/v1/tasks/{jobs[0]['id']}").json()
         assert cancelled["status"] == "cancelled"
         time.sleep(0.5)  # let the dispatcher hand them to Prefect

@@ -68,7 +68,11 @@ class JobView(BaseModel):
             attempts=job.attempts,
             cancel_requested=job.cancel_requested,
             prefect_run_id=job.prefect_run_id,
-            prefect_url=f"{prefect_ui}/runs/task-run/{job.prefect_run_id}" if job.prefect_run_id else None,
+            prefect_url=(
+                f"{prefect_ui}/runs/{_RUN_KIND.get(job.type, 'task-run')}/{job.prefect_run_id}"
+                if job.prefect_run_id
+                else None
+            ),
             worker=job.worker_id,
             created_at=job.created_at,
             started_at=job.started_at,
@@ -81,6 +85,7 @@ class JobView(BaseModel):
         )
 
 
+_RUN_KIND = {"download": "flow-run"}  # text jobs are background task runs; downloads are flow runs
 _PRIORITY_NAMES: dict[int, PriorityName] = {
     Priority.HIGH: "high",
     Priority.NORMAL: "normal",

@@ -7,6 +7,7 @@ import asyncio
 from api.jobs.schemas import _PRIORITY_NAMES, JobPageView, JobRequest, JobView, QueueStatus
 from api.models.service import ModelService
 from bitinglip.config import Settings
+from bitinglip.db.tables import Job
 from bitinglip.engines.types import Priority
 from bitinglip.jobs.dispatcher import Dispatcher
 from bitinglip.jobs.store import JobStore
@@ -19,8 +20,8 @@ class JobService:
         self.models = models
         self.dispatcher = dispatcher
 
-    def _view(self, job: object) -> JobView:
-        return JobView.from_job(job, self.settings.prefect_ui_url)  # type: ignore[arg-type]
+    def _view(self, job: Job) -> JobView:
+        return JobView.from_job(job, self.settings.prefect_ui_url)
 
     async def submit(self, request: JobRequest, owner: str) -> JobView:
         params = request.params
@@ -34,6 +35,16 @@ class JobService:
             owner=owner,
         )
         self.dispatcher.poke()
+        return self._view(job)
+
+    async def accepted(self, job: Job, wait_s: float = 2.0) -> JobView:
+        """Hand a freshly accepted job to the dispatcher and, briefly, wait for its Prefect run id so
+        the answer can carry the link; a slow or absent Prefect only means the id comes later."""
+        self.dispatcher.poke()
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while job.prefect_run_id is None and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            job = await asyncio.to_thread(self.store.get, job.id)
         return self._view(job)
 
     async def get(self, job_id: str, owner: str | None) -> JobView:

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Response
 
-from api.deps import ModelServiceDep
-from api.models.schemas import ModelList
+from api.deps import JobServiceDep, ModelServiceDep, OwnerDep
+from api.jobs.schemas import JobView
+from api.models.schemas import DownloadRequest, ModelList, ModelView
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
 
@@ -11,3 +12,38 @@ router = APIRouter(prefix="/api/v1/models", tags=["models"])
 @router.get("", response_model=ModelList)
 async def list_models(models: ModelServiceDep) -> ModelList:
     return ModelList(data=await models.list())
+
+
+@router.post("/download", status_code=202, response_model=JobView)
+async def download_model(
+    body: DownloadRequest, models: ModelServiceDep, jobs: JobServiceDep, owner: OwnerDep, response: Response
+) -> JobView:
+    """Accepted durably, then run as a `download-model` flow run on the `cpu` pool. A request for a
+    model and revision already downloading returns that job (200)."""
+    job, created = await models.download(body, owner)
+    if not created:
+        response.status_code = 200
+    return await jobs.accepted(job)
+
+
+@router.get("/{model_id}", response_model=ModelView)
+async def get_model(model_id: str, models: ModelServiceDep) -> ModelView:
+    return await models.get(model_id)
+
+
+@router.delete("/{model_id}", status_code=204)
+async def delete_model(
+    model_id: str, models: ModelServiceDep, force: bool = Query(default=False, description="Even if loaded.")
+) -> Response:
+    await models.delete(model_id, force)
+    return Response(status_code=204)
+
+
+@router.post("/{model_id}/pin", response_model=ModelView)
+async def pin_model(model_id: str, models: ModelServiceDep) -> ModelView:
+    return await models.pin(model_id, True)
+
+
+@router.post("/{model_id}/unpin", response_model=ModelView)
+async def unpin_model(model_id: str, models: ModelServiceDep) -> ModelView:
+    return await models.pin(model_id, False)

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from bitinglip.db.tables import ModelRecord
+from bitinglip.models.catalog import Task
 
 
 class ModelView(BaseModel):
@@ -20,9 +22,10 @@ class ModelView(BaseModel):
     loaded_on: list[str]
     created_at: datetime
     last_used_at: datetime | None
+    files: dict[str, Any] | None = None
 
     @classmethod
-    def from_record(cls, r: ModelRecord, loaded_on: list[str]) -> ModelView:
+    def from_record(cls, r: ModelRecord, loaded_on: list[str], with_files: bool = False) -> ModelView:
         return cls(
             id=r.id,
             name=r.name,
@@ -36,8 +39,22 @@ class ModelView(BaseModel):
             loaded_on=loaded_on,
             created_at=r.created_at,
             last_used_at=r.last_used_at,
+            files=r.files if with_files else None,
         )
 
 
 class ModelList(BaseModel):
     data: list[ModelView]
+
+
+class DownloadRequest(BaseModel):
+    source: str | None = Field(
+        default=None,
+        description="hf://ORG/NAME[@REV], s3://BUCKET/PREFIX, file:///PATH or pkg://PACKAGE/PATH; "
+        "empty for a catalog model.",
+    )
+    name: str | None = Field(
+        default=None, description="Store name; default: the catalog name or the source's last part."
+    )
+    revision: str | None = None
+    task: Task | None = Field(default=None, description="text, image or embedding; default: from the catalog.")

@@ -1,4 +1,4 @@
-"""Turns durably queued jobs into Prefect runs, one run per group of same-model jobs.
+"""Turns durably queued jobs into Prefect runs, one run per group of same-type, same-model jobs.
 
 Prefect background tasks run at ~4/s here; carrying up to `jobs_per_run` jobs per run lifts the
 async path far above that (DESIGN.md). Submission retries with backoff while the Prefect API is down:
@@ -15,7 +15,7 @@ from bitinglip.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
-SubmitRun = Callable[[str, list[str]], str]  # (model, job ids) -> Prefect run id
+SubmitRun = Callable[[str, str, list[str]], str]  # (job type, model, job ids) -> Prefect run id
 
 
 class Dispatcher:
@@ -25,12 +25,14 @@ class Dispatcher:
         submit: SubmitRun,
         *,
         jobs_per_run: int,
+        grouped_types: frozenset[str] = frozenset({"text"}),
         interval_s: float,
         redispatch_after: timedelta = timedelta(minutes=10),
     ) -> None:
         self.store = store
         self.submit = submit
         self.jobs_per_run = jobs_per_run
+        self.grouped_types = grouped_types
         self.interval_s = interval_s
         self.redispatch_after = redispatch_after
         self._wake = asyncio.Event()
@@ -73,14 +75,15 @@ class Dispatcher:
     async def dispatch_once(self) -> int:
         groups = await asyncio.to_thread(self.store.claim_for_dispatch, self.jobs_per_run * 4, self.redispatch_after)
         runs = [
-            (model, ids[i : i + self.jobs_per_run])
-            for model, ids in groups.items()
-            for i in range(0, len(ids), self.jobs_per_run)
+            (key, ids[i : i + size])
+            for key, ids in groups.items()
+            for size in [self.jobs_per_run if key[0] in self.grouped_types else 1]
+            for i in range(0, len(ids), size)
         ]
         count = 0
-        for n, (model, job_ids) in enumerate(runs):
+        for n, ((type_, model), job_ids) in enumerate(runs):
             try:
-                run_id = await asyncio.to_thread(self.submit, model, job_ids)
+                run_id = await asyncio.to_thread(self.submit, type_, model, job_ids)
             except Exception:
                 await asyncio.to_thread(self.store.release_dispatch, [j for _, ids in runs[n:] for j in ids])
                 raise

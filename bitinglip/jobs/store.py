@@ -76,6 +76,13 @@ class JobStore:
             items = list(s.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)))
         return JobPage(items, total)
 
+    def active(self, type_: str, model: str) -> Job | None:
+        """A queued or running job of this type and model, if any (downloads share one)."""
+        with self.db.session() as s:
+            return s.scalars(
+                select(Job).where(Job.type == type_, Job.model == model, Job.status.in_(("queued", "running")))
+            ).first()
+
     def cancel(self, job_id: str, owner: str | None = None) -> Job:
         """Queued: cancelled at once (a later claim finds nothing). Running: flagged; the worker
         stops generating at the next token and records `cancelled`."""
@@ -99,9 +106,9 @@ class JobStore:
 
     # -- dispatcher side
 
-    def claim_for_dispatch(self, limit: int, redispatch_after: timedelta) -> dict[str, list[str]]:
+    def claim_for_dispatch(self, limit: int, redispatch_after: timedelta) -> dict[tuple[str, str], list[str]]:
         """Queued jobs nobody dispatched (or whose dispatch went stale), best priority first, taken
-        in one atomic UPDATE ... RETURNING and grouped by model."""
+        in one atomic UPDATE ... RETURNING and grouped by (job type, model)."""
         dispatchable = (Job.status == "queued") & (
             Job.dispatched_at.is_(None) | (Job.dispatched_at < _now() - redispatch_after)
         )
@@ -111,11 +118,11 @@ class JobStore:
                 update(Job)
                 .where(Job.id.in_(candidates.scalar_subquery()), dispatchable)
                 .values(dispatched_at=_now())
-                .returning(Job.id, Job.model, Job.priority, Job.created_at)
+                .returning(Job.id, Job.type, Job.model, Job.priority, Job.created_at)
             ).all()
-        groups: dict[str, list[str]] = defaultdict(list)
-        for job_id, model, _, _ in sorted(rows, key=lambda r: (r[2], r[3])):
-            groups[model].append(job_id)
+        groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for job_id, type_, model, _, _ in sorted(rows, key=lambda r: (r[3], r[4])):
+            groups[(type_, model)].append(job_id)
         return dict(groups)
 
     def set_run(self, job_ids: list[str], run_id: str) -> None:

@@ -8,10 +8,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bitinglip.config import Settings
+from bitinglip.errors import InvalidRequest
 from bitinglip.models.catalog import Task
 from bitinglip.models.convert import convert_gguf, gguf_file
 from bitinglip.models.sources import SourceRef, make_source
-from bitinglip.models.store import Manifest, ModelStore
+from bitinglip.models.store import Manifest, ModelStore, sha256_file
+
+CHECKSUMS = "SHA256SUMS"  # optional, in the source: `<sha256>  <relative path>` lines (sha256sum format)
+
+
+class ChecksumMismatch(InvalidRequest):
+    code = "checksum_mismatch"
+
 
 ProgressListener = Callable[[str, int, int], None]  # (phase, done, total)
 _listeners: list[ProgressListener] = []
@@ -28,8 +36,26 @@ def report(phase: str, done: int, total: int) -> None:
 
 
 def fetch(settings: Settings, ref: SourceRef, dest: Path) -> None:
+    """Fetch into `dest` (kept across retries, so sources can resume) and check any SHA256SUMS the
+    source ships before anything else looks at the files."""
     dest.mkdir(parents=True, exist_ok=True)
     make_source(ref, settings).fetch(ref, dest, lambda done, total: report("fetch", done, total))
+    verify_checksums(dest)
+
+
+def verify_checksums(folder: Path) -> None:
+    sums = folder / CHECKSUMS
+    if not sums.is_file():
+        return
+    for line in sums.read_text().splitlines():
+        if not line.strip():
+            continue
+        expected, _, rel = line.strip().partition("  ")
+        file = (folder / rel.lstrip("*")).resolve()
+        if not file.is_relative_to(folder.resolve()) or not file.is_file():
+            raise ChecksumMismatch(f"{rel} is listed in {CHECKSUMS} but missing from the source", param="source")
+        if sha256_file(file) != expected.lower():
+            raise ChecksumMismatch(f"checksum mismatch for {rel}: the source file is corrupted", param="source")
 
 
 def convert(fetched: Path, out: Path) -> str | None:

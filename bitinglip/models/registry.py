@@ -47,6 +47,21 @@ def mark_failed(db: Database, model_id: str, reason: str) -> None:
             record.error = reason
 
 
+def forget(db: Database, model_id: str) -> None:
+    with db.session() as s:
+        record = s.get(ModelRecord, model_id)
+        if record is not None:
+            s.delete(record)
+
+
+def set_pinned(db: Database, model_id: str, pinned: bool) -> ModelRecord | None:
+    with db.session() as s:
+        record = s.get(ModelRecord, model_id)
+        if record is not None:
+            record.pinned = pinned
+        return record
+
+
 def touch(db: Database, model_id: str) -> None:
     with db.session() as s:
         record = s.get(ModelRecord, model_id)

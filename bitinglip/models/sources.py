@@ -159,6 +159,36 @@ class S3Source(Source):
         if not fs.exists(ref.location):
             raise NotFound(f"s3://{ref.location} does not exist", param="source")
         if fs.isfile(ref.location):
-            fs.get(ref.location, str(dest / Path(ref.location).name))
-            return
-        fs.get(ref.location.rstrip("/") + "/", str(dest) + "/", recursive=True)
+            files = {ref.location: Path(ref.location).name}
+        else:
+            root = ref.location.rstrip("/")
+            files = {key: key[len(root) + 1 :] for key in fs.find(root)}
+        sizes = {key: int(fs.info(key)["size"]) for key in files}
+        total, done = sum(sizes.values()), 0
+        for key, rel in sorted(files.items()):
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+
+            def report(n: int, base: int = done) -> None:
+                if progress:
+                    progress(base + n, total)
+
+            done += self._resume(fs, key, target, sizes[key], report)
+        if progress:
+            progress(done, total)
+
+    @staticmethod
+    def _resume(fs: Any, key: str, target: Path, size: int, progress: Callable[[int], object]) -> int:
+        """Download `key`, continuing a partial file left by an interrupted attempt; returns its size."""
+        have = target.stat().st_size if target.exists() else 0
+        if have > size:
+            target.unlink()
+            have = 0
+        if have < size:
+            with fs.open(key, "rb", block_size=4 << 20) as remote, target.open("ab") as local:
+                remote.seek(have)
+                while chunk := remote.read(4 << 20):
+                    local.write(chunk)
+                    have += len(chunk)
+                    progress(have)
+        return size

