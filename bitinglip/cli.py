@@ -122,5 +122,52 @@ def models_list() -> None:
     console.print(table)
 
 
+def _gateway(method: str, path: str, **kwargs: object) -> dict[str, object]:
+    """Calls the running gateway; prints its error envelope and exits non-zero on failure."""
+    import httpx
+
+    settings = _settings("cli")
+    try:
+        response = httpx.request(method, f"{settings.gateway_url}{path}", timeout=30, **kwargs)  # type: ignore[arg-type]
+    except httpx.HTTPError as exc:
+        console.print(f"[red]gateway {settings.gateway_url} unreachable:[/] {type(exc).__name__}")
+        raise typer.Exit(1) from exc
+    body: dict[str, object] = response.json() if response.content else {}
+    if response.status_code >= 400:
+        error = body.get("error", {})
+        console.print(f"[red]{response.status_code}:[/] {error.get('message') if isinstance(error, dict) else error}")
+        raise typer.Exit(1)
+    return body
+
+
+@models_app.command("show")
+def models_show(model: str) -> None:
+    """One model: registry record, files with sha256, where it is loaded."""
+    body = _gateway("GET", f"/api/v1/models/{model}")
+    files = body.pop("files", None) or {}
+    table = Table("field", "value")
+    for key, value in body.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    files_table = Table("file", "size", "sha256")
+    for name, entry in sorted(files.items()):  # type: ignore[attr-defined]
+        files_table.add_row(name, f"{entry['size']:,}", entry["sha256"])
+    console.print(files_table)
+
+
+@models_app.command("rm")
+def models_rm(model: str, force: Annotated[bool, typer.Option(help="Even if a worker has it loaded.")] = False) -> None:
+    """Remove a model from the store and the registry."""
+    _gateway("DELETE", f"/api/v1/models/{model}", params={"force": str(force).lower()})
+    console.print(f"removed {model}")
+
+
+@models_app.command("pin")
+def models_pin(model: str, off: Annotated[bool, typer.Option("--off", help="Unpin instead.")] = False) -> None:
+    """Protect a model from disk-budget eviction (or lift the protection with --off)."""
+    _gateway("POST", f"/api/v1/models/{model}/{'unpin' if off else 'pin'}")
+    console.print(f"{model} {'unpinned' if off else 'pinned'}")
+
+
 if __name__ == "__main__":
     app()

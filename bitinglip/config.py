@@ -71,6 +71,9 @@ class Settings(BaseSettings):
         default=None, description="Disk budget of the model store; LRU unpinned, unloaded models are evicted."
     )
 
+    hf_endpoint: str | None = Field(default=None, description="Hub mirror for hf:// sources (else HF_ENDPOINT).")
+    hf_token: str | None = Field(default=None, description="Hub token for hf:// sources (else HF_TOKEN).")
+
     # -- S3 (model sources, results)
     s3_endpoint_url: str | None = None
     s3_key: str | None = None

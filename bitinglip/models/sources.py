@@ -55,7 +55,7 @@ def parse_source(uri: str) -> SourceRef:
     location = unquote(parsed.netloc + parsed.path)
     if scheme == "file":
         location = unquote(parsed.path)
-        if not location.startswith("/"):
+        if parsed.netloc not in ("", "localhost") or not location.startswith("/"):
             raise InvalidRequest(f"file:// sources need an absolute path, got {uri!r}", param="source")
     revision = None
     if scheme == "hf" and "@" in location:
@@ -143,6 +143,8 @@ class HuggingFaceSource(Source):
                 local_dir=dest,
                 allow_patterns=self.allow_patterns,
                 cache_dir=self.settings.home_dir / "hf-cache",
+                endpoint=self.settings.hf_endpoint,
+                token=self.settings.hf_token,
             )
         except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
             raise NotFound(f"{ref.uri}: {exc}", param="source") from exc
