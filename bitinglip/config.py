@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     worker_host: str = "127.0.0.1"
     worker_port: int = 8002
     worker_id: str | None = Field(default=None, description="Default: host:port.")
-    worker_models: list[str] = Field(default_factory=lambda: ["smollm2-135m-instruct"])
+    worker_models: list[str] = Field(default_factory=lambda: ["smollm2-135m-instruct", "all-minilm-l6-v2"])
     worker_heartbeat_s: float = 2.0
     worker_stale_after_s: float = 10.0
     worker_request_timeout_s: float = 600.0
@@ -66,6 +66,8 @@ class Settings(BaseSettings):
 
     # -- models
     default_text_model: str = "smollm2-135m-instruct"
+    default_embedding_model: str = "all-minilm-l6-v2"
+    max_embedding_inputs: int = Field(default=256, ge=1, description="Most texts in one embeddings request.")
 
     store_budget_bytes: int | None = Field(
         default=None, description="Disk budget of the model store; LRU unpinned, unloaded models are evicted."

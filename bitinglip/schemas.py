@@ -22,6 +22,16 @@ class ChatMessage(BaseModel):
         return {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
 
 
+class EmbeddingParams(BaseModel):
+    """Embeddings for one text or a list of texts."""
+
+    model: str | None = Field(default=None, description="Installed embedding model; default when empty.")
+    input: str | list[str]
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
 class TextGenerationParams(BaseModel):
     """Text generation: a raw `prompt` or chat `messages`, and sampling settings."""
 

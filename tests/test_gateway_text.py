@@ -24,11 +24,14 @@ def test_health_reports_every_component(platform: Platform) -> None:
     assert body["status"] == "ok"
     assert body["prefect"]["status"] == "ok"
     (worker,) = body["workers"]
-    assert worker["healthy"] and worker["models"] == ["smollm2-135m-instruct@q4_1"]
+    assert worker["healthy"]
+    assert sorted(worker["models"]) == ["all-minilm-l6-v2@main", "smollm2-135m-instruct@q4_1"]
 
 
 def test_models_lists_the_installed_text_model(platform: Platform) -> None:
-    (model,) = platform.client().get("/api/v1/models").json()["data"]
+    models = {m["id"]: m for m in platform.client().get("/api/v1/models").json()["data"]}
+    assert models["all-minilm-l6-v2@main"]["task"] == "embedding"
+    model = models["smollm2-135m-instruct@q4_1"]
     assert model["id"] == "smollm2-135m-instruct@q4_1"
     assert model["task"] == "text" and model["status"] == "ready"
     assert model["size_bytes"] > 100_000_000

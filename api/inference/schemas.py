@@ -4,11 +4,29 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bitinglip.schemas import TextGenerationParams
+from bitinglip.schemas import EmbeddingParams, TextGenerationParams
 
 
 class TextInferenceRequest(TextGenerationParams):
     stream: bool = False
+
+
+class EmbeddingInferenceRequest(EmbeddingParams):
+    pass
+
+
+class Embedding(BaseModel):
+    index: int
+    embedding: list[float]
+
+
+class EmbeddingInferenceResponse(BaseModel):
+    model: str
+    worker: str
+    data: list[Embedding]
+    dimensions: int
+    usage: dict[str, int]
+    timings: dict[str, float | int]
 
 
 class Usage(BaseModel):

@@ -13,8 +13,8 @@ from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory, WorkerInfo
 from bitinglip.config import Settings
 from bitinglip.engines.types import Priority
-from bitinglip.errors import BitingLipError, RemoteError, ServiceUnavailable
-from bitinglip.schemas import TextGenerationParams
+from bitinglip.errors import BitingLipError, InvalidRequest, RemoteError, ServiceUnavailable
+from bitinglip.schemas import EmbeddingParams, TextGenerationParams
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +36,33 @@ class InferenceService:
 
     async def generate_text(self, params: TextGenerationParams) -> dict[str, Any]:
         model_id, payload = await self._target(params)
+        return await self._call(model_id, "/internal/v1/text", payload)
+
+    async def embed(self, params: EmbeddingParams) -> dict[str, Any]:
+        record = await self.models.resolve(params.model or self.settings.default_embedding_model, "embedding")
+        texts = params.texts()
+        if not texts:
+            raise InvalidRequest("input must not be empty", param="input")
+        if len(texts) > self.settings.max_embedding_inputs:
+            raise InvalidRequest(f"at most {self.settings.max_embedding_inputs} inputs per request", param="input")
+        payload = {"model": record.id, "input": texts, "priority": int(Priority.SYNC)}
+        return await self._call(record.id, "/internal/v1/embeddings", payload)
+
+    async def _call(self, model_id: str, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
-        result, worker = await self._with_failover(model_id, payload)
+        result, worker = await self._with_failover(model_id, path, payload)
         result["timings"]["gateway_seconds"] = round(time.perf_counter() - started, 5)
         return {"model": model_id, "worker": worker.id, **result}
 
-    async def _with_failover(self, model_id: str, payload: dict[str, Any]) -> tuple[dict[str, Any], WorkerInfo]:
+    async def _with_failover(
+        self, model_id: str, path: str, payload: dict[str, Any]
+    ) -> tuple[dict[str, Any], WorkerInfo]:
         """One retry on another worker when the first cannot be reached (nothing ran there)."""
         tried: frozenset[str] = frozenset()
         while True:
             worker = await self.workers.pick(model_id, exclude=tried)
             try:
-                return await self.client.generate_text(worker, payload), worker
+                return await self.client.call(worker, path, payload), worker
             except ServiceUnavailable as exc:
                 log.warning("worker %s failed: %s (%r)", worker.id, exc, exc.__cause__)
                 tried = tried | {worker.id}

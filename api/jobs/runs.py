@@ -18,8 +18,12 @@ def _download(model: str, job_ids: list[str]) -> str:
     return submit_download_run(job_id)
 
 
-SUBMITTERS: dict[str, Callable[[str, list[str]], str]] = {"text": _inference, "download": _download}
-GROUPED = {"text"}  # job types whose queued jobs share one run; the others get one run each
+SUBMITTERS: dict[str, Callable[[str, list[str]], str]] = {
+    "text": _inference,
+    "embedding": _inference,
+    "download": _download,
+}
+GROUPED = {"text", "embedding"}  # job types whose queued jobs share one run; the others get one run each
 
 
 def submit_run(job_type: str, model: str, job_ids: list[str]) -> str:

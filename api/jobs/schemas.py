@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from bitinglip.db.tables import Job
 from bitinglip.engines.types import Priority
-from bitinglip.schemas import TextGenerationParams
+from bitinglip.schemas import EmbeddingParams, TextGenerationParams
 
 PriorityName = Literal["high", "normal", "low"]
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
@@ -21,7 +21,13 @@ class TextJobRequest(BaseModel):
     params: TextGenerationParams
 
 
-JobRequest = Annotated[TextJobRequest, Field(discriminator="type")]
+class EmbeddingJobRequest(BaseModel):
+    type: Literal["embedding"]
+    priority: PriorityName = "normal"
+    params: EmbeddingParams
+
+
+JobRequest = Annotated[TextJobRequest | EmbeddingJobRequest, Field(discriminator="type")]
 
 
 class JobTimings(BaseModel):

@@ -25,7 +25,8 @@ class JobService:
 
     async def submit(self, request: JobRequest, owner: str) -> JobView:
         params = request.params
-        record = await self.models.resolve(params.model or self.settings.default_text_model, request.type)
+        default = self.settings.default_text_model if request.type == "text" else self.settings.default_embedding_model
+        record = await self.models.resolve(params.model or default, request.type)
         job = await asyncio.to_thread(
             self.store.create,
             type_=request.type,

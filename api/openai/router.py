@@ -11,6 +11,8 @@ from api.openai.protocol import (
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
     ModelCardList,
 )
 
@@ -31,6 +33,11 @@ async def chat_completions(body: ChatCompletionRequest, serving: OpenAIServingDe
     if body.stream:
         return StreamingResponse(await serving.chat_stream(body), media_type="text/event-stream")
     return await serving.chat(body)
+
+
+@router.post("/embeddings", response_model=EmbeddingResponse)
+async def embeddings(body: EmbeddingRequest, serving: OpenAIServingDep) -> EmbeddingResponse:
+    return await serving.embeddings(body)
 
 
 @router.post("/completions", response_model=CompletionResponse, responses=_SSE)

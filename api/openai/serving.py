@@ -4,8 +4,10 @@ as concurrent requests (the worker's batcher batches them), streams are merged i
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,6 +21,10 @@ from api.openai.protocol import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
     ModelCard,
     ModelCardList,
     SamplingFields,
@@ -26,8 +32,8 @@ from api.openai.protocol import (
     new_id,
     now,
 )
-from bitinglip.errors import BitingLipError
-from bitinglip.schemas import TextGenerationParams
+from bitinglip.errors import BitingLipError, InvalidRequest
+from bitinglip.schemas import EmbeddingParams, TextGenerationParams
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +89,32 @@ class OpenAIServing:
         if ignored := req.ignored_fields():
             log.info("ignoring unsupported OpenAI fields: %s", ", ".join(ignored))
 
+    async def embeddings(self, req: EmbeddingRequest) -> EmbeddingResponse:
+        if ignored := req.ignored_fields():
+            log.info("ignoring unsupported OpenAI fields: %s", ", ".join(ignored))
+        result = await self.inference.embed(EmbeddingParams(model=req.model, input=req.input))
+        vectors: list[list[float]] = result["data"]
+        if req.dimensions is not None and vectors and req.dimensions != len(vectors[0]):
+            raise InvalidRequest(
+                f"model {req.model!r} produces {len(vectors[0])} dimensions; it cannot give {req.dimensions}",
+                param="dimensions",
+            )
+
+        def encode(vector: list[float]) -> list[float] | str:
+            if req.encoding_format == "float":
+                return vector
+            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+        return EmbeddingResponse(
+            data=[EmbeddingData(index=i, embedding=encode(v)) for i, v in enumerate(vectors)],
+            model=req.model,
+            usage=EmbeddingUsage(**result["usage"]),
+        )
+
     async def list_models(self) -> ModelCardList:
         cards = []
         for m in await self.models.list():
-            if m.status == "ready" and m.task == "text":
+            if m.status == "ready":
                 cards.append(ModelCard(id=m.name, created=int(m.created_at.timestamp()), root=m.id))
         return ModelCardList(data=cards)
 

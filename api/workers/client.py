@@ -41,9 +41,9 @@ class WorkerClient:
     async def close(self) -> None:
         await self._http.aclose()
 
-    async def generate_text(self, worker: WorkerInfo, payload: dict[str, Any]) -> dict[str, Any]:
+    async def call(self, worker: WorkerInfo, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         try:
-            response = await self._http.post(f"{worker.url}/internal/v1/text", json=payload)
+            response = await self._http.post(f"{worker.url}{path}", json=payload)
         except httpx.TransportError as exc:
             raise ServiceUnavailable(f"model worker {worker.id} unreachable", retry_after=2) from exc
         await _raise_for(response)

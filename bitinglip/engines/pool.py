@@ -19,6 +19,7 @@ from typing import Any
 from bitinglip.config import Settings
 from bitinglip.engines.batcher import ContinuousBatcher, DynamicBatcher
 from bitinglip.engines.device import resolve_device, resolve_dtype
+from bitinglip.engines.embeddings import EmbeddingEngine, EmbeddingRequest, EmbeddingResult
 from bitinglip.engines.text import TextEngine
 from bitinglip.engines.types import Priority, TextDelta, TextRequest, TextResult
 from bitinglip.errors import InvalidRequest
@@ -27,12 +28,14 @@ from bitinglip.schemas import TextGenerationParams
 
 log = logging.getLogger(__name__)
 
+ENGINES: dict[str, Any] = {"text": TextEngine, "embedding": EmbeddingEngine}  # task -> engine class
+
 
 @dataclass
 class LoadedModel:
     manifest: Manifest
-    engine: TextEngine
-    batcher: DynamicBatcher[TextRequest, TextResult]
+    engine: Any  # TextEngine | EmbeddingEngine, by manifest.task
+    batcher: DynamicBatcher[Any, Any]
     load_seconds: float
     last_used: float
 
@@ -82,8 +85,9 @@ class ModelPool:
         return self._models[key]
 
     async def _load(self, manifest: Manifest) -> None:
-        if manifest.task != "text":
-            raise InvalidRequest(f"model {manifest.id!r} is a {manifest.task} model", param="model")
+        engine_class = ENGINES.get(manifest.task)
+        if engine_class is None:
+            raise InvalidRequest(f"no engine serves {manifest.task} models", param="model")
         while len(self._models) >= self.max_loaded:
             _, evicted = self._models.popitem(last=False)
             await evicted.batcher.stop()
@@ -92,7 +96,7 @@ class ModelPool:
         path = self.store.path(manifest)
         engine = await asyncio.get_running_loop().run_in_executor(
             self.executor,
-            TextEngine.load,
+            engine_class.load,
             manifest.id,
             path,
             self.device,
@@ -101,8 +105,12 @@ class ModelPool:
         )
         size, wait_ms, queue = self.settings.batching_for(manifest.name)
         on_batch = partial(self._batch_done, manifest.id)
-        batcher: DynamicBatcher[TextRequest, TextResult]
-        if self.settings.text_batching == "continuous" and engine.supports_continuous:
+        batcher: DynamicBatcher[Any, Any]
+        if (
+            isinstance(engine, TextEngine)
+            and self.settings.text_batching == "continuous"
+            and engine.supports_continuous
+        ):
             batcher = ContinuousBatcher(
                 manifest.id,
                 engine.step,
@@ -127,6 +135,25 @@ class ModelPool:
         self._models[manifest.id] = LoadedModel(manifest, engine, batcher, elapsed, time.monotonic())
         log.info("loaded %s on %s in %.2fs", manifest.id, self.device, elapsed)
 
+    async def _get_for(self, model_id: str, task: str) -> LoadedModel:
+        loaded = await self.get(model_id)
+        if loaded.manifest.task != task:
+            raise InvalidRequest(
+                f"model {loaded.manifest.id!r} is a {loaded.manifest.task} model, not a {task} model", param="model"
+            )
+        return loaded
+
+    async def embed(self, model_id: str | None, texts: list[str], priority: Priority) -> EmbeddingResult:
+        if not texts:
+            raise InvalidRequest("input must not be empty", param="input")
+        if len(texts) > self.settings.max_embedding_inputs:
+            raise InvalidRequest(f"at most {self.settings.max_embedding_inputs} inputs per request", param="input")
+        if any(len(t) > self.settings.max_prompt_chars for t in texts):
+            raise InvalidRequest(f"an input is longer than {self.settings.max_prompt_chars} characters", param="input")
+        loaded = await self._get_for(model_id or self.settings.default_embedding_model, "embedding")
+        result: EmbeddingResult = await loaded.batcher.submit(EmbeddingRequest(texts), int(priority))
+        return result
+
     def _batch_done(self, model_id: str, size: int) -> None:
         if self.on_batch is not None:
             self.on_batch(model_id, size)
@@ -139,7 +166,7 @@ class ModelPool:
         cancelled: threading.Event | None = None,
     ) -> TextResult:
         """Tokenize, check the context, queue for the next batch and wait for the result."""
-        loaded = await self.get(params.model or self.settings.default_text_model)
+        loaded = await self._get_for(params.model or self.settings.default_text_model, "text")
         if params.prompt_chars() > self.settings.max_prompt_chars:
             raise InvalidRequest(f"prompt is longer than {self.settings.max_prompt_chars} characters", param="prompt")
         sampling = params.sampling(self.settings.default_max_tokens)

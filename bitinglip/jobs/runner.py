@@ -18,7 +18,7 @@ from bitinglip.engines.pool import ModelPool
 from bitinglip.engines.types import Priority
 from bitinglip.errors import BitingLipError, Overloaded
 from bitinglip.jobs.store import JobStore
-from bitinglip.schemas import TextGenerationParams
+from bitinglip.schemas import EmbeddingParams, TextGenerationParams
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,15 @@ class JobRunner:
     async def _run_one(self, job: Job, cancelled: threading.Event) -> str:
         if job.attempts > self.settings.job_max_attempts:
             return await self._finish(job, "failed", error={"message": "too many attempts", "type": "job_error"})
+        started = time.perf_counter()
         try:
+            if job.type == "embedding":
+                texts = EmbeddingParams.model_validate(job.params).texts()
+                embedded = await self.pool.embed(job.model, texts, Priority(job.priority))
+                return await self._finish(
+                    job, "completed", result=embedded.as_dict(), engine_seconds=time.perf_counter() - started
+                )
             params = TextGenerationParams.model_validate({**job.params, "model": job.model})
-            started = time.perf_counter()
             result = await self.pool.generate_text(params, Priority(job.priority), cancelled=cancelled)
         except Overloaded as exc:
             return await self._requeue(job, exc)

@@ -24,7 +24,7 @@ from bitinglip.jobs.store import JobStore
 from bitinglip.models.store import ModelStore
 from bitinglip.worker.heartbeat import Heartbeat
 from bitinglip.worker.runtime import WorkerRuntime, set_runtime
-from bitinglip.worker.schemas import WorkerTextRequest
+from bitinglip.worker.schemas import WorkerEmbeddingRequest, WorkerTextRequest
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,12 @@ def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
             result = await pool.generate_text(body, body.priority)
             return result.as_dict()
         return StreamingResponse(_stream(pool, body), media_type="application/x-ndjson")
+
+    @app.post("/internal/v1/embeddings")
+    async def embed(body: WorkerEmbeddingRequest, request: Request) -> dict[str, Any]:
+        pool: ModelPool = request.app.state.pool
+        result = await pool.embed(body.model, body.texts(), body.priority)
+        return result.as_dict()
 
     return app
 

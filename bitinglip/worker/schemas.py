@@ -5,7 +5,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from bitinglip.engines.types import Priority
-from bitinglip.schemas import TextGenerationParams
+from bitinglip.schemas import EmbeddingParams, TextGenerationParams
+
+
+class WorkerEmbeddingRequest(EmbeddingParams):
+    priority: Priority = Field(default=Priority.SYNC)
 
 
 class WorkerTextRequest(TextGenerationParams):

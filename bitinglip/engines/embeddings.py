@@ -1,0 +1,81 @@
+"""Sentence embeddings: mean pooling over the attention mask, L2-normalised (what
+sentence-transformers does for all-MiniLM-L6-v2), with plain transformers."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+
+@dataclass
+class EmbeddingRequest:
+    texts: list[str]
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class EmbeddingResult:
+    vectors: list[list[float]]
+    prompt_tokens: int
+    total_seconds: float
+    batch_size: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "data": self.vectors,
+            "usage": {"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens},
+            "timings": {"total_seconds": round(self.total_seconds, 5), "batch_size": self.batch_size},
+        }
+
+
+class EmbeddingEngine:
+    task = "embedding"
+
+    def __init__(self, name: str, model: Any, tokenizer: Any, device: str, max_length: int) -> None:
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.max_length = max_length
+        self.dimensions = int(model.config.hidden_size)
+
+    @classmethod
+    def load(cls, name: str, path: Path, device: str, dtype: torch.dtype, device_map: str | None) -> EmbeddingEngine:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, dtype=dtype, device_map=device_map)
+        if device_map is None:
+            model.to(device)
+        model.eval()
+        max_length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+        return cls(name, model, tokenizer, device, max_length)
+
+    @property
+    def memory_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    @torch.inference_mode()
+    def run_batch(self, requests: list[EmbeddingRequest]) -> list[EmbeddingResult]:
+        """All texts of all requests in one forward (inputs longer than the model's window are cut)."""
+        texts = [t for r in requests for t in r.texts]
+        encoded = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.model(**encoded).last_hidden_state
+        mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        vectors = torch.nn.functional.normalize(pooled.float(), p=2, dim=1).cpu().tolist()
+        tokens = encoded["attention_mask"].sum(dim=1).cpu().tolist()
+        done = time.perf_counter()
+        results, start = [], 0
+        for r in requests:
+            end = start + len(r.texts)
+            results.append(
+                EmbeddingResult(vectors[start:end], int(sum(tokens[start:end])), done - r.enqueued_at, len(texts))
+            )
+            start = end
+        return results
