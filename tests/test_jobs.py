@@ -35,19 +35,23 @@ def wait_done(client: httpx.Client, job_id: str, timeout: float = 120) -> tuple[
 
 
 def prefect_task_run_state(platform: Platform, run_id: str) -> str:
+    """Prefect records task runs from events, a little after the fact (DESIGN.md: never trust one
+    call): read until the run exists and has settled, for up to 30 s."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     async def read() -> str:
         async with get_client() as client:
-            run = await client.read_task_run(run_id)
+            try:
+                run = await client.read_task_run(run_id)
+            except ObjectNotFound:
+                return "NOT_RECORDED_YET"
             assert run.state is not None
             return str(run.state.type.value)
 
-    for _ in range(50):  # the final state lands just after our own record: read until it settles
-        state = asyncio.run(read())
-        if state == "COMPLETED":
-            return state
-        time.sleep(0.1)
+    deadline = time.monotonic() + 30
+    while (state := asyncio.run(read())) != "COMPLETED" and time.monotonic() < deadline:
+        time.sleep(0.2)
     return state
 
 
