@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
-from api import health
+from api import files, health
 from api.inference import router as inference_router
 from api.inference.service import InferenceService
 from api.jobs import router as jobs_router
@@ -30,6 +30,7 @@ from bitinglip.jobs.dispatcher import Dispatcher
 from bitinglip.jobs.store import JobStore
 from bitinglip.models import registry
 from bitinglip.models.store import ModelStore
+from bitinglip.results import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ def build_state(settings: Settings) -> GatewayState:
         grouped_types=frozenset(GROUPED),
         interval_s=settings.dispatch_interval_s,
     )
-    inference = InferenceService(settings, models, workers, client)
+    results = ResultStore(settings)
+    inference = InferenceService(settings, models, workers, client, results)
     return GatewayState(
         settings=settings,
         db=db,
@@ -56,6 +58,7 @@ def build_state(settings: Settings) -> GatewayState:
         models=models,
         inference=inference,
         openai=OpenAIServing(inference, models),
+        results=results,
         jobs=JobService(settings, store, models, dispatcher),
         dispatcher=dispatcher,
         http=httpx.AsyncClient(),
@@ -95,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models_router.router,
         workers_router.router,
         openai_router.router,
+        files.router,
     ):
         app.include_router(router)
     return app

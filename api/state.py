@@ -15,6 +15,7 @@ from api.workers.service import WorkerDirectory
 from bitinglip.config import Settings
 from bitinglip.db.session import Database
 from bitinglip.jobs.dispatcher import Dispatcher
+from bitinglip.results import ResultStore
 
 
 @dataclass
@@ -27,5 +28,6 @@ class GatewayState:
     inference: InferenceService
     jobs: JobService
     openai: OpenAIServing
+    results: ResultStore
     dispatcher: Dispatcher
     http: httpx.AsyncClient

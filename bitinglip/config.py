@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     worker_host: str = "127.0.0.1"
     worker_port: int = 8002
     worker_id: str | None = Field(default=None, description="Default: host:port.")
-    worker_models: list[str] = Field(default_factory=lambda: ["smollm2-135m-instruct", "all-minilm-l6-v2"])
+    worker_models: list[str] = Field(
+        default_factory=lambda: ["smollm2-135m-instruct", "all-minilm-l6-v2", "tiny-sd-test"]
+    )
     worker_heartbeat_s: float = 2.0
     worker_stale_after_s: float = 10.0
     worker_request_timeout_s: float = 600.0
@@ -67,6 +69,7 @@ class Settings(BaseSettings):
     # -- models
     default_text_model: str = "smollm2-135m-instruct"
     default_embedding_model: str = "all-minilm-l6-v2"
+    default_image_model: str = "tiny-sd-test"
     max_embedding_inputs: int = Field(default=256, ge=1, description="Most texts in one embeddings request.")
 
     store_budget_bytes: int | None = Field(
@@ -75,6 +78,13 @@ class Settings(BaseSettings):
 
     hf_endpoint: str | None = Field(default=None, description="Hub mirror for hf:// sources (else HF_ENDPOINT).")
     hf_token: str | None = Field(default=None, description="Hub token for hf:// sources (else HF_TOKEN).")
+
+    results_url: str | None = Field(
+        default=None, description="Where results (images) go: a folder URL or s3://bucket/prefix; default home/results."
+    )
+    max_image_side: int = Field(default=1024, ge=64, description="Largest width or height accepted.")
+    max_image_steps: int = Field(default=50, ge=1, description="Most denoising steps accepted.")
+    max_images_per_request: int = Field(default=4, ge=1)
 
     # -- S3 (model sources, results)
     s3_endpoint_url: str | None = None

@@ -6,7 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bitinglip.config import Settings
 from bitinglip.engines.types import SamplingParams
+from bitinglip.errors import InvalidRequest
 
 
 class ChatMessage(BaseModel):
@@ -30,6 +32,39 @@ class EmbeddingParams(BaseModel):
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class ImageParams(BaseModel):
+    """Text-to-image. Bounds on size, steps and count come from settings (checked by the engine)."""
+
+    model: str | None = Field(default=None, description="Installed image model; default when empty.")
+    prompt: str = Field(min_length=1, max_length=4000)
+    negative_prompt: str | None = Field(default=None, max_length=4000)
+    width: int = Field(default=64, ge=8)
+    height: int = Field(default=64, ge=8)
+    num_inference_steps: int = Field(default=4, ge=1)
+    guidance_scale: float = Field(default=1.0, ge=0.0, le=30.0)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    n: int = Field(default=1, ge=1)
+
+    def check_limits(self, settings: Settings) -> None:
+        """Refuse what would exhaust memory or time before it reaches a device."""
+        if max(self.width, self.height) > settings.max_image_side:
+            raise InvalidRequest(
+                f"width and height must be <= {settings.max_image_side}", param="width", code="image_too_large"
+            )
+        if self.num_inference_steps > settings.max_image_steps:
+            raise InvalidRequest(
+                f"num_inference_steps must be <= {settings.max_image_steps}", param="num_inference_steps"
+            )
+        if self.n > settings.max_images_per_request:
+            raise InvalidRequest(f"n must be <= {settings.max_images_per_request}", param="n")
+
+    @model_validator(mode="after")
+    def _multiple_of_8(self) -> ImageParams:
+        if self.width % 8 or self.height % 8:
+            raise ValueError("width and height must be multiples of 8")
+        return self
 
 
 class TextGenerationParams(BaseModel):

@@ -6,6 +6,7 @@ parameters stay in the gateway DB: only job ids travel through Prefect's paramet
 from __future__ import annotations
 
 from prefect import task
+from prefect.artifacts import acreate_image_artifact
 
 from bitinglip.worker.runtime import current_runtime
 
@@ -18,8 +19,17 @@ from bitinglip.worker.runtime import current_runtime
     log_prints=True,
 )
 async def run_inference_jobs(job_ids: list[str], model: str, count: int) -> dict[str, str]:
-    """Runs inside `bitinglip worker`, whose task worker serves this task."""
-    return await current_runtime().runner.run(job_ids)
+    """Runs inside `bitinglip worker`, whose task worker serves this task. Generated images also
+    show on this run in the Prefect UI, as image artifacts linking the gateway's file URLs."""
+    runner = current_runtime().runner
+    summary = await runner.run(job_ids)
+    for job_id, paths in (await runner.stored_images(job_ids)).items():
+        for i, path in enumerate(paths):
+            await acreate_image_artifact(
+                image_url=f"{runner.settings.gateway_url}/api/v1/files/{path}",
+                description=f"job {job_id}, image {i}",
+            )
+    return summary
 
 
 def submit_inference_run(model: str, job_ids: list[str]) -> str:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,7 @@ from tests.platform_harness import Platform, platform_settings
 
 TEXT_MODEL = "smollm2-135m-instruct"
 EMBEDDING_MODEL = "all-minilm-l6-v2"
+IMAGE_MODEL = "tiny-sd-test"
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +34,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
     root = tmp_path_factory.mktemp("store") / "models"
     store = ModelStore(root)
     settings = Settings(home=root.parent)
-    for name in (TEXT_MODEL, EMBEDDING_MODEL):
+    for name in (TEXT_MODEL, EMBEDDING_MODEL, IMAGE_MODEL):
         entry = load_catalog()[name]
         with store.staging() as staging:
             installer.fetch(settings, parse_source(entry.source), staging / "fetched")
@@ -58,10 +61,51 @@ def home_with_store(tmp_path: Path, store: ModelStore) -> Path:
     return tmp_path
 
 
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    bucket: str = "bitinglip-results"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "BITINGLIP_S3_ENDPOINT_URL": self.endpoint,
+            "BITINGLIP_S3_KEY": "testing",
+            "BITINGLIP_S3_SECRET": "testing",
+            "BITINGLIP_RESULTS_URL": f"s3://{self.bucket}/results",
+        }
+
+    def filesystem(self) -> Any:
+        from bitinglip.storage import s3_filesystem
+
+        return s3_filesystem(Settings(s3_endpoint_url=self.endpoint, s3_key="testing", s3_secret="testing"))
+
+
 @pytest.fixture(scope="session")
-def platform(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) -> Iterator[Platform]:
+def s3_server() -> Iterator[S3Server]:
+    """moto's standalone S3 server on a free port (real HTTP, as s3fs's own tests use)."""
+    from moto.server import ThreadedMotoServer
+
+    from tests.platform_harness import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    s3 = S3Server(f"http://127.0.0.1:{port}")
+    s3.filesystem().mkdir(s3.bucket)
+    try:
+        yield s3
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def platform(
+    tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore, s3_server: S3Server
+) -> Iterator[Platform]:
+    """The whole platform, with results (images) on the S3 server."""
     home = home_with_store(tmp_path_factory.mktemp("home"), model_store)
-    running = Platform(platform_settings(home))
+    running = Platform(platform_settings(home), env_overrides=s3_server.env)
     try:
         running.start_prefect()
         running.start_worker(wait=False)

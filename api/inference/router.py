@@ -12,6 +12,9 @@ from api.inference.schemas import (
     Embedding,
     EmbeddingInferenceRequest,
     EmbeddingInferenceResponse,
+    GeneratedImage,
+    ImageInferenceRequest,
+    ImageInferenceResponse,
     TextInferenceRequest,
     TextInferenceResponse,
 )
@@ -42,6 +45,12 @@ async def embed(body: EmbeddingInferenceRequest, inference: InferenceServiceDep)
         dimensions=len(vectors[0]) if vectors else 0,
         **result,
     )
+
+
+@router.post("/image", response_model=ImageInferenceResponse)
+async def generate_image(body: ImageInferenceRequest, inference: InferenceServiceDep) -> ImageInferenceResponse:
+    model, worker, data = await inference.images(body, body.response_format)
+    return ImageInferenceResponse(model=model, worker=worker, data=[GeneratedImage(**d) for d in data], timings={})
 
 
 async def _sse(model_id: str, events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from bitinglip.schemas import EmbeddingParams, TextGenerationParams
+from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 
 
 class TextInferenceRequest(TextGenerationParams):
@@ -26,6 +26,23 @@ class EmbeddingInferenceResponse(BaseModel):
     data: list[Embedding]
     dimensions: int
     usage: dict[str, int]
+    timings: dict[str, float | int]
+
+
+class ImageInferenceRequest(ImageParams):
+    response_format: Literal["b64_json", "url"] = "b64_json"
+
+
+class GeneratedImage(BaseModel):
+    seed: int
+    b64_json: str | None = None
+    url: str | None = None
+
+
+class ImageInferenceResponse(BaseModel):
+    model: str
+    worker: str
+    data: list[GeneratedImage]
     timings: dict[str, float | int]
 
 

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,16 +17,23 @@ from api.workers.service import WorkerDirectory, WorkerInfo
 from bitinglip.config import Settings
 from bitinglip.engines.types import Priority
 from bitinglip.errors import BitingLipError, InvalidRequest, RemoteError, ServiceUnavailable
-from bitinglip.schemas import EmbeddingParams, TextGenerationParams
+from bitinglip.results import ResultStore
+from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 
 log = logging.getLogger(__name__)
 
 
 class InferenceService:
     def __init__(
-        self, settings: Settings, models: ModelService, workers: WorkerDirectory, client: WorkerClient
+        self,
+        settings: Settings,
+        models: ModelService,
+        workers: WorkerDirectory,
+        client: WorkerClient,
+        results: ResultStore,
     ) -> None:
         self.settings = settings
+        self.results = results
         self.models = models
         self.workers = workers
         self.client = client
@@ -47,6 +57,37 @@ class InferenceService:
             raise InvalidRequest(f"at most {self.settings.max_embedding_inputs} inputs per request", param="input")
         payload = {"model": record.id, "input": texts, "priority": int(Priority.SYNC)}
         return await self._call(record.id, "/internal/v1/embeddings", payload)
+
+    async def generate_image(self, params: ImageParams) -> dict[str, Any]:
+        """PNGs as base64, each with its seed; the caller decides whether to store them."""
+        params.check_limits(self.settings)  # the engine checks too; here an oversize request costs no hop
+        record = await self.models.resolve(params.model or self.settings.default_image_model, "image")
+        payload = {
+            **params.model_dump(exclude_none=True, mode="json"),
+            "model": record.id,
+            "priority": int(Priority.SYNC),
+        }
+        return await self._call(record.id, "/internal/v1/images", payload)
+
+    async def images(self, params: ImageParams, response_format: str) -> tuple[str, str, list[dict[str, Any]]]:
+        """(model, worker, [{seed, b64_json | url}]): `url` stores the PNGs and links /api/v1/files."""
+        result = await self.generate_image(params)
+        pngs, seeds = result["images"], result["seeds"]
+        if response_format == "url":
+            folder = f"images/{uuid.uuid4().hex}"
+            keys = await asyncio.gather(
+                *(
+                    asyncio.to_thread(self.results.put, f"{folder}/{i}.png", base64.b64decode(b))
+                    for i, b in enumerate(pngs)
+                )
+            )
+            data = [{"seed": s, "url": self.file_url(k)} for s, k in zip(seeds, keys, strict=True)]
+        else:
+            data = [{"seed": s, "b64_json": b} for s, b in zip(seeds, pngs, strict=True)]
+        return result["model"], result["worker"], data
+
+    def file_url(self, key: str) -> str:
+        return f"{self.settings.gateway_url}/api/v1/files/{key}"
 
     async def _call(self, model_id: str, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()

@@ -21,9 +21,10 @@ def _download(model: str, job_ids: list[str]) -> str:
 SUBMITTERS: dict[str, Callable[[str, list[str]], str]] = {
     "text": _inference,
     "embedding": _inference,
+    "image": _inference,
     "download": _download,
 }
-GROUPED = {"text", "embedding"}  # job types whose queued jobs share one run; the others get one run each
+GROUPED = {"text", "embedding", "image"}  # job types whose queued jobs share one run; the others get one run each
 
 
 def submit_run(job_type: str, model: str, job_ids: list[str]) -> str:

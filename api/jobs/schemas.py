@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from bitinglip.db.tables import Job
 from bitinglip.engines.types import Priority
-from bitinglip.schemas import EmbeddingParams, TextGenerationParams
+from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 
 PriorityName = Literal["high", "normal", "low"]
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
@@ -27,7 +27,13 @@ class EmbeddingJobRequest(BaseModel):
     params: EmbeddingParams
 
 
-JobRequest = Annotated[TextJobRequest | EmbeddingJobRequest, Field(discriminator="type")]
+class ImageJobRequest(BaseModel):
+    type: Literal["image"]
+    priority: PriorityName = "normal"
+    params: ImageParams
+
+
+JobRequest = Annotated[TextJobRequest | EmbeddingJobRequest | ImageJobRequest, Field(discriminator="type")]
 
 
 class JobTimings(BaseModel):
@@ -57,7 +63,7 @@ class JobView(BaseModel):
     timings: JobTimings
 
     @classmethod
-    def from_job(cls, job: Job, prefect_ui: str) -> JobView:
+    def from_job(cls, job: Job, prefect_ui: str, files_url: str = "") -> JobView:
         def seconds(a: datetime | None, b: datetime | None) -> float | None:
             return None if a is None or b is None else round((b - a).total_seconds(), 4)
 
@@ -69,7 +75,7 @@ class JobView(BaseModel):
             priority=_PRIORITY_NAMES.get(job.priority, "normal"),
             owner=job.owner,
             params=job.params,
-            result=job.result,
+            result=_with_file_urls(job.result, files_url),
             error=job.error,
             attempts=job.attempts,
             cancel_requested=job.cancel_requested,
@@ -89,6 +95,14 @@ class JobView(BaseModel):
                 engine_seconds=job.engine_seconds,
             ),
         )
+
+
+def _with_file_urls(result: dict[str, Any] | None, files_url: str) -> dict[str, Any] | None:
+    """Stored outputs (image jobs) are listed by path; callers get download URLs beside them."""
+    if not result or "images" not in result:
+        return result
+    images = [{**img, "url": f"{files_url}/{img['path']}"} for img in result["images"]]
+    return {**result, "images": images}
 
 
 _RUN_KIND = {"download": "flow-run"}  # text jobs are background task runs; downloads are flow runs

@@ -11,6 +11,7 @@ from bitinglip.db.tables import Job
 from bitinglip.engines.types import Priority
 from bitinglip.jobs.dispatcher import Dispatcher
 from bitinglip.jobs.store import JobStore
+from bitinglip.schemas import ImageParams
 
 
 class JobService:
@@ -21,12 +22,18 @@ class JobService:
         self.dispatcher = dispatcher
 
     def _view(self, job: Job) -> JobView:
-        return JobView.from_job(job, self.settings.prefect_ui_url)
+        return JobView.from_job(job, self.settings.prefect_ui_url, f"{self.settings.gateway_url}/api/v1/files")
 
     async def submit(self, request: JobRequest, owner: str) -> JobView:
         params = request.params
-        default = self.settings.default_text_model if request.type == "text" else self.settings.default_embedding_model
-        record = await self.models.resolve(params.model or default, request.type)
+        defaults = {
+            "text": self.settings.default_text_model,
+            "embedding": self.settings.default_embedding_model,
+            "image": self.settings.default_image_model,
+        }
+        if isinstance(params, ImageParams):
+            params.check_limits(self.settings)  # refuse at the door, not after queueing
+        record = await self.models.resolve(params.model or defaults[request.type], request.type)
         job = await asyncio.to_thread(
             self.store.create,
             type_=request.type,

@@ -93,6 +93,29 @@ class EmbeddingResponse(BaseModel):
     usage: EmbeddingUsage
 
 
+class ImageGenerationRequest(OpenAIBase):
+    prompt: str = Field(min_length=1, max_length=4000)
+    model: str | None = None
+    n: int = Field(default=1, ge=1)
+    size: str = Field(default="64x64", pattern=r"^\d{1,5}x\d{1,5}$")
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)  # extension: reproducible images
+    num_inference_steps: int | None = Field(default=None, ge=1)  # extension
+    negative_prompt: str | None = None  # extension
+    user: str | None = None
+
+
+class ImageObject(BaseModel):
+    b64_json: str | None = None
+    url: str | None = None
+    revised_prompt: str | None = None
+
+
+class ImageGenerationResponse(BaseModel):
+    created: int
+    data: list[ImageObject]
+
+
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0

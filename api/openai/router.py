@@ -13,6 +13,8 @@ from api.openai.protocol import (
     CompletionResponse,
     EmbeddingRequest,
     EmbeddingResponse,
+    ImageGenerationRequest,
+    ImageGenerationResponse,
     ModelCardList,
 )
 
@@ -38,6 +40,11 @@ async def chat_completions(body: ChatCompletionRequest, serving: OpenAIServingDe
 @router.post("/embeddings", response_model=EmbeddingResponse)
 async def embeddings(body: EmbeddingRequest, serving: OpenAIServingDep) -> EmbeddingResponse:
     return await serving.embeddings(body)
+
+
+@router.post("/images/generations", response_model=ImageGenerationResponse)
+async def images(body: ImageGenerationRequest, serving: OpenAIServingDep) -> ImageGenerationResponse:
+    return await serving.images(body)
 
 
 @router.post("/completions", response_model=CompletionResponse, responses=_SSE)

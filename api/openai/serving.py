@@ -11,6 +11,8 @@ import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from pydantic import ValidationError
+
 from api.inference.service import InferenceService
 from api.models.service import ModelService
 from api.openai.protocol import (
@@ -25,6 +27,9 @@ from api.openai.protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
     EmbeddingUsage,
+    ImageGenerationRequest,
+    ImageGenerationResponse,
+    ImageObject,
     ModelCard,
     ModelCardList,
     SamplingFields,
@@ -33,7 +38,8 @@ from api.openai.protocol import (
     now,
 )
 from bitinglip.errors import BitingLipError, InvalidRequest
-from bitinglip.schemas import EmbeddingParams, TextGenerationParams
+from bitinglip.http import validation_message
+from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +115,29 @@ class OpenAIServing:
             data=[EmbeddingData(index=i, embedding=encode(v)) for i, v in enumerate(vectors)],
             model=req.model,
             usage=EmbeddingUsage(**result["usage"]),
+        )
+
+    async def images(self, req: ImageGenerationRequest) -> ImageGenerationResponse:
+        if ignored := req.ignored_fields():
+            log.info("ignoring unsupported OpenAI fields: %s", ", ".join(ignored))
+        width, height = (int(x) for x in req.size.split("x"))
+        fields = {"num_inference_steps": req.num_inference_steps} if req.num_inference_steps else {}
+        try:
+            params = ImageParams(
+                model=req.model,
+                prompt=req.prompt,
+                negative_prompt=req.negative_prompt,
+                width=width,
+                height=height,
+                seed=req.seed,
+                n=req.n,
+                **fields,
+            )
+        except ValidationError as exc:
+            raise InvalidRequest(validation_message(list(exc.errors()))[0], param="size") from exc
+        _, _, data = await self.inference.images(params, req.response_format)
+        return ImageGenerationResponse(
+            created=now(), data=[ImageObject(b64_json=d.get("b64_json"), url=d.get("url")) for d in data]
         )
 
     async def list_models(self) -> ModelCardList:

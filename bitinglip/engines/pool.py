@@ -20,15 +20,20 @@ from bitinglip.config import Settings
 from bitinglip.engines.batcher import ContinuousBatcher, DynamicBatcher
 from bitinglip.engines.device import resolve_device, resolve_dtype
 from bitinglip.engines.embeddings import EmbeddingEngine, EmbeddingRequest, EmbeddingResult
+from bitinglip.engines.image import ImageEngine, ImageRequest, ImageResult
 from bitinglip.engines.text import TextEngine
 from bitinglip.engines.types import Priority, TextDelta, TextRequest, TextResult
 from bitinglip.errors import InvalidRequest
 from bitinglip.models.store import Manifest, ModelStore
-from bitinglip.schemas import TextGenerationParams
+from bitinglip.schemas import ImageParams, TextGenerationParams
 
 log = logging.getLogger(__name__)
 
-ENGINES: dict[str, Any] = {"text": TextEngine, "embedding": EmbeddingEngine}  # task -> engine class
+ENGINES: dict[str, Any] = {
+    "text": TextEngine,
+    "embedding": EmbeddingEngine,
+    "image": ImageEngine,
+}  # task -> engine class
 
 
 @dataclass
@@ -152,6 +157,12 @@ class ModelPool:
             raise InvalidRequest(f"an input is longer than {self.settings.max_prompt_chars} characters", param="input")
         loaded = await self._get_for(model_id or self.settings.default_embedding_model, "embedding")
         result: EmbeddingResult = await loaded.batcher.submit(EmbeddingRequest(texts), int(priority))
+        return result
+
+    async def generate_image(self, params: ImageParams, priority: Priority) -> ImageResult:
+        params.check_limits(self.settings)
+        loaded = await self._get_for(params.model or self.settings.default_image_model, "image")
+        result: ImageResult = await loaded.batcher.submit(ImageRequest(params), int(priority))
         return result
 
     def _batch_done(self, model_id: str, size: int) -> None:

@@ -18,7 +18,8 @@ from bitinglip.engines.pool import ModelPool
 from bitinglip.engines.types import Priority
 from bitinglip.errors import BitingLipError, Overloaded
 from bitinglip.jobs.store import JobStore
-from bitinglip.schemas import EmbeddingParams, TextGenerationParams
+from bitinglip.results import ResultStore
+from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class JobRunner:
         self.store = store
         self.worker_id = worker_id
         self.writer = FinishWriter(store)
+        self.results = ResultStore(settings)
 
     async def run(self, job_ids: list[str]) -> dict[str, str]:
         claimed = await asyncio.to_thread(self.store.claim_for_run, job_ids, self.worker_id)
@@ -79,11 +81,32 @@ class JobRunner:
             raise RetryableJobsError(f"{len(requeued)} job(s) re-queued after transient errors")
         return summary
 
+    async def stored_images(self, job_ids: list[str]) -> dict[str, list[str]]:
+        """Paths of the PNGs that image jobs among `job_ids` stored, by job."""
+        jobs = await asyncio.to_thread(self.store.many, job_ids)
+        return {
+            j.id: [img["path"] for img in (j.result or {}).get("images", [])]
+            for j in jobs
+            if j.type == "image" and j.status == "completed"
+        }
+
     async def _run_one(self, job: Job, cancelled: threading.Event) -> str:
         if job.attempts > self.settings.job_max_attempts:
             return await self._finish(job, "failed", error={"message": "too many attempts", "type": "job_error"})
         started = time.perf_counter()
         try:
+            if job.type == "image":
+                image = await self.pool.generate_image(
+                    ImageParams.model_validate({**job.params, "model": job.model}), Priority(job.priority)
+                )
+                stored = [
+                    {"path": await asyncio.to_thread(self.results.put, f"jobs/{job.id}/{i}.png", png), "seed": seed}
+                    for i, (png, seed) in enumerate(zip(image.pngs, image.seeds, strict=True))
+                ]
+                outcome = {"images": stored, "width": image.width, "height": image.height}
+                return await self._finish(
+                    job, "completed", result=outcome, engine_seconds=time.perf_counter() - started
+                )
             if job.type == "embedding":
                 texts = EmbeddingParams.model_validate(job.params).texts()
                 embedded = await self.pool.embed(job.model, texts, Priority(job.priority))

@@ -63,6 +63,10 @@ class JobStore:
                 raise NotFound(f"job {job_id!r} not found", param="id")
             return job
 
+    def many(self, job_ids: list[str]) -> list[Job]:
+        with self.db.session() as s:
+            return list(s.scalars(select(Job).where(Job.id.in_(job_ids))))
+
     def page(self, *, owner: str | None, status: str | None, type_: str | None, limit: int, offset: int) -> JobPage:
         query = select(Job)
         if owner is not None:

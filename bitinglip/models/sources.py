@@ -151,6 +151,22 @@ class HuggingFaceSource(Source):
         shutil.rmtree(dest / ".cache", ignore_errors=True)
 
 
+class BuiltinSource(Source):
+    """Models the code builds (see bitinglip/models/builtin.py)."""
+
+    scheme = "builtin"
+
+    def fetch(self, ref: SourceRef, dest: Path, progress: Progress | None = None) -> None:
+        from bitinglip.models.builtin import BUILDERS
+
+        builder = BUILDERS.get(ref.location)
+        if builder is None:
+            raise NotFound(f"no builtin model {ref.location!r}; known: {', '.join(sorted(BUILDERS))}", param="source")
+        builder(dest)
+        if progress:
+            progress(1, 1)
+
+
 class S3Source(Source):
     scheme = "s3"
 

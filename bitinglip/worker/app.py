@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import signal
@@ -24,7 +25,7 @@ from bitinglip.jobs.store import JobStore
 from bitinglip.models.store import ModelStore
 from bitinglip.worker.heartbeat import Heartbeat
 from bitinglip.worker.runtime import WorkerRuntime, set_runtime
-from bitinglip.worker.schemas import WorkerEmbeddingRequest, WorkerTextRequest
+from bitinglip.worker.schemas import WorkerEmbeddingRequest, WorkerImageRequest, WorkerTextRequest
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,16 @@ def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
         pool: ModelPool = request.app.state.pool
         result = await pool.embed(body.model, body.texts(), body.priority)
         return result.as_dict()
+
+    @app.post("/internal/v1/images")
+    async def images(body: WorkerImageRequest, request: Request) -> dict[str, Any]:
+        pool: ModelPool = request.app.state.pool
+        result = await pool.generate_image(body, body.priority)
+        return {
+            "images": [base64.b64encode(png).decode() for png in result.pngs],
+            "seeds": result.seeds,
+            "timings": {"total_seconds": round(result.total_seconds, 5)},
+        }
 
     return app
 

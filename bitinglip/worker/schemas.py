@@ -5,7 +5,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from bitinglip.engines.types import Priority
-from bitinglip.schemas import EmbeddingParams, TextGenerationParams
+from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
+
+
+class WorkerImageRequest(ImageParams):
+    priority: Priority = Field(default=Priority.SYNC)
 
 
 class WorkerEmbeddingRequest(EmbeddingParams):

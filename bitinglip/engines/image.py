@@ -1,0 +1,89 @@
+"""Text-to-image with any diffusers pipeline in the store. Each image has its own seeded generator,
+so a seed reproduces the same bytes whatever else runs. PNGs carry prompt, seed and model."""
+
+from __future__ import annotations
+
+import io
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bitinglip.schemas import ImageParams
+
+
+@dataclass
+class ImageRequest:
+    params: ImageParams
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class ImageResult:
+    pngs: list[bytes]
+    seeds: list[int]
+    width: int
+    height: int
+    total_seconds: float
+
+
+class ImageEngine:
+    task = "image"
+
+    def __init__(self, name: str, pipeline: Any, device: str) -> None:
+        self.name = name
+        self.pipeline = pipeline
+        self.device = device
+
+    @classmethod
+    def load(cls, name: str, path: Path, device: str, dtype: torch.dtype, device_map: str | None) -> ImageEngine:
+        from diffusers import DiffusionPipeline
+
+        pipeline = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype)
+        pipeline.to(device)
+        pipeline.set_progress_bar_config(disable=True)
+        return cls(name, pipeline, device)
+
+    @property
+    def memory_bytes(self) -> int:
+        return sum(
+            p.numel() * p.element_size()
+            for c in self.pipeline.components.values()
+            if isinstance(c, torch.nn.Module)
+            for p in c.parameters()
+        )
+
+    @torch.inference_mode()
+    def run_batch(self, requests: list[ImageRequest]) -> list[ImageResult]:
+        """Requests differ in size and steps, so each is one pipeline call with its n images."""
+        return [self._generate(r) for r in requests]
+
+    def _generate(self, request: ImageRequest) -> ImageResult:
+        from PIL.PngImagePlugin import PngInfo
+
+        p = request.params
+        base = p.seed if p.seed is not None else random.randrange(2**32 - p.n)
+        seeds = [base + i for i in range(p.n)]
+        images = self.pipeline(
+            [p.prompt] * p.n,
+            negative_prompt=[p.negative_prompt] * p.n if p.negative_prompt else None,
+            width=p.width,
+            height=p.height,
+            num_inference_steps=p.num_inference_steps,
+            guidance_scale=p.guidance_scale,
+            generator=[torch.Generator(device="cpu").manual_seed(s) for s in seeds],
+        ).images
+        pngs = []
+        for image, seed in zip(images, seeds, strict=True):
+            info = PngInfo()
+            info.add_text("prompt", p.prompt)
+            info.add_text("seed", str(seed))
+            info.add_text("model", self.name)
+            info.add_text("steps", str(p.num_inference_steps))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", pnginfo=info)
+            pngs.append(buffer.getvalue())
+        return ImageResult(pngs, seeds, p.width, p.height, time.perf_counter() - request.enqueued_at)
