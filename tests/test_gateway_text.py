@@ -25,7 +25,7 @@ def test_health_reports_every_component(platform: Platform) -> None:
     assert body["prefect"]["status"] == "ok"
     (worker,) = body["workers"]
     assert worker["healthy"]
-    assert sorted(worker["models"]) == ["all-minilm-l6-v2@main", "smollm2-135m-instruct@q4_1"]
+    assert sorted(worker["models"]) == ["all-minilm-l6-v2@main", "smollm2-135m-instruct@q4_1", "tiny-sd-test@v1"]
 
 
 def test_models_lists_the_installed_text_model(platform: Platform) -> None:

@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.platform_harness import Platform
 from tests.test_gateway_text import CAPITAL, assert_envelope
@@ -39,15 +38,17 @@ def prefect_task_run_state(platform: Platform, run_id: str) -> str:
     call): read until the run exists and has settled, for up to 30 s."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     async def read() -> str:
-        async with get_client() as client:
-            try:
-                run = await client.read_task_run(run_id)
-            except ObjectNotFound:
-                return "NOT_RECORDED_YET"
-            assert run.state is not None
-            return str(run.state.type.value)
+        with temporary_settings({PREFECT_API_URL: platform.settings.prefect_api}):
+            async with get_client() as client:
+                try:
+                    run = await client.read_task_run(run_id)
+                except ObjectNotFound:
+                    return "NOT_RECORDED_YET"
+                assert run.state is not None
+                return str(run.state.type.value)
 
     deadline = time.monotonic() + 30
     while (state := asyncio.run(read())) != "COMPLETED" and time.monotonic() < deadline:
@@ -55,12 +56,7 @@ def prefect_task_run_state(platform: Platform, run_id: str) -> str:
     return state
 
 
-@pytest.fixture()
-def prefect_api(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PREFECT_API_URL", platform.settings.prefect_api)
-
-
-def test_job_lifecycle_answers_paris_as_a_prefect_run(platform: Platform, prefect_api: None) -> None:
+def test_job_lifecycle_answers_paris_as_a_prefect_run(platform: Platform) -> None:
     client = platform.client()
     started = time.perf_counter()
     accepted = submit(client, {"messages": CAPITAL, "max_tokens": 24, "temperature": 0}, priority="high")
@@ -97,7 +93,9 @@ def test_list_filters_and_pages(platform: Platform) -> None:
     assert all(j["status"] == "completed" for j in completed["items"])
     page = client.get("/api/v1/tasks", params={"limit": 1, "offset": 1}).json()
     assert len(page["items"]) == 1 and page["total"] >= 2 and page["offset"] == 1
-    assert client.get("/api/v1/tasks", params={"type": "image"}).json()["total"] == 0
+    texts = client.get("/api/v1/tasks", params={"type": "text", "limit": 500}).json()
+    assert texts["total"] >= 1 and all(j["type"] == "text" for j in texts["items"])
+    assert client.get("/api/v1/tasks", params={"type": "no-such-type"}).json()["total"] == 0
     assert_envelope(client.get("/api/v1/tasks", params={"status": "sleeping"}), 422)
     assert_envelope(client.get("/api/v1/tasks", params={"limit": 0}), 422)
 

@@ -1,0 +1,84 @@
+"""Embeddings throughput: sentences/s through the gateway at 1 and 8 concurrent clients (each sends
+16 sentences per request) vs a direct in-process batched call on the same sentences, same run."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import torch
+
+from bench.harness import running_platform, user_store
+from bitinglip.config import Settings
+from bitinglip.engines.embeddings import EmbeddingEngine, EmbeddingRequest
+from bitinglip.models import installer
+from bitinglip.models.catalog import load_catalog
+from bitinglip.models.sources import parse_source
+
+MODEL = "all-minilm-l6-v2"
+PER_REQUEST = 16
+SECONDS = 8.0
+SENTENCES = [f"Sentence number {i} talks about {topic}." for i in range(64) for topic in ("rivers", "trains")]
+
+
+def ensure_minilm() -> None:
+    store = user_store()
+    if any(m.name == MODEL for m in store.installed()):
+        return
+    entry = load_catalog()[MODEL]
+    with store.staging() as staging:
+        installer.fetch(Settings(), parse_source(entry.source), staging / "fetched")
+        installer.install(store, staging / "fetched", name=MODEL, revision="main", task="embedding",
+                          source=entry.source, converted_from=None)  # fmt: skip
+
+
+def direct() -> float:
+    store = user_store()
+    manifest = store.resolve(MODEL)
+    engine = EmbeddingEngine.load(manifest.id, store.path(manifest), "cpu", torch.float32, None)
+    batch = SENTENCES[: PER_REQUEST * 8]
+    engine.run_batch([EmbeddingRequest(batch)])  # warm-up
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < SECONDS:
+        engine.run_batch([EmbeddingRequest(batch)])
+        done += len(batch)
+    return done / (time.perf_counter() - started)
+
+
+def through_gateway(base_url: str, clients: int) -> float:
+    counts = [0] * clients
+    deadline = time.perf_counter() + SECONDS
+
+    def loop(k: int) -> None:
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            i = 0
+            while time.perf_counter() < deadline:
+                texts = [SENTENCES[(k * 31 + i * PER_REQUEST + j) % len(SENTENCES)] for j in range(PER_REQUEST)]
+                response = client.post("/api/v1/inference/embeddings", json={"input": texts})
+                assert response.status_code == 200, response.text
+                counts[k] += PER_REQUEST
+                i += 1
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    ensure_minilm()
+    baseline = direct()
+    with running_platform() as platform:
+        through_gateway(platform.gateway, 2)  # warm-up
+        results = {n: through_gateway(platform.gateway, n) for n in (1, 8)}
+    print(f"direct in-process batch of {PER_REQUEST * 8}: {baseline:7.1f} sentences/s")
+    for n, rate in results.items():
+        print(f"gateway, {n} client(s) x {PER_REQUEST}/request: {rate:7.1f} sentences/s   ratio {rate / baseline:.2f}")
+
+
+if __name__ == "__main__":
+    main()
