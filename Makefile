@@ -32,6 +32,8 @@ bench: setup
 	$(PY) -m bench.sync_overhead
 	$(PY) -m bench.async_jobs
 	$(PY) -m bench.throughput
+	$(PY) -m bench.model_load
+	$(PY) -m bench.embeddings
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
