@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
+from prometheus_client import make_asgi_app
 
-from api import files, health
+from api import files, health, observability
 from api.inference import router as inference_router
 from api.inference.service import InferenceService
 from api.jobs import router as jobs_router
@@ -20,12 +21,13 @@ from api.models.service import ModelService
 from api.openai import router as openai_router
 from api.openai.serving import OpenAIServing
 from api.state import GatewayState
+from api.telemetry import GatewayMetrics, MetricsMiddleware
 from api.workers import router as workers_router
 from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory
 from bitinglip.config import Settings, get_settings
 from bitinglip.db.session import Database
-from bitinglip.http import BodySizeLimit, install_error_handlers
+from bitinglip.http import BodySizeLimit, RequestIdMiddleware, install_error_handlers
 from bitinglip.jobs.dispatcher import Dispatcher
 from bitinglip.jobs.store import JobStore
 from bitinglip.models import registry
@@ -35,7 +37,7 @@ from bitinglip.results import ResultStore
 log = logging.getLogger(__name__)
 
 
-def build_state(settings: Settings) -> GatewayState:
+def build_state(settings: Settings, window: GatewayMetrics) -> GatewayState:
     db = Database(settings.gateway_db_url)
     workers = WorkerDirectory(settings, db)
     client = WorkerClient(settings.worker_request_timeout_s)
@@ -59,6 +61,7 @@ def build_state(settings: Settings) -> GatewayState:
         inference=inference,
         openai=OpenAIServing(inference, models),
         results=results,
+        metrics=window,
         jobs=JobService(settings, store, models, dispatcher),
         dispatcher=dispatcher,
         http=httpx.AsyncClient(),
@@ -70,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = build_state(settings)
+        state = build_state(settings, window)
         registry.sync_from_store(state.db, ModelStore(settings.store_dir))
         state.dispatcher.start()
         app.state.gateway = state
@@ -90,7 +93,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    window = GatewayMetrics()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, window=window)
+    app.add_middleware(RequestIdMiddleware)
+    app.mount("/metrics", make_asgi_app())
     for router in (
         health.router,
         inference_router.router,
@@ -99,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         workers_router.router,
         openai_router.router,
         files.router,
+        observability.router,
     ):
         app.include_router(router)
     return app

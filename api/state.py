@@ -10,6 +10,7 @@ from api.inference.service import InferenceService
 from api.jobs.service import JobService
 from api.models.service import ModelService
 from api.openai.serving import OpenAIServing
+from api.telemetry import GatewayMetrics
 from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory
 from bitinglip.config import Settings
@@ -29,5 +30,6 @@ class GatewayState:
     jobs: JobService
     openai: OpenAIServing
     results: ResultStore
+    metrics: GatewayMetrics
     dispatcher: Dispatcher
     http: httpx.AsyncClient

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
+import uuid
+from contextvars import ContextVar
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -34,6 +38,52 @@ def validation_message(errors: list[Any]) -> tuple[str, str | None]:
     param = ".".join(loc) or None
     msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
     return (f"{param}: {msg}" if param else msg), param
+
+
+access_log = structlog.get_logger("bitinglip.access")
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+class RequestIdMiddleware:
+    """One id per request, taken from `X-Request-ID` or made here, bound into every log line of the
+    request, echoed in the response and passed on to model workers, so one id finds it everywhere.
+    It also writes the access log line (method, path, status, duration) with that id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        token = REQUEST_ID.set(request_id)
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if scope.get("path") not in ("/health", "/metrics/", "/metrics"):
+                access_log.info(
+                    "request",
+                    method=scope.get("method"),
+                    path=scope.get("path"),
+                    status=status,
+                    ms=round((time.perf_counter() - started) * 1000, 1),
+                )
+            structlog.contextvars.unbind_contextvars("request_id")
+            REQUEST_ID.reset(token)
 
 
 class BodySizeLimit:

@@ -6,6 +6,7 @@ import asyncio
 
 from api.jobs.schemas import _PRIORITY_NAMES, JobPageView, JobRequest, JobView, QueueStatus
 from api.models.service import ModelService
+from bitinglip import metrics
 from bitinglip.config import Settings
 from bitinglip.db.tables import Job
 from bitinglip.engines.types import Priority
@@ -43,6 +44,7 @@ class JobService:
             owner=owner,
         )
         self.dispatcher.poke()
+        metrics.JOBS_SUBMITTED.labels(request.type).inc()
         return self._view(job)
 
     async def accepted(self, job: Job, wait_s: float = 2.0) -> JobView:

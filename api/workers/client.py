@@ -10,6 +10,7 @@ import httpx
 
 from api.workers.service import WorkerInfo
 from bitinglip.errors import RemoteError, ServiceUnavailable
+from bitinglip.http import REQUEST_ID
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -31,6 +32,11 @@ async def _raise_for(response: httpx.Response) -> None:
     raise RemoteError(response.status_code, body, _retry_after(response))
 
 
+def _forwarded() -> dict[str, str]:
+    request_id = REQUEST_ID.get()
+    return {"X-Request-ID": request_id} if request_id else {}
+
+
 class WorkerClient:
     def __init__(self, timeout_s: float) -> None:
         self._http = httpx.AsyncClient(
@@ -43,7 +49,7 @@ class WorkerClient:
 
     async def call(self, worker: WorkerInfo, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         try:
-            response = await self._http.post(f"{worker.url}{path}", json=payload)
+            response = await self._http.post(f"{worker.url}{path}", json=payload, headers=_forwarded())
         except httpx.TransportError as exc:
             raise ServiceUnavailable(f"model worker {worker.id} unreachable", retry_after=2) from exc
         await _raise_for(response)
@@ -55,7 +61,7 @@ class WorkerClient:
         as an `error` event."""
         try:
             async with self._http.stream(
-                "POST", f"{worker.url}/internal/v1/text", json={**payload, "stream": True}
+                "POST", f"{worker.url}/internal/v1/text", json={**payload, "stream": True}, headers=_forwarded()
             ) as response:
                 await _raise_for(response)
                 async for line in response.aiter_lines():

@@ -1,14 +1,53 @@
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import WorkerDirectoryDep
+from api.deps import SettingsDep, WorkerDirectoryDep
 
 router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
+log = logging.getLogger(__name__)
 
 
 @router.get("")
-async def list_workers(workers: WorkerDirectoryDep) -> dict[str, Any]:
-    return {"data": [w.__dict__ for w in await workers.workers(fresh=True)]}
+async def list_workers(workers: WorkerDirectoryDep, settings: SettingsDep) -> dict[str, Any]:
+    """Model workers from their heartbeats (stale ones are marked and get no traffic) and the
+    Prefect work-pool workers from the Prefect API."""
+    model_workers = [
+        {
+            "id": w.id,
+            "url": w.url,
+            "device": w.device,
+            "healthy": w.healthy,
+            "heartbeat_age_s": round(w.heartbeat_age_s, 2),
+            "queue_depth": w.queue_depth,
+            "models": w.models,
+        }
+        for w in await workers.workers(fresh=True)
+    ]
+    pool_workers, error = await _pool_workers(settings.prefect_api)
+    return {"model_workers": model_workers, "pool_workers": pool_workers, "prefect_error": error}
+
+
+async def _pool_workers(api_url: str) -> tuple[list[dict[str, Any]], str | None]:
+    from prefect.client.orchestration import get_client
+
+    found: list[dict[str, Any]] = []
+    try:
+        async with get_client() as client:
+            for pool in await client.read_work_pools():
+                for w in await client.read_workers_for_work_pool(pool.name):
+                    found.append(
+                        {
+                            "pool": pool.name,
+                            "name": w.name,
+                            "status": str(getattr(w.status, "value", w.status)),
+                            "last_heartbeat": w.last_heartbeat_time.isoformat() if w.last_heartbeat_time else None,
+                        }
+                    )
+    except Exception as exc:  # Prefect being away must not break the model-worker view
+        log.warning("cannot read pool workers from %s: %s", api_url, exc)
+        return found, f"{type(exc).__name__}: {exc}"
+    return found, None

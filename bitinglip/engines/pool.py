@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from bitinglip import metrics
 from bitinglip.config import Settings
 from bitinglip.engines.batcher import ContinuousBatcher, DynamicBatcher
 from bitinglip.engines.device import resolve_device, resolve_dtype
@@ -24,6 +25,7 @@ from bitinglip.engines.image import ImageEngine, ImageRequest, ImageResult
 from bitinglip.engines.text import TextEngine
 from bitinglip.engines.types import Priority, TextDelta, TextRequest, TextResult
 from bitinglip.errors import InvalidRequest
+from bitinglip.metrics import RollingWindow
 from bitinglip.models.store import Manifest, ModelStore
 from bitinglip.schemas import ImageParams, TextGenerationParams
 
@@ -56,6 +58,7 @@ class ModelPool:
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self.on_batch: Callable[[str, int], None] | None = None
+        self._token_rates: dict[str, RollingWindow] = {}
         if settings.torch_threads:
             self.executor.submit(_set_threads, settings.torch_threads).result()
 
@@ -68,6 +71,7 @@ class ModelPool:
                 "waiting": m.batcher.stats.waiting,
                 "running": m.batcher.stats.running,
                 "load_seconds": round(m.load_seconds, 3),
+                "tokens_per_s": round(self._token_rates.get(m.manifest.id, RollingWindow()).total_rate(), 2),
             }
             for m in self._models.values()
         ]
@@ -137,6 +141,7 @@ class ModelPool:
                 on_batch=on_batch,
             )
         elapsed = time.perf_counter() - started
+        metrics.MODEL_LOAD.labels(manifest.id).set(elapsed)
         self._models[manifest.id] = LoadedModel(manifest, engine, batcher, elapsed, time.monotonic())
         log.info("loaded %s on %s in %.2fs", manifest.id, self.device, elapsed)
 
@@ -157,15 +162,27 @@ class ModelPool:
             raise InvalidRequest(f"an input is longer than {self.settings.max_prompt_chars} characters", param="input")
         loaded = await self._get_for(model_id or self.settings.default_embedding_model, "embedding")
         result: EmbeddingResult = await loaded.batcher.submit(EmbeddingRequest(texts), int(priority))
+        metrics.EMBEDDINGS.labels(loaded.manifest.id).inc(len(texts))
+        metrics.PROMPT_TOKENS.labels(loaded.manifest.id).inc(result.prompt_tokens)
+        metrics.E2E.labels(loaded.manifest.id, "embedding").observe(result.total_seconds)
         return result
 
     async def generate_image(self, params: ImageParams, priority: Priority) -> ImageResult:
         params.check_limits(self.settings)
         loaded = await self._get_for(params.model or self.settings.default_image_model, "image")
         result: ImageResult = await loaded.batcher.submit(ImageRequest(params), int(priority))
+        metrics.IMAGES.labels(loaded.manifest.id).inc(len(result.pngs))
+        metrics.E2E.labels(loaded.manifest.id, "image").observe(result.total_seconds)
         return result
 
+    def snapshot(self) -> list[metrics.ModelLoad]:
+        return [
+            metrics.ModelLoad(m.manifest.id, m.batcher.stats.waiting, m.batcher.stats.running)
+            for m in self._models.values()
+        ]
+
     def _batch_done(self, model_id: str, size: int) -> None:
+        metrics.BATCH_SIZE.labels(model_id).observe(size)
         if self.on_batch is not None:
             self.on_batch(model_id, size)
 
@@ -190,10 +207,24 @@ class ModelPool:
         if cancelled is not None:
             item.cancelled = cancelled
         try:
-            return await loaded.batcher.submit(item, int(priority))
+            result: TextResult = await loaded.batcher.submit(item, int(priority))
         except asyncio.CancelledError:
             item.cancelled.set()  # the caller went away: free the slot in the running batch
             raise
+        self._observe_text(loaded.manifest.id, result)
+        return result
+
+    def _observe_text(self, model_id: str, r: TextResult) -> None:
+        metrics.TTFT.labels(model_id).observe(r.first_token_seconds)
+        if r.completion_tokens > 1:
+            gap = (r.total_seconds - r.first_token_seconds) / (r.completion_tokens - 1)
+            metrics.INTER_TOKEN.labels(model_id).observe(gap)
+        metrics.E2E.labels(model_id, "text").observe(r.total_seconds)
+        metrics.QUEUE_TIME.labels(model_id).observe(r.queue_seconds)
+        metrics.COMPUTE_TIME.labels(model_id, "text").observe(r.total_seconds - r.queue_seconds)
+        metrics.PROMPT_TOKENS.labels(model_id).inc(r.prompt_tokens)
+        metrics.GENERATION_TOKENS.labels(model_id).inc(r.completion_tokens)
+        self._token_rates.setdefault(model_id, metrics.RollingWindow()).add(r.completion_tokens)
 
     async def close(self) -> None:
         for loaded in self._models.values():

@@ -10,8 +10,10 @@ import asyncio
 import logging
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
+from bitinglip import metrics
 from bitinglip.config import Settings
 from bitinglip.db.tables import Job
 from bitinglip.engines.pool import ModelPool
@@ -127,6 +129,10 @@ class JobRunner:
 
     async def _finish(self, job: Job, status: str, **fields: Any) -> str:
         await self.writer.finish(job.id, status=status, **fields)
+        metrics.JOBS_FINISHED.labels(job.type, status).inc()
+        if job.started_at is not None:
+            metrics.JOB_QUEUE_TIME.labels(job.type).observe((job.started_at - job.created_at).total_seconds())
+            metrics.JOB_RUN_TIME.labels(job.type).observe((datetime.now(UTC) - job.started_at).total_seconds())
         return status
 
     async def _requeue(self, job: Job, exc: Exception) -> str:

@@ -13,13 +13,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
+from prometheus_client import make_asgi_app
 
+from bitinglip import metrics
 from bitinglip.config import Settings
 from bitinglip.db.session import Database
 from bitinglip.engines.pool import ModelPool
 from bitinglip.engines.types import TextDelta
 from bitinglip.errors import BitingLipError
-from bitinglip.http import install_error_handlers
+from bitinglip.http import RequestIdMiddleware, install_error_handlers
 from bitinglip.jobs.runner import JobRunner
 from bitinglip.jobs.store import JobStore
 from bitinglip.models.store import ModelStore
@@ -75,6 +77,7 @@ def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
         if serve_jobs:
             background.append(asyncio.create_task(_serve_prefect_tasks(settings), name="task-worker"))
         app.state.pool = pool
+        unregister = metrics.register_pool(metrics.PoolCollector(pool.snapshot, _gpu_memory))
         log.info("worker %s ready on %s (%s)", settings.worker_name, settings.worker_url, pool.device)
         try:
             yield
@@ -84,12 +87,16 @@ def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
             await asyncio.gather(*background, return_exceptions=True)
             with suppress(Exception):
                 await asyncio.to_thread(heartbeat.deregister)
+            unregister()
             set_runtime(None)
             await pool.close()
             db.dispose()
 
     app = FastAPI(title="BitingLip model worker", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
+
+    app.mount("/metrics", make_asgi_app())
+    app.add_middleware(RequestIdMiddleware)
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:
@@ -161,6 +168,12 @@ async def _stream(pool: ModelPool, body: WorkerTextRequest) -> AsyncIterator[byt
             generation.cancel()
             with suppress(asyncio.CancelledError, Exception):
                 await generation
+
+
+def _gpu_memory() -> int | None:
+    import torch
+
+    return int(torch.cuda.memory_allocated()) if torch.cuda.is_available() else None
 
 
 def _delta_line(delta: TextDelta) -> bytes | None:

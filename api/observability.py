@@ -1,0 +1,51 @@
+"""`/api/v1/metrics`: the JSON summary of the last minute, for people and the CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from api.deps import StateDep
+from bitinglip import metrics
+
+router = APIRouter(tags=["metrics"])
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 2)
+
+
+@router.get("/api/v1/metrics")
+async def summary(state: StateDep) -> dict[str, Any]:
+    """Last 60 s: gateway requests/s and latency percentiles; per worker and model: queue, tokens/s."""
+    window = state.metrics
+    values = window.latencies.values()
+    routes = {
+        route: {
+            "requests_per_s": round(w.rate(), 3),
+            "p50_ms": _ms(metrics.percentile(w.values(), 50)),
+            "p95_ms": _ms(metrics.percentile(w.values(), 95)),
+        }
+        for route, w in sorted(window.by_route.items())
+        if w.values()
+    }
+    workers = await state.workers.workers(fresh=True)
+    return {
+        "window_s": window.latencies.seconds,
+        "gateway": {
+            "requests_per_s": round(window.latencies.rate(), 3),
+            "p50_ms": _ms(metrics.percentile(values, 50)),
+            "p95_ms": _ms(metrics.percentile(values, 95)),
+            "routes": routes,
+        },
+        "workers": [
+            {
+                "id": w.id,
+                "healthy": w.healthy,
+                "queue_depth": w.queue_depth,
+                "models": {m["id"]: {k: m.get(k) for k in ("waiting", "running", "tokens_per_s")} for m in w.models},
+            }
+            for w in workers
+        ],
+    }
