@@ -155,10 +155,10 @@ class Settings(BaseSettings):
             "PREFECT_SERVER_API_HOST": self.prefect_host,
             "PREFECT_SERVER_API_PORT": str(self.prefect_port),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_LOCAL_STORAGE_PATH": str(self.prefect_home / "storage"),
+            "PREFECT_LOCAL_STORAGE_PATH": str(self.results_dir / "prefect"),
             "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
             "PREFECT_WORKER_QUERY_SECONDS": "2",
-            "PREFECT_LOGGING_LEVEL": "WARNING",
+            "PREFECT_LOGGING_LEVEL": "INFO",  # run logs at INFO are what the Prefect UI shows per run
             "HF_HUB_OFFLINE": "1",
             "HF_HUB_DISABLE_TELEMETRY": "1",
             "HF_HUB_DISABLE_PROGRESS_BARS": "1",

@@ -14,8 +14,12 @@ from tests.test_gateway_text import CAPITAL, assert_envelope
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
-def submit(client: httpx.Client, params: dict[str, Any], priority: str = "normal") -> dict[str, Any]:
-    response = client.post("/api/v1/tasks", json={"type": "text", "priority": priority, "params": params})
+def submit(
+    client: httpx.Client, params: dict[str, Any], priority: str = "normal", headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    response = client.post(
+        "/api/v1/tasks", json={"type": "text", "priority": priority, "params": params}, headers=headers
+    )
     assert response.status_code == 202, response.text
     return response.json()  # type: ignore[no-any-return]
 
@@ -59,7 +63,12 @@ def prefect_task_run_state(platform: Platform, run_id: str) -> str:
 def test_job_lifecycle_answers_paris_as_a_prefect_run(platform: Platform) -> None:
     client = platform.client()
     started = time.perf_counter()
-    accepted = submit(client, {"messages": CAPITAL, "max_tokens": 24, "temperature": 0}, priority="high")
+    accepted = submit(
+        client,
+        {"messages": CAPITAL, "max_tokens": 24, "temperature": 0},
+        priority="high",
+        headers={"X-Request-ID": "job-lifecycle-1"},
+    )
     assert time.perf_counter() - started < 2.0
     assert accepted["status"] == "queued" and accepted["priority"] == "high"
 
@@ -73,6 +82,8 @@ def test_job_lifecycle_answers_paris_as_a_prefect_run(platform: Platform) -> Non
     assert job["timings"]["engine_seconds"] > 0
     assert job["prefect_url"].endswith(job["prefect_run_id"])
     assert prefect_task_run_state(platform, job["prefect_run_id"]) == "COMPLETED"
+    assert job["request_id"] == "job-lifecycle-1"  # one id: gateway log, job record, worker log
+    assert "job-lifecycle-1" in (platform.settings.home_dir / "logs" / "model-worker.log").read_text()
 
 
 def test_many_jobs_share_prefect_runs(platform: Platform) -> None:

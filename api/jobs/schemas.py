@@ -49,6 +49,7 @@ class JobView(BaseModel):
     status: str
     priority: PriorityName
     owner: str
+    request_id: str | None
     params: dict[str, Any]
     result: dict[str, Any] | None
     error: dict[str, Any] | None
@@ -74,6 +75,7 @@ class JobView(BaseModel):
             status=job.status,
             priority=_PRIORITY_NAMES.get(job.priority, "normal"),
             owner=job.owner,
+            request_id=job.request_id,
             params=job.params,
             result=_with_file_urls(job.result, files_url),
             error=job.error,

@@ -10,6 +10,7 @@ from bitinglip import metrics
 from bitinglip.config import Settings
 from bitinglip.db.tables import Job
 from bitinglip.engines.types import Priority
+from bitinglip.http import REQUEST_ID
 from bitinglip.jobs.dispatcher import Dispatcher
 from bitinglip.jobs.store import JobStore
 from bitinglip.schemas import ImageParams
@@ -42,6 +43,7 @@ class JobService:
             params=params.model_dump(exclude_none=True, exclude={"model"}, mode="json"),
             priority=int(Priority.for_job(request.priority)),
             owner=owner,
+            request_id=REQUEST_ID.get(),
         )
         self.dispatcher.poke()
         metrics.JOBS_SUBMITTED.labels(request.type).inc()

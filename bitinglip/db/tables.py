@@ -46,6 +46,7 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="queued")
     owner: Mapped[str] = mapped_column(String(100), default="anonymous")
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

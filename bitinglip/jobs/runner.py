@@ -13,6 +13,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+
 from bitinglip import metrics
 from bitinglip.config import Settings
 from bitinglip.db.tables import Job
@@ -24,6 +26,16 @@ from bitinglip.results import ResultStore
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 
 log = logging.getLogger(__name__)
+
+
+def run_log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The Prefect run's logger when inside one (lines show on the run in the UI), else ours."""
+    try:
+        from prefect.logging import get_run_logger
+
+        return get_run_logger()
+    except Exception:
+        return log
 
 
 class RetryableJobsError(RuntimeError):
@@ -93,6 +105,10 @@ class JobRunner:
         }
 
     async def _run_one(self, job: Job, cancelled: threading.Event) -> str:
+        """Runs in its own asyncio task, so the bound request id tags only this job's log lines."""
+        structlog.contextvars.bind_contextvars(request_id=job.request_id, job_id=job.id)
+        for logger in {run_log(), log}:  # the run's log in the Prefect UI, and this worker's log
+            logger.info("job %s (request %s, %s, %s)", job.id, job.request_id, job.type, job.model)
         if job.attempts > self.settings.job_max_attempts:
             return await self._finish(job, "failed", error={"message": "too many attempts", "type": "job_error"})
         started = time.perf_counter()

@@ -41,8 +41,18 @@ class JobStore:
 
     # -- gateway side
 
-    def create(self, *, type_: str, model: str, params: dict[str, Any], priority: int, owner: str) -> Job:
+    def create(
+        self,
+        *,
+        type_: str,
+        model: str,
+        params: dict[str, Any],
+        priority: int,
+        owner: str,
+        request_id: str | None = None,
+    ) -> Job:
         job = Job(
+            request_id=request_id,
             id=str(uuid.uuid4()),
             type=type_,
             model=model,

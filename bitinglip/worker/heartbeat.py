@@ -6,11 +6,11 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 
 from bitinglip.config import Settings
 from bitinglip.db.session import Database
-from bitinglip.db.tables import Worker
+from bitinglip.db.tables import ModelRecord, Worker
 from bitinglip.engines.pool import ModelPool
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,11 @@ class Heartbeat:
         self.started_at = datetime.now(UTC)
 
     def beat(self) -> None:
+        """Also marks loaded models as used now: the store's LRU eviction reads `last_used_at`."""
+        loaded = [m["id"] for m in self.pool.loaded()]
         with self.db.session() as s:
+            if loaded:
+                s.execute(update(ModelRecord).where(ModelRecord.id.in_(loaded)).values(last_used_at=datetime.now(UTC)))
             s.merge(
                 Worker(
                     id=self.settings.worker_name,
