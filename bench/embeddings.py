@@ -10,27 +10,12 @@ import httpx
 import torch
 
 from bench.harness import running_platform, user_store
-from bitinglip.config import Settings
 from bitinglip.engines.embeddings import EmbeddingEngine, EmbeddingRequest
-from bitinglip.models import installer
-from bitinglip.models.catalog import load_catalog
-from bitinglip.models.sources import parse_source
 
 MODEL = "all-minilm-l6-v2"
 PER_REQUEST = 16
 SECONDS = 8.0
 SENTENCES = [f"Sentence number {i} talks about {topic}." for i in range(64) for topic in ("rivers", "trains")]
-
-
-def ensure_minilm() -> None:
-    store = user_store()
-    if any(m.name == MODEL for m in store.installed()):
-        return
-    entry = load_catalog()[MODEL]
-    with store.staging() as staging:
-        installer.fetch(Settings(), parse_source(entry.source), staging / "fetched")
-        installer.install(store, staging / "fetched", name=MODEL, revision="main", task="embedding",
-                          source=entry.source, converted_from=None)  # fmt: skip
 
 
 def direct() -> float:
@@ -70,7 +55,6 @@ def through_gateway(base_url: str, clients: int) -> float:
 
 
 def main() -> None:
-    ensure_minilm()
     baseline = direct()
     with running_platform() as platform:
         through_gateway(platform.gateway, 2)  # warm-up

@@ -15,7 +15,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bitinglip.config import Settings
 from bitinglip.models import installer
 from bitinglip.models.catalog import load_catalog
-from bitinglip.models.sources import parse_source
 from bitinglip.models.store import ModelStore
 from tests.conftest import home_with_store
 from tests.platform_harness import Platform, platform_settings
@@ -26,21 +25,12 @@ MODEL = "smollm2-135m-instruct"
 def user_store() -> ModelStore:
     settings = Settings()
     store = ModelStore(settings.store_dir)
-    if not any(m.name == MODEL for m in store.installed()):
-        entry = load_catalog()[MODEL]
-        print(f"installing {MODEL} into {store.root} (once)...", flush=True)
-        with store.staging() as staging:
-            installer.fetch(settings, parse_source(entry.source), staging / "fetched")
-            converted = installer.convert(staging / "fetched", staging / "model")
-            installer.install(
-                store,
-                staging / "model",
-                name=entry.name,
-                revision=entry.revision,
-                task=entry.task,
-                source=entry.source,
-                converted_from=converted,
-            )
+    installed = {m.name for m in store.installed()}
+    for name in (MODEL, "all-minilm-l6-v2"):
+        if name not in installed:
+            entry = load_catalog()[name]
+            print(f"installing {name} into {store.root} (once)...", flush=True)
+            installer.install_from(settings, store, entry.source, name=name, revision=entry.revision, task=entry.task)
     return store
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,7 +23,7 @@ def _settings(process: str) -> Settings:
     settings = get_settings()
     settings.home_dir.mkdir(parents=True, exist_ok=True)
     os.environ.update(settings.prefect_env())
-    configure_logging(settings, process)
+    configure_logging(settings, process, console_level="WARNING" if process == "cli" else None)
     return settings
 
 
@@ -37,38 +37,29 @@ def up(
     raise typer.Exit(run_platform(_settings("up"), console, install=install))
 
 
+def _serve(app: Any, host: str, port: int) -> None:
+    """uvicorn with our logging (log_config=None) and a bounded graceful shutdown."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=10)
+
+
 @app.command()
 def worker() -> None:
     """Run a model worker: warm models, dynamic batching, internal API, Prefect task worker."""
-    import uvicorn
-
     settings = _settings("worker")
     from bitinglip.worker.app import create_worker_app
 
-    uvicorn.run(
-        create_worker_app(settings),
-        host=settings.worker_host,
-        port=settings.worker_port,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    _serve(create_worker_app(settings), settings.worker_host, settings.worker_port)
 
 
 @app.command()
 def gateway() -> None:
     """Run the API gateway."""
-    import uvicorn
-
     settings = _settings("gateway")
     from api.app import create_app
 
-    uvicorn.run(
-        create_app(settings),
-        host=settings.gateway_host,
-        port=settings.gateway_port,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    _serve(create_app(settings), settings.gateway_host, settings.gateway_port)
 
 
 @app.command()

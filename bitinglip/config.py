@@ -163,6 +163,7 @@ class Settings(BaseSettings):
             "HF_HUB_DISABLE_TELEMETRY": "1",
             "HF_HUB_DISABLE_PROGRESS_BARS": "1",
             "TQDM_DISABLE": "1",
+            "TRANSFORMERS_VERBOSITY": "error",
         }
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.prefect_database_url or (
             f"sqlite+aiosqlite:///{self.prefect_home / 'prefect.db'}"

@@ -9,7 +9,9 @@ import structlog
 from bitinglip.config import Settings
 
 
-def configure_logging(settings: Settings, process: str) -> None:
+def configure_logging(settings: Settings, process: str, console_level: str | None = None) -> None:
+    """`console_level` raises the bar for this process's console only (the CLI shows progress bars,
+    not Prefect's INFO chatter; those lines still reach the run's log in the Prefect UI)."""
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if settings.log_format == "json"
@@ -27,6 +29,8 @@ def configure_logging(settings: Settings, process: str) -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler()
+    if console_level is not None:
+        handler.setLevel(console_level.upper())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],

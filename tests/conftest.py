@@ -18,7 +18,6 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from bitinglip.config import Settings
 from bitinglip.models import installer
 from bitinglip.models.catalog import load_catalog
-from bitinglip.models.sources import parse_source
 from bitinglip.models.store import ModelStore
 from tests.platform_harness import Platform, platform_settings
 
@@ -36,18 +35,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
     settings = Settings(home=root.parent)
     for name in (TEXT_MODEL, EMBEDDING_MODEL, IMAGE_MODEL):
         entry = load_catalog()[name]
-        with store.staging() as staging:
-            installer.fetch(settings, parse_source(entry.source), staging / "fetched")
-            converted = installer.convert(staging / "fetched", staging / "model")
-            installer.install(
-                store,
-                staging / "model",
-                name=entry.name,
-                revision=entry.revision,
-                task=entry.task,
-                source=entry.source,
-                converted_from=converted,
-            )
+        installer.install_from(settings, store, entry.source, name=entry.name, revision=entry.revision, task=entry.task)
     return store
 
 

@@ -20,7 +20,7 @@ from bitinglip.errors import InvalidRequest, NotFound
 from bitinglip.models import installer, registry
 from bitinglip.models.budget import evict_for
 from bitinglip.models.sources import parse_source
-from bitinglip.models.store import ModelStore
+from bitinglip.models.store import Manifest, ModelStore
 from tests.platform_harness import free_port
 
 # -- store and URIs
@@ -33,13 +33,8 @@ def make_model(folder: Path, files: dict[str, bytes]) -> Path:
     return folder
 
 
-def install(settings: Settings, store: ModelStore, uri: str, name: str, revision: str = "main"):  # type: ignore[no-untyped-def]
-    with store.staging() as staging:
-        installer.fetch(settings, parse_source(uri), staging / "fetched")
-        converted = installer.convert(staging / "fetched", staging / "model")
-        return installer.install(
-            store, staging / "model", name=name, revision=revision, task="text", source=uri, converted_from=converted
-        )
+def install(settings: Settings, store: ModelStore, uri: str, name: str, revision: str = "main") -> Manifest:
+    return installer.install_from(settings, store, uri, name=name, revision=revision, task="text")
 
 
 @pytest.fixture()

@@ -17,7 +17,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -37,6 +37,13 @@ class _Pending(Generic[I, R]):
     arrived: float = field(compare=False)
     item: I = field(compare=False)
     future: asyncio.Future[R] = field(compare=False)
+
+
+def _fail(pending: Iterable[_Pending[I, R]], exc: BaseException) -> None:
+    """Every waiter still waiting gets the reason; none is left hanging."""
+    for p in pending:
+        if not p.future.done():
+            p.future.set_exception(exc)
 
 
 @dataclass
@@ -87,9 +94,7 @@ class DynamicBatcher(Generic[I, R]):
             except asyncio.CancelledError:
                 pass
             self._task = None
-        for pending in self._heap:
-            if not pending.future.done():
-                pending.future.set_exception(Overloaded(f"model {self.name!r} is shutting down"))
+        _fail(self._heap, Overloaded(f"model {self.name!r} is shutting down"))
         self._heap.clear()
 
     @property
@@ -149,9 +154,7 @@ class DynamicBatcher(Generic[I, R]):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(items)} requests")
         except Exception as exc:
             log.exception("batch of %d failed on %s", len(items), self.name)
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(exc)
+            _fail(batch, exc)
         else:
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():
@@ -214,9 +217,7 @@ class ContinuousBatcher(DynamicBatcher[I, R]):
             except Exception as exc:
                 log.exception("continuous batch of %d failed on %s", len(self._in_flight), self.name)
                 self._reset()
-                for p in self._in_flight.values():
-                    if not p.future.done():
-                        p.future.set_exception(exc)
+                _fail(self._in_flight.values(), exc)
                 self._in_flight.clear()
                 continue
             if admitted and self._on_batch is not None:
@@ -231,7 +232,5 @@ class ContinuousBatcher(DynamicBatcher[I, R]):
 
     async def stop(self) -> None:
         await super().stop()
-        for p in self._in_flight.values():
-            if not p.future.done():
-                p.future.set_exception(Overloaded(f"model {self.name!r} is shutting down"))
+        _fail(self._in_flight.values(), Overloaded(f"model {self.name!r} is shutting down"))
         self._in_flight.clear()

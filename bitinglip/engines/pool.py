@@ -114,6 +114,7 @@ class ModelPool:
         )
         size, wait_ms, queue = self.settings.batching_for(manifest.name)
         on_batch = partial(self._batch_done, manifest.id)
+        knobs: dict[str, Any] = {"max_batch_size": size, "max_wait_ms": wait_ms, "max_queue": queue}
         batcher: DynamicBatcher[Any, Any]
         if (
             isinstance(engine, TextEngine)
@@ -121,25 +122,10 @@ class ModelPool:
             and engine.supports_continuous
         ):
             batcher = ContinuousBatcher(
-                manifest.id,
-                engine.step,
-                engine.reset,
-                self.executor,
-                max_batch_size=size,
-                max_wait_ms=wait_ms,
-                max_queue=queue,
-                on_batch=on_batch,
+                manifest.id, engine.step, engine.reset, self.executor, on_batch=on_batch, **knobs
             )
         else:
-            batcher = DynamicBatcher(
-                manifest.id,
-                engine.run_batch,
-                self.executor,
-                max_batch_size=size,
-                max_wait_ms=wait_ms,
-                max_queue=queue,
-                on_batch=on_batch,
-            )
+            batcher = DynamicBatcher(manifest.id, engine.run_batch, self.executor, on_batch=on_batch, **knobs)
         elapsed = time.perf_counter() - started
         metrics.MODEL_LOAD.labels(manifest.id).set(elapsed)
         self._models[manifest.id] = LoadedModel(manifest, engine, batcher, elapsed, time.monotonic())

@@ -70,6 +70,26 @@ def convert(fetched: Path, out: Path) -> str | None:
     return gguf.name
 
 
+def install_from(
+    settings: Settings, store: ModelStore, source: str, *, name: str, revision: str, task: Task
+) -> Manifest:
+    """All steps in this process (tests, benchmarks); the download flow runs them as tracked tasks."""
+    from bitinglip.models.sources import parse_source
+
+    with store.staging() as staging:
+        fetch(settings, parse_source(source), staging / "fetched")
+        converted_from = convert(staging / "fetched", staging / "model")
+        return install(
+            store,
+            staging / "model",
+            name=name,
+            revision=revision,
+            task=task,
+            source=source,
+            converted_from=converted_from,
+        )
+
+
 def install(
     store: ModelStore,
     staged: Path,
