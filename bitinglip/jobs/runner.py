@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def run_log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    """The Prefect run's logger when inside one (lines show on the run in the UI), else ours."""
+    """The Prefect run's logger when inside one, else ours."""
     try:
         from prefect.logging import get_run_logger
 
@@ -83,6 +83,8 @@ class JobRunner:
 
     async def run(self, job_ids: list[str]) -> dict[str, str]:
         claimed = await asyncio.to_thread(self.store.claim_for_run, job_ids, self.worker_id)
+        if claimed:  # one line on the run's log in the Prefect UI: which jobs, for which requests
+            run_log().info("jobs: %s", ", ".join(f"{j.id} (request {j.request_id})" for j in claimed))
         cancel_events = {job.id: threading.Event() for job in claimed}
         watcher = asyncio.create_task(self._watch_cancellation(cancel_events))
         try:
@@ -107,8 +109,7 @@ class JobRunner:
     async def _run_one(self, job: Job, cancelled: threading.Event) -> str:
         """Runs in its own asyncio task, so the bound request id tags only this job's log lines."""
         structlog.contextvars.bind_contextvars(request_id=job.request_id, job_id=job.id)
-        for logger in {run_log(), log}:  # the run's log in the Prefect UI, and this worker's log
-            logger.info("job %s (request %s, %s, %s)", job.id, job.request_id, job.type, job.model)
+        log.info("job %s (request %s, %s, %s)", job.id, job.request_id, job.type, job.model)
         if job.attempts > self.settings.job_max_attempts:
             return await self._finish(job, "failed", error={"message": "too many attempts", "type": "job_error"})
         started = time.perf_counter()
