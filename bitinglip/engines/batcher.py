@@ -136,9 +136,11 @@ class DynamicBatcher(Generic[I, R]):
             except TimeoutError:
                 break
 
-    def _take(self) -> list[_Pending[I, R]]:
+    def _take(self, room: int | None = None) -> list[_Pending[I, R]]:
+        """Up to `room` (default: a full batch) waiting requests, best priority first."""
+        limit = self.max_batch_size if room is None else room
         batch: list[_Pending[I, R]] = []
-        while self._heap and len(batch) < self.max_batch_size:
+        while self._heap and len(batch) < limit:
             pending = heapq.heappop(self._heap)
             if not pending.future.done():  # cancelled while waiting: its slot goes to the next one
                 batch.append(pending)
@@ -202,11 +204,7 @@ class ContinuousBatcher(DynamicBatcher[I, R]):
         while True:
             if not self._in_flight:
                 await self._wait_for_batch()  # idle engine: gather a first batch briefly
-            admitted: list[_Pending[I, R]] = []
-            while self._heap and len(self._in_flight) + len(admitted) < self.max_batch_size:
-                pending = heapq.heappop(self._heap)
-                if not pending.future.done():
-                    admitted.append(pending)
+            admitted = self._take(room=self.max_batch_size - len(self._in_flight))
             if not admitted and not self._in_flight:
                 continue
             for p in admitted:
