@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import httpx
 from fastapi import FastAPI
@@ -29,6 +30,7 @@ from bitinglip.config import Settings, get_settings
 from bitinglip.db.session import Database
 from bitinglip.http import BodySizeLimit, RequestIdMiddleware, install_error_handlers
 from bitinglip.jobs.dispatcher import Dispatcher
+from bitinglip.jobs.reaper import Reaper
 from bitinglip.jobs.store import JobStore
 from bitinglip.models import registry
 from bitinglip.models.store import ModelStore
@@ -49,6 +51,7 @@ def build_state(settings: Settings, window: GatewayMetrics) -> GatewayState:
         jobs_per_run=settings.jobs_per_run,
         grouped_types=frozenset(GROUPED),
         interval_s=settings.dispatch_interval_s,
+        redispatch_after=timedelta(seconds=settings.job_redispatch_after_s),
     )
     results = ResultStore(settings)
     inference = InferenceService(settings, models, workers, client, results)
@@ -68,6 +71,10 @@ def build_state(settings: Settings, window: GatewayMetrics) -> GatewayState:
     )
 
 
+async def _live_worker_ids(workers: WorkerDirectory) -> list[str]:
+    return [w.id for w in await workers.workers(fresh=True) if w.healthy]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -76,11 +83,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = build_state(settings, window)
         registry.sync_from_store(state.db, ModelStore(settings.store_dir))
         state.dispatcher.start()
+        reaper = Reaper(
+            state.jobs.store,
+            lambda: _live_worker_ids(state.workers),
+            state.dispatcher.poke,
+            orphan_after_s=settings.job_orphan_after_s,
+            interval_s=settings.reaper_interval_s,
+        )
+        reaper.start()
         app.state.gateway = state
         log.info("gateway ready on %s (Prefect %s)", settings.gateway_url, settings.prefect_api)
         try:
             yield
         finally:
+            await reaper.stop()
             await state.dispatcher.stop()
             await state.worker_client.close()
             await state.http.aclose()

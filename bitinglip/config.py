@@ -95,6 +95,16 @@ class Settings(BaseSettings):
     jobs_per_run: int = Field(default=32, ge=1, description="Queued jobs of one model carried by one run.")
     dispatch_interval_s: float = 0.05
     job_max_attempts: int = 3
+    job_orphan_after_s: float = Field(
+        default=30.0, gt=0, description="Running jobs of a worker silent this long are re-queued."
+    )
+    job_redispatch_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Queued jobs whose Prefect run has not started this long get a new run (a run can be lost "
+        "when its task worker dies; the claim keeps a job from running twice).",
+    )
+    reaper_interval_s: float = Field(default=5.0, gt=0, description="How often gateways look for orphaned jobs.")
 
     @property
     def home_dir(self) -> Path:

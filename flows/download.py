@@ -85,7 +85,8 @@ def download_model(
     db = Database(settings.gateway_db_url)
     jobs = JobStore(db)
     try:
-        if job_id is not None and not jobs.claim_for_run([job_id], f"flow-run:{flow_run.get_id()}"):
+        claimant = f"flow-run:{flow_run.get_id()}"
+        if job_id is not None and not jobs.claim_for_run([job_id], claimant):
             return {"skipped": f"job {job_id} is no longer queued"}
         try:
             outcome = _install(settings, db, name, source, revision, task_type)
@@ -93,11 +94,12 @@ def download_model(
             if job_id is not None:
                 error = exc.body()["error"] if isinstance(exc, BitingLipError) else None
                 jobs.finish_many(
-                    [(job_id, {"status": "failed", "error": error or {"message": f"{type(exc).__name__}: {exc}"}})]
+                    [(job_id, {"status": "failed", "error": error or {"message": f"{type(exc).__name__}: {exc}"}})],
+                    claimant,
                 )
             raise
         if job_id is not None:
-            jobs.finish_many([(job_id, {"status": "completed", "result": outcome})])
+            jobs.finish_many([(job_id, {"status": "completed", "result": outcome})], claimant)
         return outcome
     finally:
         db.dispose()

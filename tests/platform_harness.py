@@ -35,6 +35,9 @@ class Platform:
                 "BITINGLIP_PREFECT_PORT": str(self.settings.prefect_port),
                 "BITINGLIP_WORKER_HEARTBEAT_S": str(self.settings.worker_heartbeat_s),
                 "BITINGLIP_WORKER_STALE_AFTER_S": str(self.settings.worker_stale_after_s),
+                "BITINGLIP_JOB_ORPHAN_AFTER_S": str(self.settings.job_orphan_after_s),
+                "BITINGLIP_REAPER_INTERVAL_S": str(self.settings.reaper_interval_s),
+                "BITINGLIP_JOB_REDISPATCH_AFTER_S": str(self.settings.job_redispatch_after_s),
                 **self.env_overrides,
             }
         )
@@ -115,5 +118,15 @@ class Platform:
 
 def platform_settings(home: Path, fast_heartbeat: bool = True) -> Settings:
     """Tests beat fast so restarts are noticed quickly; benchmarks keep the production defaults."""
-    beat = {"worker_heartbeat_s": 0.5, "worker_stale_after_s": 3.0} if fast_heartbeat else {}
+    beat: dict[str, float] = (
+        {
+            "worker_heartbeat_s": 0.5,
+            "worker_stale_after_s": 3.0,
+            "job_orphan_after_s": 4.0,
+            "reaper_interval_s": 1.0,
+            "job_redispatch_after_s": 8.0,
+        }
+        if fast_heartbeat
+        else {}
+    )
     return Settings(home=home, gateway_port=free_port(), worker_port=free_port(), prefect_port=free_port(), **beat)

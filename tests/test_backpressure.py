@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -22,11 +23,20 @@ async def test_full_queue_is_refused_with_retry_after(model_store: ModelStore, t
     settings = Settings(home=tmp_path, max_batch_size=1, max_queue=2, max_wait_ms=0)
     pool = ModelPool(settings, model_store)
     try:
+        loaded = await pool.get("smollm2-135m-instruct")
         long = TextGenerationParams(prompt="Tell me a story", max_tokens=40, temperature=0)
+
+        async def until(check: Callable[[], bool]) -> None:
+            for _ in range(500):
+                if check():
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError("batcher never reached the expected state")
+
         running = asyncio.ensure_future(pool.generate_text(long, Priority.SYNC))
-        await asyncio.sleep(0.5)  # loaded and generating: the only slot is taken
+        await until(lambda: loaded.batcher.stats.running == 1)  # the only slot is taken
         waiting = [asyncio.ensure_future(pool.generate_text(long, Priority.SYNC)) for _ in range(2)]
-        await asyncio.sleep(0.05)
+        await until(lambda: loaded.batcher.stats.waiting == 2)  # the queue is full
         try:
             await pool.generate_text(long, Priority.SYNC)
             raise AssertionError("a third waiting request must be refused")

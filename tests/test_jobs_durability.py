@@ -54,3 +54,25 @@ def test_job_submitted_while_prefect_is_down_completes_later(platform: Platform)
     final, _ = wait_done(platform.client(), job["id"], timeout=180)
     assert final["status"] == "completed"
     assert final["prefect_run_id"]
+
+
+def test_job_of_a_killed_worker_is_taken_back_and_finishes_once(platform: Platform) -> None:
+    client = platform.client()
+    essay = [{"role": "user", "content": "Write a very long essay about mountains."}]
+    job = submit(client, {"messages": essay, "max_tokens": 200, "temperature": 0})
+    deadline = time.monotonic() + 60
+    while client.get(f"/api/v1/tasks/{job['id']}").json()["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    platform.kill("model-worker")  # kill -9 mid-generation: no chance to clean up
+    try:
+        time.sleep(1)
+        assert client.get(f"/api/v1/tasks/{job['id']}").json()["status"] == "running"
+    finally:
+        platform.start_worker()
+        platform.wait_ready()
+    final, _ = wait_done(client, job["id"], timeout=180)
+    assert final["status"] == "completed", final
+    assert final["attempts"] == 2  # the dead worker's attempt, then the new worker's
+    assert final["error"] is not None and final["error"]["type"] == "worker_lost"  # why it ran twice
+    assert final["result"]["usage"]["completion_tokens"] > 0

@@ -46,8 +46,9 @@ class FinishWriter:
     """Coalesces job outcomes that land together (one batch finishes many jobs) into one
     transaction: on SQLite every commit contends for the single write lock."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, worker_id: str) -> None:
         self.store = store
+        self.worker_id = worker_id
         self._pending: list[tuple[str, dict[str, Any], asyncio.Future[None]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
@@ -63,7 +64,7 @@ class FinishWriter:
             await asyncio.sleep(0.005)  # let the rest of the batch's outcomes arrive
             batch, self._pending = self._pending, []
             try:
-                await asyncio.to_thread(self.store.finish_many, [(job_id, f) for job_id, f, _ in batch])
+                await asyncio.to_thread(self.store.finish_many, [(job_id, f) for job_id, f, _ in batch], self.worker_id)
             except Exception as exc:
                 for *_, future in batch:
                     future.set_exception(exc)
@@ -78,7 +79,7 @@ class JobRunner:
         self.pool = pool
         self.store = store
         self.worker_id = worker_id
-        self.writer = FinishWriter(store)
+        self.writer = FinishWriter(store, worker_id)
         self.results = ResultStore(settings)
 
     async def run(self, job_ids: list[str]) -> dict[str, str]:
@@ -156,7 +157,7 @@ class JobRunner:
         error = {"message": f"{type(exc).__name__}: {exc}", "type": "transient_error"}
         if job.attempts >= self.settings.job_max_attempts:
             return await self._finish(job, "failed", error=error)
-        await asyncio.to_thread(self.store.requeue, job.id, error)
+        await asyncio.to_thread(self.store.requeue, job.id, error, self.worker_id)
         return "requeued"
 
     async def _watch_cancellation(self, events: dict[str, threading.Event], every: float = 0.5) -> None:

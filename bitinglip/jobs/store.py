@@ -167,28 +167,40 @@ class JobStore:
         with self.db.session() as s:
             return set(s.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.cancel_requested.is_(True))))
 
-    def finish_many(self, outcomes: list[tuple[str, dict[str, Any]]]) -> None:
-        """Record final outcomes (status, result, error, engine_seconds) of running jobs, in one transaction."""
+    def finish_many(self, outcomes: list[tuple[str, dict[str, Any]]], worker_id: str) -> None:
+        """Record final outcomes (status, result, error, engine_seconds) in one transaction. Only the
+        worker holding the claim can finish a job: one whose job was taken back can write nothing."""
         now = _now()
         with self.db.session() as s:
             for job_id, fields in outcomes:
                 s.execute(
-                    update(Job).where(Job.id == job_id, Job.status == "running").values(finished_at=now, **fields)
+                    update(Job)
+                    .where(Job.id == job_id, Job.status == "running", Job.worker_id == worker_id)
+                    .values(finished_at=now, **fields)
                 )
 
-    def requeue(self, job_id: str, error: dict[str, Any]) -> None:
+    def requeue(self, job_id: str, error: dict[str, Any], worker_id: str) -> None:
         """A transient failure: back to the queue for the task's Prefect retry to claim again."""
         with self.db.session() as s:
-            s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(status="queued", error=error))
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "running", Job.worker_id == worker_id)
+                .values(status="queued", error=error)
+            )
 
-    def fail_orphans(self, worker_ids: list[str], reason: str) -> int:
-        """Jobs left `running` by workers that stopped heartbeating go back to the queue or fail."""
-        if not worker_ids:
-            return 0
+    def requeue_orphans(self, live_workers: list[str], types: tuple[str, ...], older_than: timedelta) -> int:
+        """Jobs `running` on a worker that is gone (no fresh heartbeat) go back to the queue, to be
+        dispatched again; their attempt count bounds how often that can happen."""
         with self.db.session() as s:
             return _rows(
                 s,
                 update(Job)
-                .where(Job.status == "running", Job.worker_id.in_(worker_ids))
-                .values(status="queued", dispatched_at=None, error={"message": reason}),
+                .where(Job.status == "running", Job.type.in_(types), Job.started_at < _now() - older_than)
+                .where(Job.worker_id.is_(None) | Job.worker_id.not_in(live_workers))
+                .values(
+                    status="queued",
+                    dispatched_at=None,
+                    worker_id=None,
+                    error={"message": "its model worker stopped while running it; retried", "type": "worker_lost"},
+                ),
             )
