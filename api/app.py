@@ -22,7 +22,7 @@ from api.models.service import ModelService
 from api.openai import router as openai_router
 from api.openai.serving import OpenAIServing
 from api.state import GatewayState
-from api.telemetry import GatewayMetrics, MetricsMiddleware
+from api.telemetry import GatewayMetrics, InFlight, RequestMetrics
 from api.workers import router as workers_router
 from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory
@@ -111,8 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     window = GatewayMetrics()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    app.add_middleware(MetricsMiddleware, window=window)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(InFlight)
+    app.add_middleware(RequestIdMiddleware, observe=RequestMetrics(window))
     app.mount("/metrics", make_asgi_app())
     for router in (
         health.router,

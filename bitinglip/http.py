@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -49,8 +50,9 @@ class RequestIdMiddleware:
     request, echoed in the response and passed on to model workers, so one id finds it everywhere.
     It also writes the access log line (method, path, status, duration) with that id."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, observe: Callable[[Scope, int, float], None] | None = None) -> None:
         self.app = app
+        self.observe = observe  # e.g. the gateway's request metrics: (scope, status, seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,13 +76,16 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            if self.observe is not None:
+                self.observe(scope, status, elapsed)
             if scope.get("path") not in ("/health", "/metrics/", "/metrics"):
                 access_log.info(
                     "request",
                     method=scope.get("method"),
                     path=scope.get("path"),
                     status=status,
-                    ms=round((time.perf_counter() - started) * 1000, 1),
+                    ms=round(elapsed * 1000, 1),
                 )
             structlog.contextvars.unbind_contextvars("request_id")
             REQUEST_ID.reset(token)
