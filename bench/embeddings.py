@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
 import torch
 
-from bench.harness import running_platform, user_store
+from bench.harness import run_clients, running_platform, user_store
 from bitinglip.engines.embeddings import EmbeddingEngine, EmbeddingRequest
 
 MODEL = "all-minilm-l6-v2"
@@ -33,25 +32,15 @@ def direct() -> float:
 
 def through_gateway(base_url: str, clients: int) -> float:
     counts = [0] * clients
-    deadline = time.perf_counter() + SECONDS
 
-    def loop(k: int) -> None:
-        with httpx.Client(base_url=base_url, timeout=60) as client:
-            i = 0
-            while time.perf_counter() < deadline:
-                texts = [SENTENCES[(k * 31 + i * PER_REQUEST + j) % len(SENTENCES)] for j in range(PER_REQUEST)]
-                response = client.post("/api/v1/inference/embeddings", json={"input": texts})
-                assert response.status_code == 200, response.text
-                counts[k] += PER_REQUEST
-                i += 1
+    def embed(client: httpx.Client, k: int, i: int) -> None:
+        texts = [SENTENCES[(k * 31 + i * PER_REQUEST + j) % len(SENTENCES)] for j in range(PER_REQUEST)]
+        response = client.post("/api/v1/inference/embeddings", json={"input": texts})
+        assert response.status_code == 200, response.text
+        counts[k] += PER_REQUEST
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=loop, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(counts) / (time.perf_counter() - started)
+    wall = run_clients(base_url, clients, SECONDS, embed)
+    return sum(counts) / wall
 
 
 def main() -> None:

@@ -6,9 +6,13 @@ from __future__ import annotations
 import statistics
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -48,6 +52,29 @@ def running_platform(env: dict[str, str] | None = None) -> Iterator[Platform]:
             yield platform
         finally:
             platform.close()
+
+
+def run_clients(
+    base_url: str, clients: int, seconds: float, request: Callable[[httpx.Client, int, int], None]
+) -> float:
+    """`clients` threads, each with its own keep-alive client, calling `request(client, k, i)` until
+    the deadline; returns the wall time."""
+    deadline = time.perf_counter() + seconds
+
+    def loop(k: int) -> None:
+        with httpx.Client(base_url=base_url, timeout=300) as client:
+            i = 0
+            while time.perf_counter() < deadline:
+                request(client, k, i)
+                i += 1
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
 
 
 def pct(values: list[float], q: float) -> float:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import httpx
 import torch
 
-from bench.harness import MODEL, median, pct, running_platform, user_store
+from bench.harness import MODEL, median, pct, run_clients, running_platform, user_store
 
 TOKENS = 64
 LEVELS = (1, 4, 8, 16)
@@ -62,22 +62,11 @@ def one_request(client: httpx.Client, prompt: str, level: Level, lock: threading
 
 def run_level(base_url: str, clients: int) -> Level:
     level, lock = Level(clients), threading.Lock()
-    deadline = time.perf_counter() + SECONDS
 
-    def client_loop(k: int) -> None:
-        with httpx.Client(base_url=base_url, timeout=300) as client:
-            i = 0
-            while time.perf_counter() < deadline:
-                one_request(client, PROMPTS[(k * 7 + i) % len(PROMPTS)], level, lock)
-                i += 1
+    def generate(client: httpx.Client, k: int, i: int) -> None:
+        one_request(client, PROMPTS[(k * 7 + i) % len(PROMPTS)], level, lock)
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    level.wall = time.perf_counter() - started
+    level.wall = run_clients(base_url, clients, SECONDS, generate)
     return level
 
 

@@ -54,10 +54,6 @@ class EmbeddingEngine:
         max_length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
         return cls(name, model, tokenizer, device, max_length)
 
-    @property
-    def memory_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.model.parameters())
-
     @torch.inference_mode()
     def run_batch(self, requests: list[EmbeddingRequest]) -> list[EmbeddingResult]:
         """All texts of all requests in one forward (inputs longer than the model's window are cut)."""

@@ -47,15 +47,6 @@ class ImageEngine:
         pipeline.set_progress_bar_config(disable=True)
         return cls(name, pipeline, device)
 
-    @property
-    def memory_bytes(self) -> int:
-        return sum(
-            p.numel() * p.element_size()
-            for c in self.pipeline.components.values()
-            if isinstance(c, torch.nn.Module)
-            for p in c.parameters()
-        )
-
     @torch.inference_mode()
     def run_batch(self, requests: list[ImageRequest]) -> list[ImageResult]:
         """Requests differ in size and steps, so each is one pipeline call with its n images."""

@@ -104,10 +104,6 @@ class TextEngine:
         model.eval()
         return cls(name, model, tokenizer, device)
 
-    @property
-    def memory_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.model.parameters())
-
     # -- request preparation (cheap, runs on the caller's thread)
 
     def encode(self, prompt: str | None, messages: list[dict[str, Any]] | None) -> list[int]:
@@ -133,9 +129,6 @@ class TextEngine:
                 f"{len(input_ids)} tokens and max_tokens is {max_tokens}.",
                 param="max_tokens" if len(input_ids) < self.context_length else "prompt",
             )
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text)["input_ids"])
 
     # -- decoding
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from bitinglip.db.session import Database
 from bitinglip.db.tables import ModelRecord
@@ -62,11 +62,12 @@ def set_pinned(db: Database, model_id: str, pinned: bool) -> ModelRecord | None:
         return record
 
 
-def touch(db: Database, model_id: str) -> None:
+def touch(db: Database, *model_ids: str) -> None:
+    """Mark models as used now: the store's LRU eviction reads `last_used_at`."""
+    if not model_ids:
+        return
     with db.session() as s:
-        record = s.get(ModelRecord, model_id)
-        if record is not None:
-            record.last_used_at = datetime.now(UTC)
+        s.execute(update(ModelRecord).where(ModelRecord.id.in_(model_ids)).values(last_used_at=datetime.now(UTC)))
 
 
 def sync_from_store(db: Database, store: ModelStore) -> None:

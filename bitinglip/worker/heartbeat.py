@@ -6,12 +6,13 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete
 
 from bitinglip.config import Settings
 from bitinglip.db.session import Database
-from bitinglip.db.tables import ModelRecord, Worker
+from bitinglip.db.tables import Worker
 from bitinglip.engines.pool import ModelPool
+from bitinglip.models import registry
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +25,16 @@ class Heartbeat:
         self.started_at = datetime.now(UTC)
 
     def beat(self) -> None:
-        """Also marks loaded models as used now: the store's LRU eviction reads `last_used_at`."""
-        loaded = [m["id"] for m in self.pool.loaded()]
+        """Also marks the loaded models as used now (the store's LRU eviction reads that)."""
+        loaded = self.pool.loaded()
+        registry.touch(self.db, *(m["id"] for m in loaded))
         with self.db.session() as s:
-            if loaded:
-                s.execute(update(ModelRecord).where(ModelRecord.id.in_(loaded)).values(last_used_at=datetime.now(UTC)))
             s.merge(
                 Worker(
                     id=self.settings.worker_name,
                     url=self.settings.worker_url,
                     device=self.pool.device,
-                    models=self.pool.loaded(),
+                    models=loaded,
                     queue_depth=self.pool.queue_depth,
                     started_at=self.started_at,
                     heartbeat_at=datetime.now(UTC),
