@@ -11,7 +11,11 @@ import httpx
 from fastapi import FastAPI
 from prometheus_client import make_asgi_app
 
-from api import files, health, observability
+from api import health, observability
+from api.batches import router as batches_router
+from api.batches.service import BatchService
+from api.files import router as files_router
+from api.files.service import FileService
 from api.inference import router as inference_router
 from api.inference.service import InferenceService
 from api.jobs import router as jobs_router
@@ -26,6 +30,7 @@ from api.telemetry import GatewayMetrics, InFlight, RequestMetrics
 from api.workers import router as workers_router
 from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory
+from bitinglip.batches.files import FileStore
 from bitinglip.config import Settings, get_settings
 from bitinglip.db.session import Database
 from bitinglip.http import BodySizeLimit, RequestIdMiddleware, install_error_handlers
@@ -55,6 +60,7 @@ def build_state(settings: Settings, window: GatewayMetrics) -> GatewayState:
     )
     results = ResultStore(settings)
     inference = InferenceService(settings, models, workers, client, results)
+    files = FileService(settings, FileStore(db), results)
     return GatewayState(
         settings=settings,
         db=db,
@@ -64,6 +70,8 @@ def build_state(settings: Settings, window: GatewayMetrics) -> GatewayState:
         inference=inference,
         openai=OpenAIServing(inference, models),
         results=results,
+        files=files,
+        batches=BatchService(store, files, dispatcher),
         metrics=window,
         jobs=JobService(settings, store, models, dispatcher),
         dispatcher=dispatcher,
@@ -105,12 +113,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="BitingLip gateway",
         version="0.1.0",
-        description="AI inference as tracked jobs: sync, streaming and async text generation.",
+        description="AI inference as tracked jobs: sync, streaming, async and batch text, embeddings and images.",
         lifespan=lifespan,
     )
     install_error_handlers(app)
     window = GatewayMetrics()
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_request_bytes, by_path={"/v1/files": settings.max_file_bytes + 64_000}
+    )
     app.add_middleware(InFlight)
     app.add_middleware(RequestIdMiddleware, observe=RequestMetrics(window))
     app.mount("/metrics", make_asgi_app())
@@ -121,7 +131,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models_router.router,
         workers_router.router,
         openai_router.router,
-        files.router,
+        files_router.router,
+        files_router.results_router,
+        batches_router.router,
         observability.router,
     ):
         app.include_router(router)

@@ -6,6 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api.batches.service import BatchService
+from api.files.service import FileService
 from api.inference.service import InferenceService
 from api.jobs.service import JobService
 from api.models.service import ModelService
@@ -47,6 +49,14 @@ def _openai(state: StateDep) -> OpenAIServing:
     return state.openai
 
 
+def _files(state: StateDep) -> FileService:
+    return state.files
+
+
+def _batches(state: StateDep) -> BatchService:
+    return state.batches
+
+
 def _owner() -> str:
     """The caller's identity; one shared tenant until authentication lands."""
     return "anonymous"
@@ -58,4 +68,6 @@ JobServiceDep = Annotated[JobService, Depends(_jobs)]
 ModelServiceDep = Annotated[ModelService, Depends(_models)]
 WorkerDirectoryDep = Annotated[WorkerDirectory, Depends(_workers)]
 OpenAIServingDep = Annotated[OpenAIServing, Depends(_openai)]
+FileServiceDep = Annotated[FileService, Depends(_files)]
+BatchServiceDep = Annotated[BatchService, Depends(_batches)]
 OwnerDep = Annotated[str, Depends(_owner)]

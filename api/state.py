@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from api.batches.service import BatchService
+from api.files.service import FileService
 from api.inference.service import InferenceService
 from api.jobs.service import JobService
 from api.models.service import ModelService
@@ -30,6 +32,8 @@ class GatewayState:
     jobs: JobService
     openai: OpenAIServing
     results: ResultStore
+    files: FileService
+    batches: BatchService
     metrics: GatewayMetrics
     dispatcher: Dispatcher
     http: httpx.AsyncClient

@@ -106,6 +106,13 @@ class Settings(BaseSettings):
     )
     reaper_interval_s: float = Field(default=5.0, gt=0, description="How often gateways look for orphaned jobs.")
 
+    # -- batch jobs (OpenAI Batch API)
+    batch_chunk_size: int = Field(
+        default=64, ge=1, description="Lines per cached chunk task: a resumed batch redoes at most one chunk."
+    )
+    max_file_bytes: int = Field(default=100_000_000, ge=1, description="Largest upload to /v1/files.")
+    max_batch_lines: int = Field(default=50_000, ge=1, description="Most requests in one batch input file.")
+
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser().resolve()

@@ -98,3 +98,12 @@ class RemoteError(BitingLipError):
             status_code=status_code,
         )
         self.type = str(err.get("type") or "upstream_error")
+
+
+def error_record(exc: BaseException) -> dict[str, Any]:
+    """What a job records about the exception that ended it: our envelope's fields, or the type and
+    message of an unexpected one."""
+    if isinstance(exc, BitingLipError):
+        record: dict[str, Any] = exc.body()["error"]
+        return record
+    return {"message": f"{type(exc).__name__}: {exc}", "type": "internal_error", "param": None, "code": None}

@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
-from typing import Any
-
-import fsspec
 
 from bitinglip.config import Settings
 from bitinglip.errors import InvalidRequest, NotFound
-from bitinglip.storage import s3_options
+from bitinglip.storage import filesystem, write_atomic
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 
@@ -26,30 +22,27 @@ def check_key(key: str) -> str:
 class ResultStore:
     def __init__(self, settings: Settings) -> None:
         url = settings.results_url or f"file://{settings.results_dir}"
-        protocol, _, root = url.partition("://")
-        options: dict[str, Any] = s3_options(settings) if protocol == "s3" else {}
-        self.fs = fsspec.filesystem(protocol, skip_instance_cache=True, **options)
-        self.protocol = protocol
+        self.fs, root = filesystem(settings, url)
+        self.protocol = url.partition("://")[0]
         self.root = root.rstrip("/")
         self.url = url.rstrip("/")
-        if protocol == "file":
+        if self.protocol == "file":
             os.makedirs(self.root, exist_ok=True)
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{check_key(key)}"
 
     def put(self, key: str, data: bytes) -> str:
-        """Whole-object writes: an S3 PUT is atomic; locally we write a temp file and rename it."""
-        path = self._path(key)
-        if self.protocol == "file":
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        else:
-            self.fs.pipe_file(path, data)
+        write_atomic(self.fs, self._path(key), data)
         return key
+
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.exists(self._path(key)))
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        if self.fs.exists(path):
+            self.fs.rm_file(path)
 
     def get(self, key: str) -> bytes:
         path = self._path(key)

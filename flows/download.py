@@ -9,12 +9,13 @@ from uuid import UUID
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
-from prefect.client.schemas.objects import FlowRun, State
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 
 from bitinglip.config import Settings, get_settings
 from bitinglip.db.session import Database
-from bitinglip.errors import BitingLipError, InvalidRequest
+from bitinglip.errors import BitingLipError, InvalidRequest, error_record
+from bitinglip.jobs.flowjob import FlowJob
 from bitinglip.jobs.store import JobStore
 from bitinglip.models import installer, registry
 from bitinglip.models.budget import evict_for
@@ -83,24 +84,19 @@ def download_model(
     With `job_id` (API downloads) the job record follows the run: running, then completed/failed."""
     settings = get_settings()
     db = Database(settings.gateway_db_url)
-    jobs = JobStore(db)
     try:
-        claimant = f"flow-run:{flow_run.get_id()}"
-        if job_id is not None and not jobs.claim_for_run([job_id], claimant):
-            return {"skipped": f"job {job_id} is no longer queued"}
-        try:
-            outcome = _install(settings, db, name, source, revision, task_type)
-        except Exception as exc:
-            if job_id is not None:
-                error = exc.body()["error"] if isinstance(exc, BitingLipError) else None
-                jobs.finish_many(
-                    [(job_id, {"status": "failed", "error": error or {"message": f"{type(exc).__name__}: {exc}"}})],
-                    claimant,
-                )
-            raise
-        if job_id is not None:
-            jobs.finish_many([(job_id, {"status": "completed", "result": outcome})], claimant)
-        return outcome
+        if job_id is None:
+            return _install(settings, db, name, source, revision, task_type)
+        with FlowJob(JobStore(db), job_id, f"flow-run:{flow_run.get_id()}", settings.worker_heartbeat_s) as job:
+            if job.claim() is None:
+                return {"skipped": f"job {job_id} is no longer queued"}
+            try:
+                outcome = _install(settings, db, name, source, revision, task_type)
+            except Exception as exc:
+                job.finish("failed", error=error_record(exc))
+                raise
+            job.finish("completed", result=outcome)
+            return outcome
     finally:
         db.dispose()
 
@@ -150,22 +146,3 @@ def make_room(settings: Settings, db: Database, store: ModelStore, staged: Path,
     evicted = evict_for(store, db, needed, settings.store_budget_bytes, keep={model_id})
     if evicted:
         print(f"evicted to make room: {', '.join(evicted)}")
-
-
-def submit_download_run(job_id: str) -> str:
-    """Start the deployed download flow for an accepted download job; returns the flow run id."""
-    from prefect.deployments import run_deployment
-
-    settings = get_settings()
-    db = Database(settings.gateway_db_url)
-    try:
-        job = JobStore(db).get(job_id)
-    finally:
-        db.dispose()
-    run = run_deployment(
-        "download-model/download-model",
-        parameters={**job.params, "job_id": job_id},
-        timeout=0,
-        tags=["bitinglip", f"model:{job.model}", f"owner:{job.owner}"],
-    )
-    return str(cast(FlowRun, run).id)

@@ -24,6 +24,11 @@ from tests.platform_harness import Platform, platform_settings
 TEXT_MODEL = "smollm2-135m-instruct"
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 IMAGE_MODEL = "tiny-sd-test"
+BATCH_LIMITS = {  # small chunks so a short batch has many; small bounds so the tests can pass them
+    "BITINGLIP_BATCH_CHUNK_SIZE": "4",
+    "BITINGLIP_MAX_FILE_BYTES": "200000",
+    "BITINGLIP_MAX_BATCH_LINES": "500",
+}
 
 
 @pytest.fixture(scope="session")
@@ -93,13 +98,14 @@ def platform(
 ) -> Iterator[Platform]:
     """The whole platform, with results (images) on the S3 server."""
     home = home_with_store(tmp_path_factory.mktemp("home"), model_store)
-    running = Platform(platform_settings(home), env_overrides=s3_server.env)
+    running = Platform(platform_settings(home), env_overrides={**s3_server.env, **BATCH_LIMITS})
     try:
         running.start_prefect()
         running.start_worker(wait=False)
         running.start_gateway()
         running.deploy()
         running.start_pool_worker("cpu")
+        running.start_pool_worker("gpu")
         running.wait_ready(timeout=120)
         yield running
     finally:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
+
+from bitinglip.config import get_settings
+from bitinglip.db.session import Database
+from bitinglip.jobs.store import JobStore
 
 
 def _inference(model: str, job_ids: list[str]) -> str:
@@ -11,18 +16,35 @@ def _inference(model: str, job_ids: list[str]) -> str:
     return submit_inference_run(model, job_ids)
 
 
-def _download(model: str, job_ids: list[str]) -> str:
-    from flows.download import submit_download_run
+def _deployment(name: str, with_params: bool) -> Callable[[str, list[str]], str]:
+    """One flow run of a deployment per job; the job id is its parameter (plus the job's own
+    parameters where the flow takes them). Tags carry the owner so the Prefect UI stays searchable."""
 
-    (job_id,) = job_ids  # one flow run per download
-    return submit_download_run(job_id)
+    def submit(model: str, job_ids: list[str]) -> str:
+        from prefect.client.schemas.objects import FlowRun
+        from prefect.deployments import run_deployment
+
+        (job_id,) = job_ids
+        db = Database(get_settings().gateway_db_url)
+        try:
+            job = JobStore(db).get(job_id)
+        finally:
+            db.dispose()
+        params: dict[str, Any] = {**job.params, "job_id": job_id} if with_params else {"job_id": job_id}
+        run = run_deployment(
+            name, parameters=params, timeout=0, tags=["bitinglip", job.type, f"model:{model}", f"owner:{job.owner}"]
+        )
+        return str(cast(FlowRun, run).id)
+
+    return submit
 
 
 SUBMITTERS: dict[str, Callable[[str, list[str]], str]] = {
     "text": _inference,
     "embedding": _inference,
     "image": _inference,
-    "download": _download,
+    "download": _deployment("download-model/download-model", with_params=True),
+    "batch": _deployment("batch-inference/batch-inference", with_params=False),
 }
 GROUPED = {"text", "embedding", "image"}  # job types whose queued jobs share one run; the others get one run each
 

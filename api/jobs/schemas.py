@@ -53,6 +53,7 @@ class JobView(BaseModel):
     params: dict[str, Any]
     result: dict[str, Any] | None
     error: dict[str, Any] | None
+    progress: dict[str, Any] | None
     attempts: int
     cancel_requested: bool
     prefect_run_id: str | None
@@ -79,6 +80,7 @@ class JobView(BaseModel):
             params=job.params,
             result=_with_file_urls(job.result, files_url),
             error=job.error,
+            progress=job.progress,
             attempts=job.attempts,
             cancel_requested=job.cancel_requested,
             prefect_run_id=job.prefect_run_id,
@@ -107,7 +109,7 @@ def _with_file_urls(result: dict[str, Any] | None, files_url: str) -> dict[str, 
     return {**result, "images": images}
 
 
-_RUN_KIND = {"download": "flow-run"}  # text jobs are background task runs; downloads are flow runs
+_RUN_KIND = {"download": "flow-run", "batch": "flow-run"}  # inference jobs are background task runs
 _PRIORITY_NAMES: dict[int, PriorityName] = {
     Priority.HIGH: "high",
     Priority.NORMAL: "normal",

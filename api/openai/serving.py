@@ -9,11 +9,10 @@ import json
 import logging
 import struct
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from api.inference.service import InferenceService
 from api.models.service import ModelService
 from api.openai.protocol import (
     ChatChoice,
@@ -86,8 +85,21 @@ def _completion_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any]
     }
 
 
+class InferenceBackend(Protocol):
+    """What the OpenAI layer needs underneath: the gateway's worker-routing InferenceService online,
+    a flow run's own model pool offline (batches)."""
+
+    async def generate_text(self, params: TextGenerationParams) -> dict[str, Any]: ...
+
+    async def embed(self, params: EmbeddingParams) -> dict[str, Any]: ...
+
+    async def stream_text(self, params: TextGenerationParams) -> tuple[str, AsyncIterator[dict[str, Any]]]: ...
+
+    async def images(self, params: ImageParams, response_format: str) -> tuple[str, str, list[dict[str, Any]]]: ...
+
+
 class OpenAIServing:
-    def __init__(self, inference: InferenceService, models: ModelService) -> None:
+    def __init__(self, inference: InferenceBackend, models: ModelService | None = None) -> None:
         self.inference = inference
         self.models = models
 
@@ -142,6 +154,7 @@ class OpenAIServing:
 
     async def list_models(self) -> ModelCardList:
         cards = []
+        assert self.models is not None, "the model list is served by the gateway"
         for m in await self.models.list():
             if m.status == "ready":
                 cards.append(ModelCard(id=m.name, created=int(m.created_at.timestamp()), root=m.id))

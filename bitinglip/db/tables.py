@@ -58,11 +58,30 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     engine_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # long jobs (batches)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)  # flow-run jobs beat while running
 
     __table_args__ = (
         Index("ix_jobs_dispatch", "status", "dispatched_at", "priority", "created_at"),
         Index("ix_jobs_owner_created", "owner", "created_at"),
     )
+
+
+class FileRecord(Base):
+    """An uploaded or produced file (OpenAI Files API); its bytes live in the result store."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(Text)  # result-store key
+    line_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_files_owner_created", "owner", "created_at"),)
 
 
 class Worker(Base):

@@ -1,5 +1,6 @@
-"""Takes back jobs from model workers that died while running them (kill -9, lost node): without it
-such jobs would stay `running` forever. Runs in every gateway; the UPDATE is atomic, so replicas agree."""
+"""Takes back jobs from model workers and flow runs that died while running them (kill -9, lost
+node): without it such jobs would stay `running` forever. Runs in every gateway; the UPDATE is
+atomic, so replicas agree."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from bitinglip.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
-INFERENCE_TYPES = ("text", "embedding", "image")
+INFERENCE_TYPES = ("text", "embedding", "image")  # run by model workers, which heartbeat as workers
+FLOW_TYPES = ("batch", "download")  # run by flow runs, which heartbeat on the job row itself
 
 
 class Reaper:
@@ -45,8 +47,12 @@ class Reaper:
         count = await asyncio.to_thread(self.store.requeue_orphans, live, INFERENCE_TYPES, self.orphan_after)
         if count:
             log.warning("re-queued %d job(s) whose model worker stopped heartbeating", count)
+        silent = await asyncio.to_thread(self.store.requeue_silent, FLOW_TYPES, self.orphan_after)
+        if silent:
+            log.warning("re-queued %d job(s) whose flow run stopped heartbeating", silent)
+        if count or silent:
             self.on_requeued()
-        return count
+        return count + silent
 
     async def _loop(self) -> None:
         while True:

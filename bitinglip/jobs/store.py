@@ -77,8 +77,23 @@ class JobStore:
         with self.db.session() as s:
             return list(s.scalars(select(Job).where(Job.id.in_(job_ids))))
 
-    def page(self, *, owner: str | None, status: str | None, type_: str | None, limit: int, offset: int) -> JobPage:
+    def page(
+        self,
+        *,
+        owner: str | None,
+        status: str | None,
+        type_: str | None,
+        limit: int,
+        offset: int = 0,
+        after: str | None = None,
+    ) -> JobPage:
+        """Newest first; `after` (a job id) continues a cursor-paged listing (OpenAI list style)."""
         query = select(Job)
+        if after is not None:
+            cursor = self.get(after, owner)
+            query = query.where(
+                (Job.created_at < cursor.created_at) | ((Job.created_at == cursor.created_at) & (Job.id > cursor.id))
+            )
         if owner is not None:
             query = query.where(Job.owner == owner)
         if status is not None:
@@ -156,7 +171,13 @@ class JobStore:
                 s.scalars(
                     update(Job)
                     .where(Job.id.in_(job_ids), Job.status == "queued")
-                    .values(status="running", worker_id=worker_id, started_at=_now(), attempts=Job.attempts + 1)
+                    .values(
+                        status="running",
+                        worker_id=worker_id,
+                        started_at=_now(),
+                        heartbeat_at=_now(),
+                        attempts=Job.attempts + 1,
+                    )
                     .returning(Job)
                 )
             )
@@ -186,6 +207,41 @@ class JobStore:
                 update(Job)
                 .where(Job.id == job_id, Job.status == "running", Job.worker_id == worker_id)
                 .values(status="queued", error=error)
+            )
+
+    # -- flow-run side (batches, downloads): the run beats on its job row while it works
+
+    def beat(self, job_id: str, claimant: str, progress: dict[str, Any] | None = None) -> tuple[bool, bool]:
+        """Refresh the claim (and progress); returns (still ours, cancel requested)."""
+        values: dict[str, Any] = {"heartbeat_at": _now()}
+        if progress is not None:
+            values["progress"] = progress
+        with self.db.session() as s:
+            mine = _rows(
+                s,
+                update(Job)
+                .where(Job.id == job_id, Job.status == "running", Job.worker_id == claimant)
+                .values(**values),
+            )
+            cancel = s.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+        return mine > 0, bool(cancel)
+
+    def requeue_silent(self, types: tuple[str, ...], older_than: timedelta) -> int:
+        """Flow-run jobs whose run stopped beating (its process was killed, its node lost) go back to
+        the queue; the next run resumes them, and cached chunks make that cheap."""
+        cutoff = _now() - older_than
+        with self.db.session() as s:
+            return _rows(
+                s,
+                update(Job)
+                .where(Job.status == "running", Job.type.in_(types))
+                .where(func.coalesce(Job.heartbeat_at, Job.started_at) < cutoff)
+                .values(
+                    status="queued",
+                    dispatched_at=None,
+                    worker_id=None,
+                    error={"message": "its flow run stopped while running it; resumed", "type": "worker_lost"},
+                ),
             )
 
     def requeue_orphans(self, live_workers: list[str], types: tuple[str, ...], older_than: timedelta) -> int:

@@ -1,0 +1,91 @@
+"""Batches: accepted durably as a `batch` job (one INSERT, then the answer), run by the dispatcher as
+one `batch-inference` flow run on the gpu pool."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from api.batches.schemas import BatchCreateRequest, BatchList, BatchObject
+from api.files.service import FileService
+from bitinglip import metrics
+from bitinglip.db.tables import Job
+from bitinglip.engines.types import Priority
+from bitinglip.errors import InvalidRequest, NotFound
+from bitinglip.http import REQUEST_ID
+from bitinglip.jobs.dispatcher import Dispatcher
+from bitinglip.jobs.store import JobStore
+
+
+def models_named(data: bytes) -> list[str]:
+    """The models a batch file asks for (for listing and run tags; the flow validates every line)."""
+    names: set[str] = set()
+    for line in data.splitlines():
+        try:
+            body = json.loads(line).get("body") or {}
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(body, dict) and isinstance(body.get("model"), str):
+            names.add(body["model"])
+    return sorted(names)
+
+
+class BatchService:
+    def __init__(self, jobs: JobStore, files: FileService, dispatcher: Dispatcher) -> None:
+        self.jobs = jobs
+        self.files = files
+        self.dispatcher = dispatcher
+
+    async def create(self, request: BatchCreateRequest, owner: str) -> BatchObject:
+        record = await self.files.record(request.input_file_id, owner)
+        if record.purpose != "batch":
+            raise InvalidRequest(
+                f"file {record.id!r} has purpose {record.purpose!r}, not 'batch'", param="input_file_id"
+            )
+        models = models_named(await self.files.content(record.id, owner))
+        job = await asyncio.to_thread(
+            lambda: self.jobs.create(
+                type_="batch",
+                model=models[0] if len(models) == 1 else ("mixed" if models else "none"),
+                params={
+                    "input_file_id": record.id,
+                    "input_url": self.files.results.full_url(record.key),
+                    "endpoint": request.endpoint,
+                    "completion_window": request.completion_window,
+                    "metadata": request.metadata,
+                },
+                priority=int(Priority.BATCH),
+                owner=owner,
+                request_id=REQUEST_ID.get(),
+            )
+        )
+        self.dispatcher.poke()
+        metrics.JOBS_SUBMITTED.labels("batch").inc()
+        return BatchObject.from_job(job)
+
+    async def _job(self, batch_id: str, owner: str | None) -> Job:
+        job = await asyncio.to_thread(self.jobs.get, batch_id, owner)
+        if job.type != "batch":
+            raise NotFound(f"batch {batch_id!r} not found", param="batch_id")
+        return job
+
+    async def get(self, batch_id: str, owner: str | None) -> BatchObject:
+        return BatchObject.from_job(await self._job(batch_id, owner))
+
+    async def list(self, owner: str | None, limit: int, after: str | None) -> BatchList:
+        page = await asyncio.to_thread(
+            lambda: self.jobs.page(owner=owner, status=None, type_="batch", limit=limit + 1, after=after)
+        )
+        data = [BatchObject.from_job(j) for j in page.items[:limit]]
+        return BatchList(
+            data=data,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+            has_more=len(page.items) > limit,
+        )
+
+    async def cancel(self, batch_id: str, owner: str | None) -> BatchObject:
+        """Queued: cancelled at once. Running: `cancelling` until the chunk in flight finishes; the
+        outputs so far are kept."""
+        await self._job(batch_id, owner)
+        return BatchObject.from_job(await asyncio.to_thread(self.jobs.cancel, batch_id, owner))

@@ -1,0 +1,85 @@
+"""Uploads for batches: bounded in size and lines, UTF-8, stored in the result store (local or S3)
+before the record that makes them visible is written, so a failed upload leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+
+from api.files.schemas import FileDeleted, FileList, FileObject
+from bitinglip.batches.files import FileStore, new_file_id
+from bitinglip.batches.format import count_lines
+from bitinglip.config import Settings
+from bitinglip.db.tables import FileRecord
+from bitinglip.errors import InvalidRequest, NotFound
+from bitinglip.results import ResultStore
+
+PURPOSES = ("batch",)
+RESULT_PREFIXES = ("images/", "jobs/")  # what /api/v1/files serves; uploads and batch outputs go by file id
+
+
+class FileService:
+    def __init__(self, settings: Settings, files: FileStore, results: ResultStore) -> None:
+        self.settings = settings
+        self.files = files
+        self.results = results
+
+    async def upload(self, data: bytes, filename: str, purpose: str, owner: str) -> FileObject:
+        if purpose not in PURPOSES:
+            raise InvalidRequest(f"purpose must be one of {', '.join(PURPOSES)}", param="purpose")
+        if not data.strip():
+            raise InvalidRequest("the file is empty", param="file")
+        if len(data) > self.settings.max_file_bytes:
+            raise InvalidRequest(f"the file is larger than {self.settings.max_file_bytes} bytes", param="file")
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(f"the file is not UTF-8 text (byte {exc.start})", param="file") from exc
+        lines = count_lines(data)
+        if lines > self.settings.max_batch_lines:
+            raise InvalidRequest(
+                f"the file has {lines} lines; a batch takes at most {self.settings.max_batch_lines}", param="file"
+            )
+        file_id = new_file_id()
+        key = await asyncio.to_thread(self.results.put, f"files/{file_id}.jsonl", data)
+        record = await asyncio.to_thread(
+            lambda: self.files.create(
+                file_id=file_id,
+                owner=owner,
+                purpose=purpose,
+                filename=(filename or "upload.jsonl")[:255],
+                size=len(data),
+                key=key,
+                line_count=lines,
+            )
+        )
+        return FileObject.from_record(record)
+
+    async def record(self, file_id: str, owner: str | None) -> FileRecord:
+        return await asyncio.to_thread(self.files.get, file_id, owner)
+
+    async def get(self, file_id: str, owner: str | None) -> FileObject:
+        return FileObject.from_record(await self.record(file_id, owner))
+
+    async def content(self, file_id: str, owner: str | None) -> bytes:
+        record = await self.record(file_id, owner)
+        return await asyncio.to_thread(self.results.get, record.key)
+
+    async def list(self, owner: str | None, purpose: str | None, limit: int, after: str | None) -> FileList:
+        records = await asyncio.to_thread(self.files.page, owner, purpose, limit + 1, after)
+        data = [FileObject.from_record(r) for r in records[:limit]]
+        return FileList(
+            data=data,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+            has_more=len(records) > limit,
+        )
+
+    async def result(self, path: str, owner: str | None) -> bytes:
+        if not path.startswith(RESULT_PREFIXES):
+            raise NotFound(f"result {path!r} not found", param="path")
+        return await asyncio.to_thread(self.results.get, path)
+
+    async def delete(self, file_id: str, owner: str | None) -> FileDeleted:
+        record = await asyncio.to_thread(self.files.delete, file_id, owner)
+        await asyncio.to_thread(self.results.delete, record.key)
+        return FileDeleted(id=record.id)

@@ -1,0 +1,64 @@
+"""The OpenAI endpoints without HTTP: a batch flow run executes every line through the same serving
+code as the gateway (same validation, same response bodies), on the flow run's own model pool."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from api.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from api.openai.serving import OpenAIServing
+from bitinglip.engines.pool import ModelPool
+from bitinglip.engines.types import Priority
+from bitinglip.errors import InvalidRequest
+from bitinglip.http import validation_message
+from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
+
+Handler = Callable[[OpenAIServing, Any], Awaitable[BaseModel]]
+
+ROUTES: dict[str, tuple[type[BaseModel], Handler]] = {
+    "/v1/chat/completions": (ChatCompletionRequest, lambda serving, req: serving.chat(req)),
+    "/v1/completions": (CompletionRequest, lambda serving, req: serving.complete(req)),
+    "/v1/embeddings": (EmbeddingRequest, lambda serving, req: serving.embeddings(req)),
+}
+
+
+def check_body(url: str, body: dict[str, Any]) -> str | None:
+    """Why this body is not a valid request for `url`, or None."""
+    try:
+        ROUTES[url][0].model_validate(body)
+    except ValidationError as exc:
+        return validation_message(list(exc.errors()))[0]
+    return None
+
+
+class PoolInference:
+    """The serving layer's backend, on a local model pool at batch priority."""
+
+    def __init__(self, pool: ModelPool) -> None:
+        self.pool = pool
+
+    async def generate_text(self, params: TextGenerationParams) -> dict[str, Any]:
+        return (await self.pool.generate_text(params, Priority.BATCH)).as_dict()
+
+    async def embed(self, params: EmbeddingParams) -> dict[str, Any]:
+        return (await self.pool.embed(params.model, params.texts(), Priority.BATCH)).as_dict()
+
+    async def stream_text(self, params: TextGenerationParams) -> tuple[str, AsyncIterator[dict[str, Any]]]:
+        raise InvalidRequest("stream is not supported in batches", param="stream")
+
+    async def images(self, params: ImageParams, response_format: str) -> tuple[str, str, list[dict[str, Any]]]:
+        raise InvalidRequest("images are not supported in batches", param="url")
+
+
+class OfflineOpenAI:
+    def __init__(self, pool: ModelPool) -> None:
+        self.serving = OpenAIServing(PoolInference(pool))
+
+    async def execute(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The response body the online endpoint would have returned; BitingLipError otherwise."""
+        request_type, handler = ROUTES[url]
+        response = await handler(self.serving, request_type.model_validate(body))
+        return response.model_dump(mode="json")

@@ -1,0 +1,67 @@
+"""File records (OpenAI Files API). Bytes live in the result store; the DB says who owns what."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, select
+
+from bitinglip.db.session import Database
+from bitinglip.db.tables import FileRecord
+from bitinglip.errors import NotFound
+
+
+def new_file_id() -> str:
+    return f"file-{uuid.uuid4().hex[:24]}"
+
+
+class FileStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(
+        self, *, owner: str, purpose: str, filename: str, size: int, key: str, line_count: int, file_id: str
+    ) -> FileRecord:
+        record = FileRecord(
+            id=file_id,
+            owner=owner,
+            purpose=purpose,
+            filename=filename,
+            bytes=size,
+            key=key,
+            line_count=line_count,
+            created_at=datetime.now(UTC),
+        )
+        with self.db.session() as s:
+            s.add(record)
+        return record
+
+    def get(self, file_id: str, owner: str | None = None) -> FileRecord:
+        """Another tenant's file is reported missing, not forbidden: its existence is not theirs to know."""
+        with self.db.session() as s:
+            record = s.get(FileRecord, file_id)
+        if record is None or (owner is not None and record.owner != owner):
+            raise NotFound(f"file {file_id!r} not found", param="file_id")
+        return record
+
+    def page(self, owner: str | None, purpose: str | None, limit: int, after: str | None) -> list[FileRecord]:
+        query = select(FileRecord)
+        if owner is not None:
+            query = query.where(FileRecord.owner == owner)
+        if purpose is not None:
+            query = query.where(FileRecord.purpose == purpose)
+        if after is not None:
+            cursor = self.get(after, owner)
+            query = query.where(
+                (FileRecord.created_at < cursor.created_at)
+                | ((FileRecord.created_at == cursor.created_at) & (FileRecord.id > cursor.id))
+            )
+        with self.db.session() as s:
+            return list(s.scalars(query.order_by(FileRecord.created_at.desc(), FileRecord.id).limit(limit)))
+
+    def delete(self, file_id: str, owner: str | None = None) -> FileRecord:
+        record = self.get(file_id, owner)
+        with self.db.session() as s:
+            s.execute(delete(FileRecord).where(FileRecord.id == file_id))
+        return record

@@ -1,0 +1,333 @@
+"""Offline batch inference in the OpenAI Batch format: one Prefect flow run per batch, on the `gpu`
+work pool (DESIGN.md decision 4).
+
+The flow run loads each model once in its own process, validates every line first, splits the valid
+requests into chunks and runs one cached task per chunk (cache key: chunk content + model revision +
+format), so a retried, resumed or re-submitted batch skips the chunks already done. Outcome lines go to
+`output.jsonl` / `errors.jsonl` on local disk or S3, each written atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+from uuid import UUID
+
+from prefect import flow, task
+from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
+from prefect.context import TaskRunContext
+from prefect.filesystems import RemoteFileSystem
+from prefect.runtime import flow_run
+
+from api.openai.offline import OfflineOpenAI, check_body
+from bitinglip.batches.files import FileStore, new_file_id
+from bitinglip.batches.format import (
+    BatchItem,
+    ParsedInput,
+    chunk_key,
+    chunks,
+    error_line,
+    from_jsonl,
+    output_line,
+    parse_input,
+    to_jsonl,
+)
+from bitinglip.config import Settings, get_settings
+from bitinglip.db.session import Database
+from bitinglip.engines.pool import ModelPool
+from bitinglip.errors import BitingLipError, error_record
+from bitinglip.jobs.flowjob import FlowJob
+from bitinglip.jobs.store import JobStore
+from bitinglip.models.store import ModelStore
+from bitinglip.results import ResultStore
+from bitinglip.storage import expand, read_url, s3_options, write_url
+
+_TASK_FOR_URL = {"/v1/chat/completions": "text", "/v1/completions": "text", "/v1/embeddings": "embedding"}
+_pool: ModelPool | None = None  # one per flow-run process: models load once, not once per chunk
+
+
+def _model_pool(settings: Settings) -> ModelPool:
+    global _pool
+    if _pool is None:
+        _pool = ModelPool(settings, ModelStore(settings.store_dir))
+    return _pool
+
+
+def _chunk_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    return f"batch-chunk-{parameters['key']}"
+
+
+@task(
+    name="run-batch-chunk",
+    task_run_name="chunk {index}",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    cache_key_fn=_chunk_cache_key,
+    persist_result=True,
+)
+async def run_chunk(index: int, key: str, items: list[BatchItem]) -> dict[str, Any]:
+    """Runs the chunk's requests concurrently into the model batchers (so they run at the engine's
+    batch size) and stores the outcome lines under a content-addressed key; the task's own (cached)
+    result is only that pointer and the counts."""
+    settings = get_settings()
+    executor = OfflineOpenAI(_model_pool(settings))
+    room = asyncio.Semaphore(settings.max_queue)
+
+    async def one(item: BatchItem) -> dict[str, Any]:
+        async with room:
+            try:
+                return output_line(item.custom_id, await executor.execute(item.url, item.body))
+            except BitingLipError as exc:  # the request itself is wrong: an error line, not a retry
+                return error_line(
+                    item.custom_id, exc.code or exc.type, exc.message, status_code=exc.status_code, body=exc.body()
+                )
+
+    lines = await asyncio.gather(*(one(item) for item in items))
+    path = f"batches/chunks/{key}.jsonl"
+    await asyncio.to_thread(ResultStore(settings).put, path, to_jsonl(lines))
+    failed = sum(1 for line in lines if line["error"] is not None)
+    return {"path": path, "completed": len(lines) - failed, "failed": failed}
+
+
+@dataclass
+class BatchOutcome:
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    chunks_total: int = 0
+    chunks_done: int = 0
+    chunks_cached: int = 0
+    stopped: str | None = None  # "cancelled" or "lost" when the run stopped early
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {"total": self.total, "completed": self.completed, "failed": self.failed}
+
+    def chunk_counts(self) -> dict[str, int]:
+        return {
+            "total": self.chunks_total,
+            "done": self.chunks_done,
+            "cached": self.chunks_cached,
+            "computed": self.chunks_done - self.chunks_cached,
+        }
+
+
+def _resolve_models(settings: Settings, parsed: ParsedInput) -> dict[str, str]:
+    """Model name -> installed NAME@REVISION; lines naming a missing or wrong-task model become
+    error lines here, before anything runs."""
+    store = ModelStore(settings.store_dir)
+    resolved: dict[str, str] = {}
+    problems: dict[str, BitingLipError] = {}
+    for item in parsed.items:
+        if item.model in resolved or item.model in problems:
+            continue
+        try:
+            manifest = store.resolve(item.model)
+        except BitingLipError as exc:
+            problems[item.model] = exc
+            continue
+        resolved[item.model] = manifest.id
+        if manifest.task != _TASK_FOR_URL[item.url]:
+            problems[item.model] = BitingLipError(
+                f"model {item.model!r} is a {manifest.task} model; {item.url} needs a {_TASK_FOR_URL[item.url]} model",
+                status_code=400,
+                code="invalid_model",
+            )
+    keep = []
+    for item in parsed.items:
+        if (problem := problems.get(item.model)) is not None:
+            message = f"line {item.line}: {problem.message}"
+            parsed.errors.append(
+                error_line(
+                    item.custom_id,
+                    problem.code or problem.type,
+                    message,
+                    status_code=problem.status_code,
+                    body=problem.body(),
+                )
+            )
+        else:
+            keep.append(item)
+    parsed.items = keep
+    return resolved
+
+
+async def _chunk_task(settings: Settings) -> Any:
+    """Chunk results (the cache records) live beside the batch results: on S3 when results are, so a
+    run resumed on another node finds them. Prefect keeps the storage block server-side, so it holds
+    the bucket and endpoint only; the credentials stay in this process's environment."""
+    url = settings.results_url or ""
+    if not url.startswith("s3://"):
+        return run_chunk
+    if settings.s3_key and settings.s3_secret:
+        os.environ["AWS_ACCESS_KEY_ID"] = settings.s3_key
+        os.environ["AWS_SECRET_ACCESS_KEY"] = settings.s3_secret
+    options = {k: v for k, v in s3_options(settings).items() if k not in ("key", "secret")}
+    storage = RemoteFileSystem(basepath=f"{url.rstrip('/')}/prefect", settings=options)
+    digest = hashlib.sha256(storage.basepath.encode() + repr(sorted(options.items())).encode()).hexdigest()[:12]
+    await storage.asave(f"bitinglip-results-{digest}", overwrite=True)
+    return run_chunk.with_options(result_storage=storage)
+
+
+async def _run_batch(settings: Settings, input_url: str, endpoint: str | None, job: FlowJob | None) -> BatchOutcome:
+    outcome = BatchOutcome()
+
+    def report(phase: str) -> None:
+        if job is not None:
+            job.progress({"phase": phase, **outcome.counts(), "chunks": outcome.chunk_counts()})
+
+    report("validating")
+    data = await asyncio.to_thread(read_url, settings, input_url)
+    parsed = parse_input(data, endpoint, check_body)
+    models = _resolve_models(settings, parsed)
+    outcome.total, outcome.failed, outcome.errors = parsed.total, len(parsed.errors), list(parsed.errors)
+    planned = chunks(parsed.items, settings.batch_chunk_size)
+    outcome.chunks_total = len(planned)
+    print(f"{outcome.total} requests: {len(parsed.items)} valid in {len(planned)} chunks, {outcome.failed} invalid")
+    artifact = cast(UUID, await acreate_progress_artifact(0.0, description=f"batch {input_url}"))
+    report("in_progress")
+    chunk_task = await _chunk_task(settings)
+    for index, items in enumerate(planned):
+        if job is not None and (job.cancel_requested.is_set() or job.lost.is_set()):
+            outcome.stopped = "cancelled" if job.cancel_requested.is_set() else "lost"
+            break
+        state = await chunk_task(index, chunk_key(items, models), items, return_state=True)
+        result = await state.result()
+        lines = from_jsonl(await asyncio.to_thread(ResultStore(settings).get, result["path"]))
+        outcome.outputs.extend(line for line in lines if line["error"] is None)
+        outcome.errors.extend(line for line in lines if line["error"] is not None)
+        outcome.completed += result["completed"]
+        outcome.failed += result["failed"]
+        outcome.chunks_done += 1
+        outcome.chunks_cached += state.name == "Cached"
+        done = outcome.completed + outcome.failed
+        await aupdate_progress_artifact(artifact, 100.0 * done / max(outcome.total, 1))
+        report("in_progress")
+    report("finalizing")
+    return outcome
+
+
+async def _summary(outcome: BatchOutcome, where: dict[str, str | None]) -> None:
+    rows = [
+        {"": "requests", **{k: str(v) for k, v in outcome.counts().items()}},
+        {"": "chunks", **{k: str(v) for k, v in outcome.chunk_counts().items()}},
+    ]
+    rows += [{"": name, "total": str(path or "-")} for name, path in where.items()]
+    await acreate_table_artifact(rows, description="batch summary")
+
+
+async def _run_job(settings: Settings, job_id: str) -> dict[str, Any]:
+    """An API batch: the job row carries the input; outputs become files the owner can download."""
+    db = Database(settings.gateway_db_url)
+    jobs = JobStore(db)
+    claimant = f"flow-run:{flow_run.get_id()}"
+    try:
+        with FlowJob(jobs, job_id, claimant, settings.worker_heartbeat_s) as job:
+            record = await asyncio.to_thread(job.claim)
+            if record is None:
+                return {"skipped": f"batch {job_id} is no longer queued"}
+            if record.attempts > settings.job_max_attempts:
+                error = {"message": f"gave up after {record.attempts - 1} attempts", "type": "job_error"}
+                await asyncio.to_thread(job.finish, "failed", error=error)
+                return {"failed": error["message"]}
+            try:
+                outcome = await _run_batch(settings, record.params["input_url"], record.params["endpoint"], job)
+                if outcome.stopped == "lost":
+                    return {"stopped": "another run holds this batch now"}
+                files = await asyncio.to_thread(_store_outputs, settings, db, record.owner, job_id, outcome)
+            except Exception as exc:
+                await asyncio.to_thread(job.finish, "failed", error=error_record(exc), progress={"phase": "failed"})
+                raise
+            result = {**files, "request_counts": outcome.counts(), "chunks": outcome.chunk_counts()}
+            status = "cancelled" if outcome.stopped == "cancelled" else "completed"
+            await asyncio.to_thread(job.finish, status, result=result, progress={"phase": status, **outcome.counts()})
+        await _summary(outcome, files)
+        return result
+    finally:
+        await _close_pool()
+        db.dispose()
+
+
+def _store_outputs(
+    settings: Settings, db: Database, owner: str, job_id: str, outcome: BatchOutcome
+) -> dict[str, str | None]:
+    results, files = ResultStore(settings), FileStore(db)
+    ids: dict[str, str | None] = {"output_file_id": None, "error_file_id": None}
+    for field_name, kind, lines in (
+        ("output_file_id", "output", outcome.outputs),
+        ("error_file_id", "errors", outcome.errors),
+    ):
+        if not lines and kind == "errors":
+            continue
+        data = to_jsonl(lines)
+        key = results.put(f"batches/{job_id}/{kind}.jsonl", data)
+        file_id = new_file_id()
+        files.create(
+            file_id=file_id,
+            owner=owner,
+            purpose="batch_output",
+            filename=f"batch_{job_id}_{kind}.jsonl",
+            size=len(data),
+            key=key,
+            line_count=len(lines),
+        )
+        ids[field_name] = file_id
+    return ids
+
+
+async def _close_pool() -> None:
+    global _pool
+    if _pool is not None:
+        await _pool.close()
+        _pool = None
+
+
+def _dated(template: str) -> str:
+    """`{date}` in an output path becomes the run's scheduled date (today when run by hand)."""
+    scheduled = flow_run.scheduled_start_time
+    day = scheduled.date() if scheduled is not None else dt.date.today()
+    return template.replace("{date}", day.isoformat())
+
+
+@flow(name="batch-inference", flow_run_name="batch {job_id}", log_prints=True)
+async def batch_inference(
+    job_id: str | None = None,
+    input_path: str | None = None,
+    output_path: str | None = None,
+    endpoint: str | None = None,
+) -> dict[str, Any]:
+    """With `job_id`: the API batch it names. Otherwise every file matching `input_path` (a path,
+    URL or glob; local or s3://) is run into `output_path/<file stem>/` (`{date}` is filled in):
+    that is how scheduled deployments run."""
+    settings = get_settings()
+    if job_id is not None:
+        return await _run_job(settings, job_id)
+    if input_path is None or output_path is None:
+        raise ValueError("give job_id, or both input_path and output_path")
+    summary: dict[str, Any] = {}
+    try:
+        for url in await asyncio.to_thread(expand, settings, input_path):
+            started = time.perf_counter()
+            outcome = await _run_batch(settings, url, endpoint, None)
+            stem = url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".jsonl")
+            folder = f"{_dated(output_path).rstrip('/')}/{stem}"
+            where: dict[str, str | None] = {"output": f"{folder}/output.jsonl", "errors": f"{folder}/errors.jsonl"}
+            await asyncio.to_thread(write_url, settings, f"{folder}/output.jsonl", to_jsonl(outcome.outputs))
+            await asyncio.to_thread(write_url, settings, f"{folder}/errors.jsonl", to_jsonl(outcome.errors))
+            await _summary(outcome, where)
+            summary[url] = {
+                **where,
+                "request_counts": outcome.counts(),
+                "chunks": outcome.chunk_counts(),
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+        if not summary:
+            print(f"no input matches {input_path}")
+    finally:
+        await _close_pool()
+    return summary
