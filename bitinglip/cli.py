@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -15,6 +16,8 @@ from bitinglip.logs import configure_logging
 app = typer.Typer(help="BitingLip: AI inference as tracked jobs.", no_args_is_help=True)
 models_app = typer.Typer(help="Install and inspect models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+batch_app = typer.Typer(help="Run OpenAI-format batch files.", no_args_is_help=True)
+app.add_typer(batch_app, name="batch")
 console = Console()
 
 
@@ -113,7 +116,7 @@ def models_list() -> None:
     console.print(table)
 
 
-def _gateway(method: str, path: str, **kwargs: object) -> dict[str, object]:
+def _gateway(method: str, path: str, **kwargs: object) -> dict[str, Any]:
     """Calls the running gateway; prints its error envelope and exits non-zero on failure."""
     import httpx
 
@@ -123,7 +126,10 @@ def _gateway(method: str, path: str, **kwargs: object) -> dict[str, object]:
     except httpx.HTTPError as exc:
         console.print(f"[red]gateway {settings.gateway_url} unreachable:[/] {type(exc).__name__}")
         raise typer.Exit(1) from exc
-    body: dict[str, object] = response.json() if response.content else {}
+    media_type = response.headers.get("content-type", "").split(";")[0].strip()
+    if response.status_code < 400 and media_type != "application/json":
+        return {"content": response.content}
+    body: dict[str, Any] = response.json() if response.content else {}
     if response.status_code >= 400:
         error = body.get("error", {})
         console.print(f"[red]{response.status_code}:[/] {error.get('message') if isinstance(error, dict) else error}")
@@ -141,7 +147,7 @@ def models_show(model: str) -> None:
         table.add_row(key, str(value))
     console.print(table)
     files_table = Table("file", "size", "sha256")
-    for name, entry in sorted(files.items()):  # type: ignore[attr-defined]
+    for name, entry in sorted(files.items()):
         files_table.add_row(name, f"{entry['size']:,}", entry["sha256"])
     console.print(files_table)
 
@@ -158,6 +164,61 @@ def models_pin(model: str, off: Annotated[bool, typer.Option("--off", help="Unpi
     """Protect a model from disk-budget eviction (or lift the protection with --off)."""
     _gateway("POST", f"/api/v1/models/{model}/{'unpin' if off else 'pin'}")
     console.print(f"{model} {'unpinned' if off else 'pinned'}")
+
+
+@batch_app.command("submit")
+def batch_submit(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL in the OpenAI Batch format.")],
+    endpoint: Annotated[str | None, typer.Option(help="Default: the url of the file's first line.")] = None,
+    watch: Annotated[bool, typer.Option(help="Follow it with a progress bar and download the results.")] = False,
+) -> None:
+    """Upload FILE and start a batch; with --watch, wait and write FILE.output.jsonl / FILE.errors.jsonl."""
+    import json
+
+    data = file.read_bytes()
+    if endpoint is None:
+        first = next((line for line in data.splitlines() if line.strip()), b"{}")
+        try:
+            endpoint = str(json.loads(first).get("url") or "/v1/chat/completions")
+        except ValueError:
+            endpoint = "/v1/chat/completions"
+    uploaded = _gateway("POST", "/v1/files", files={"file": (file.name, data)}, data={"purpose": "batch"})
+    batch = _gateway("POST", "/v1/batches", json={"input_file_id": uploaded["id"], "endpoint": endpoint})
+    console.print(f"batch [bold]{batch['id']}[/] ({endpoint}, file {uploaded['id']}): {batch['status']}")
+    if not watch:
+        return
+    batch = _watch_batch(str(batch["id"]))
+    counts = batch["request_counts"]
+    console.print(f"{batch['status']}: {counts['completed']} completed, {counts['failed']} failed of {counts['total']}")
+    for key, suffix in (("output_file_id", "output"), ("error_file_id", "errors")):
+        if batch.get(key):
+            target = file.with_suffix(f".{suffix}.jsonl")
+            target.write_bytes(_gateway("GET", f"/v1/files/{batch[key]}/content")["content"])
+            console.print(f"{suffix}: {target}")
+    if batch["status"] != "completed":
+        raise typer.Exit(1)
+
+
+def _watch_batch(batch_id: str) -> dict[str, Any]:
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("validating", total=None)
+        while True:
+            batch = _gateway("GET", f"/v1/batches/{batch_id}")
+            counts = batch["request_counts"]
+            progress.update(
+                bar,
+                description=batch["status"],
+                completed=counts["completed"] + counts["failed"],
+                total=counts["total"] or None,
+            )
+            if batch["status"] in ("completed", "failed", "cancelled", "expired"):
+                return batch
+            time.sleep(1)
 
 
 if __name__ == "__main__":

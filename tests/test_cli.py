@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
+from tests.conftest import EMBEDDING_MODEL
 from tests.platform_harness import Platform
 
 
-def cli(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(platform: Platform, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bitinglip.cli", *args],
         env={**platform.sup.env, "COLUMNS": "200"},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
 
 
@@ -34,3 +37,24 @@ def test_models_show_and_errors(platform: Platform) -> None:
     assert missing.returncode == 1 and "404" in missing.stdout
     loaded = cli(platform, "models", "rm", "smollm2-135m-instruct")
     assert loaded.returncode == 1 and "409" in loaded.stdout
+
+
+def test_batch_submit_watch_writes_results_next_to_the_input(platform: Platform, tmp_path: Path) -> None:
+    lines = [
+        {
+            "custom_id": f"w-{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": EMBEDDING_MODEL, "input": t},
+        }
+        for i, t in enumerate(["red", "green", "blue", "yellow", "violet"])
+    ]
+    source = tmp_path / "colours.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines) + "{broken\n")
+    result = cli(platform, "batch", "submit", str(source), "--watch", timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "completed: 5 completed, 1 failed of 6" in result.stdout
+    outputs = [json.loads(line) for line in (tmp_path / "colours.output.jsonl").read_text().splitlines()]
+    assert sorted(o["custom_id"] for o in outputs) == [f"w-{i}" for i in range(5)]
+    errors = (tmp_path / "colours.errors.jsonl").read_text().splitlines()
+    assert len(errors) == 1 and json.loads(errors[0])["error"]["code"] == "invalid_json"
