@@ -34,6 +34,7 @@ bench: setup
 	$(PY) -m bench.throughput
 	$(PY) -m bench.model_load
 	$(PY) -m bench.embeddings
+	$(PY) -m bench.batch
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
