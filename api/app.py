@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import httpx
-from fastapi import FastAPI
-from prometheus_client import make_asgi_app
+from fastapi import Depends, FastAPI
 
 from api import health, observability
+from api.auth import router as auth_router
+from api.auth.service import AuthService
 from api.batches import router as batches_router
 from api.batches.service import BatchService
+from api.deps import authenticated
 from api.files import router as files_router
 from api.files.service import FileService
 from api.inference import router as inference_router
@@ -30,10 +32,12 @@ from api.telemetry import GatewayMetrics, InFlight, RequestMetrics
 from api.workers import router as workers_router
 from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory
+from bitinglip.auth.accounts import AccountStore
+from bitinglip.auth.limits import Limiter
 from bitinglip.batches.files import FileStore
 from bitinglip.config import Settings, get_settings
 from bitinglip.db.session import Database
-from bitinglip.http import BodySizeLimit, RequestIdMiddleware, install_error_handlers
+from bitinglip.http import ERROR_RESPONSES, BodySizeLimit, RequestIdMiddleware, install_error_handlers
 from bitinglip.jobs.dispatcher import Dispatcher
 from bitinglip.jobs.reaper import Reaper
 from bitinglip.jobs.store import JobStore
@@ -61,6 +65,7 @@ def build_state(settings: Settings, window: GatewayMetrics) -> GatewayState:
     results = ResultStore(settings)
     inference = InferenceService(settings, models, workers, client, results)
     files = FileService(settings, FileStore(db), results)
+    limiter = Limiter(settings)
     return GatewayState(
         settings=settings,
         db=db,
@@ -71,9 +76,11 @@ def build_state(settings: Settings, window: GatewayMetrics) -> GatewayState:
         openai=OpenAIServing(inference, models),
         results=results,
         files=files,
-        batches=BatchService(store, files, dispatcher),
+        auth=AuthService(settings, AccountStore(db), limiter),
+        limiter=limiter,
+        batches=BatchService(store, files, dispatcher, limiter),
         metrics=window,
-        jobs=JobService(settings, store, models, dispatcher),
+        jobs=JobService(settings, store, models, dispatcher, limiter),
         dispatcher=dispatcher,
         http=httpx.AsyncClient(),
     )
@@ -83,12 +90,28 @@ async def _live_worker_ids(workers: WorkerDirectory) -> list[str]:
     return [w.id for w in await workers.workers(fresh=True) if w.healthy]
 
 
+class InsecureSettings(RuntimeError):
+    """Production refuses to start with placeholder secrets or open access."""
+
+
+def _check_security(settings: Settings) -> None:
+    problems = settings.insecure_settings()
+    if problems and settings.environment == "production":
+        raise InsecureSettings("refusing to start in production: " + "; ".join(problems))
+    if settings.open_access:
+        log.warning("!!! OPEN ACCESS: no credentials are checked; every caller is admin. Development only. !!!")
+    elif problems:
+        log.warning("development mode with insecure settings (%s); production would refuse them", "; ".join(problems))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    _check_security(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = build_state(settings, window)
+        await state.auth.bootstrap()
         registry.sync_from_store(state.db, ModelStore(settings.store_dir))
         state.dispatcher.start()
         reaper = Reaper(
@@ -123,9 +146,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(InFlight)
     app.add_middleware(RequestIdMiddleware, observe=RequestMetrics(window))
-    app.mount("/metrics", make_asgi_app())
+    app.include_router(health.router, responses=ERROR_RESPONSES)  # open, as are the docs and login
+    app.include_router(auth_router.login_router, responses=ERROR_RESPONSES)
     for router in (
-        health.router,
+        auth_router.router,
         inference_router.router,
         jobs_router.router,
         models_router.router,
@@ -136,5 +160,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batches_router.router,
         observability.router,
     ):
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(authenticated)], responses=ERROR_RESPONSES)
     return app

@@ -1,19 +1,22 @@
-"""Annotated dependencies: routers ask for services, built once in app state by the lifespan."""
+"""Annotated dependencies: routers ask for services (built once in app state by the lifespan) and
+for the caller; every route but /health, the docs and login depends on `authenticated`."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 
+from api.auth.service import AuthService
 from api.batches.service import BatchService
 from api.files.service import FileService
-from api.inference.service import InferenceService
+from api.inference.metered import MeteredInference
 from api.jobs.service import JobService
 from api.models.service import ModelService
 from api.openai.serving import OpenAIServing
 from api.state import GatewayState
 from api.workers.service import WorkerDirectory
+from bitinglip.auth.principal import Principal
 from bitinglip.config import Settings
 
 
@@ -25,12 +28,38 @@ def get_state(request: Request) -> GatewayState:
 StateDep = Annotated[GatewayState, Depends(get_state)]
 
 
+async def authenticated(request: Request, response: Response, state: StateDep) -> Principal:
+    """The caller, counted against its rate limit; the limit's state goes out in X-RateLimit-*."""
+    principal, rate = await state.auth.authenticate(request.headers.get("authorization"), request.url.path)
+    response.headers.update(rate.headers())
+    request.state.principal = principal
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(authenticated)]
+
+
+def _admin(who: PrincipalDep, state: StateDep, request: Request) -> Principal:
+    state.auth.require_admin(who, f"{request.method} {request.url.path}")
+    return who
+
+
+def _owner(who: PrincipalDep) -> str:
+    """The owner of what this request creates."""
+    return who.username
+
+
+def _scope(who: PrincipalDep) -> str | None:
+    """The owner filter of what this request reads: None (everything) for admins."""
+    return who.scope
+
+
 def _settings(state: StateDep) -> Settings:
     return state.settings
 
 
-def _inference(state: StateDep) -> InferenceService:
-    return state.inference
+def _metered(state: StateDep, who: PrincipalDep) -> MeteredInference:
+    return MeteredInference(state.inference, state.limiter, who)
 
 
 def _jobs(state: StateDep) -> JobService:
@@ -45,8 +74,8 @@ def _workers(state: StateDep) -> WorkerDirectory:
     return state.workers
 
 
-def _openai(state: StateDep) -> OpenAIServing:
-    return state.openai
+def _openai(state: StateDep, metered: Annotated[MeteredInference, Depends(_metered)]) -> OpenAIServing:
+    return OpenAIServing(metered, state.models)
 
 
 def _files(state: StateDep) -> FileService:
@@ -57,17 +86,19 @@ def _batches(state: StateDep) -> BatchService:
     return state.batches
 
 
-def _owner() -> str:
-    """The caller's identity; one shared tenant until authentication lands."""
-    return "anonymous"
+def _auth(state: StateDep) -> AuthService:
+    return state.auth
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-InferenceServiceDep = Annotated[InferenceService, Depends(_inference)]
+InferenceDep = Annotated[MeteredInference, Depends(_metered)]
 JobServiceDep = Annotated[JobService, Depends(_jobs)]
 ModelServiceDep = Annotated[ModelService, Depends(_models)]
 WorkerDirectoryDep = Annotated[WorkerDirectory, Depends(_workers)]
 OpenAIServingDep = Annotated[OpenAIServing, Depends(_openai)]
 FileServiceDep = Annotated[FileService, Depends(_files)]
 BatchServiceDep = Annotated[BatchService, Depends(_batches)]
+AuthServiceDep = Annotated[AuthService, Depends(_auth)]
+AdminDep = Annotated[Principal, Depends(_admin)]
 OwnerDep = Annotated[str, Depends(_owner)]
+ScopeDep = Annotated[str | None, Depends(_scope)]

@@ -1,12 +1,14 @@
-"""`/api/v1/metrics`: the JSON summary of the last minute, for people and the CLI."""
+"""`/metrics` (Prometheus) and `/api/v1/metrics` (the JSON summary of the last minute, for people and
+the CLI). Both describe the whole platform, so both are for admins (Prometheus scrapes with a key)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import StateDep
+from api.deps import AdminDep, StateDep
 from bitinglip import metrics
 
 router = APIRouter(tags=["metrics"])
@@ -16,8 +18,13 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1000, 2)
 
 
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+async def prometheus(admin: AdminDep) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
 @router.get("/api/v1/metrics")
-async def summary(state: StateDep) -> dict[str, Any]:
+async def summary(state: StateDep, admin: AdminDep) -> dict[str, Any]:
     """Last 60 s: gateway requests/s and latency percentiles; per worker and model: queue, tokens/s."""
     window = state.metrics
     values = window.latencies.values()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from api.auth.service import AuthService
 from api.batches.service import BatchService
 from api.files.service import FileService
 from api.inference.service import InferenceService
@@ -15,6 +16,7 @@ from api.openai.serving import OpenAIServing
 from api.telemetry import GatewayMetrics
 from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory
+from bitinglip.auth.limits import Limiter
 from bitinglip.config import Settings
 from bitinglip.db.session import Database
 from bitinglip.jobs.dispatcher import Dispatcher
@@ -32,6 +34,8 @@ class GatewayState:
     jobs: JobService
     openai: OpenAIServing
     results: ResultStore
+    auth: AuthService
+    limiter: Limiter
     files: FileService
     batches: BatchService
     metrics: GatewayMetrics

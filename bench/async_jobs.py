@@ -12,11 +12,12 @@ from datetime import datetime
 import httpx
 
 from bench.harness import median, pct, running_platform
+from tests.platform_harness import Platform
 
 JOBS = 200
 
 
-def run_round(base_url: str, submitters: int, tag: str) -> None:
+def run_round(platform: Platform, submitters: int, tag: str) -> None:
     def submit(client: httpx.Client, i: int) -> tuple[str, float]:
         started = time.perf_counter()
         response = client.post(
@@ -31,7 +32,7 @@ def run_round(base_url: str, submitters: int, tag: str) -> None:
     accepted: list[tuple[str, float]] = []
 
     def submitter(k: int) -> list[tuple[str, float]]:
-        with httpx.Client(base_url=base_url, timeout=60) as client:  # one keep-alive connection each
+        with platform.client(timeout=60) as client:  # one keep-alive connection each
             return [submit(client, k * per_submitter + i) for i in range(per_submitter)]
 
     t0 = time.perf_counter()
@@ -39,7 +40,7 @@ def run_round(base_url: str, submitters: int, tag: str) -> None:
         for batch in pool.map(submitter, range(submitters)):
             accepted.extend(batch)
     ids = {job_id for job_id, _ in accepted}
-    with httpx.Client(base_url=base_url, timeout=60) as client:
+    with platform.client(timeout=60) as client:
         while True:
             page = client.get("/api/v1/tasks", params={"limit": 500}).json()["items"]
             mine = [j for j in page if j["id"] in ids]
@@ -74,10 +75,10 @@ def run_round(base_url: str, submitters: int, tag: str) -> None:
 
 def main() -> None:
     with running_platform() as platform:
-        run_round(platform.gateway, 1, "warm-up")  # first round also warms Prefect's task path
+        run_round(platform, 1, "warm-up")  # first round also warms Prefect's task path
         print("--- measured ---")
-        run_round(platform.gateway, 1, "sequential")
-        run_round(platform.gateway, 16, "concurrent")
+        run_round(platform, 1, "sequential")
+        run_round(platform, 16, "concurrent")
 
 
 if __name__ == "__main__":

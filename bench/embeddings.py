@@ -10,6 +10,7 @@ import torch
 
 from bench.harness import run_clients, running_platform, user_store
 from bitinglip.engines.embeddings import EmbeddingEngine, EmbeddingRequest
+from tests.platform_harness import Platform
 
 MODEL = "all-minilm-l6-v2"
 PER_REQUEST = 16
@@ -30,7 +31,7 @@ def direct() -> float:
     return done / (time.perf_counter() - started)
 
 
-def through_gateway(base_url: str, clients: int) -> float:
+def through_gateway(platform: Platform, clients: int) -> float:
     counts = [0] * clients
 
     def embed(client: httpx.Client, k: int, i: int) -> None:
@@ -39,15 +40,15 @@ def through_gateway(base_url: str, clients: int) -> float:
         assert response.status_code == 200, response.text
         counts[k] += PER_REQUEST
 
-    wall = run_clients(base_url, clients, SECONDS, embed)
+    wall = run_clients(platform, clients, SECONDS, embed)
     return sum(counts) / wall
 
 
 def main() -> None:
     baseline = direct()
     with running_platform() as platform:
-        through_gateway(platform.gateway, 2)  # warm-up
-        results = {n: through_gateway(platform.gateway, n) for n in (1, 8)}
+        through_gateway(platform, 2)  # warm-up
+        results = {n: through_gateway(platform, n) for n in (1, 8)}
     print(f"direct in-process batch of {PER_REQUEST * 8}: {baseline:7.1f} sentences/s")
     for n, rate in results.items():
         print(f"gateway, {n} client(s) x {PER_REQUEST}/request: {rate:7.1f} sentences/s   ratio {rate / baseline:.2f}")

@@ -55,14 +55,14 @@ def running_platform(env: dict[str, str] | None = None) -> Iterator[Platform]:
 
 
 def run_clients(
-    base_url: str, clients: int, seconds: float, request: Callable[[httpx.Client, int, int], None]
+    platform: Platform, clients: int, seconds: float, request: Callable[[httpx.Client, int, int], None]
 ) -> float:
-    """`clients` threads, each with its own keep-alive client, calling `request(client, k, i)` until
+    """`clients` threads, each with its own keep-alive client (the admin's key), calling `request(client, k, i)` until
     the deadline; returns the wall time."""
     deadline = time.perf_counter() + seconds
 
     def loop(k: int) -> None:
-        with httpx.Client(base_url=base_url, timeout=300) as client:
+        with platform.client(timeout=300) as client:
             i = 0
             while time.perf_counter() < deadline:
                 request(client, k, i)

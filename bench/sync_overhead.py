@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import torch
 
 from bench.harness import MODEL, median, pct, running_platform, user_store
@@ -25,7 +24,7 @@ def main() -> None:
     payload = {"prompt": PROMPT, "max_tokens": TOKENS, "temperature": 0}
     a: list[float] = []
     b: list[float] = []
-    with running_platform() as platform, httpx.Client(base_url=platform.gateway, timeout=60) as client:
+    with running_platform() as platform, platform.client(timeout=60) as client:
         for i in range(WARMUP + RUNS):
             started = time.perf_counter()
             result = engine.run_batch([TextRequest(ids, SamplingParams(max_tokens=TOKENS, temperature=0))])[0]

@@ -14,6 +14,7 @@ import httpx
 import torch
 
 from bench.harness import MODEL, median, pct, run_clients, running_platform, user_store
+from tests.platform_harness import Platform
 
 TOKENS = 64
 LEVELS = (1, 4, 8, 16)
@@ -60,21 +61,21 @@ def one_request(client: httpx.Client, prompt: str, level: Level, lock: threading
         level.ttfts.append(first if first is not None else float("nan"))
 
 
-def run_level(base_url: str, clients: int) -> Level:
+def run_level(platform: Platform, clients: int) -> Level:
     level, lock = Level(clients), threading.Lock()
 
     def generate(client: httpx.Client, k: int, i: int) -> None:
         one_request(client, PROMPTS[(k * 7 + i) % len(PROMPTS)], level, lock)
 
-    level.wall = run_clients(base_url, clients, SECONDS, generate)
+    level.wall = run_clients(platform, clients, SECONDS, generate)
     return level
 
 
 def sweep(batch_size: int) -> dict[int, Level]:
     env = {"BITINGLIP_MAX_BATCH_SIZE": str(batch_size)}
     with running_platform(env) as platform:
-        run_level(platform.gateway, 2)  # warm-up
-        return {n: run_level(platform.gateway, n) for n in LEVELS}
+        run_level(platform, 2)  # warm-up
+        return {n: run_level(platform, n) for n in LEVELS}
 
 
 def ceiling(batch: int = 8) -> float:

@@ -116,13 +116,30 @@ def models_list() -> None:
     console.print(table)
 
 
+def _credentials(settings: Settings) -> dict[str, str]:
+    """BITINGLIP_API_KEY, else the local platform's admin key file."""
+    if settings.api_key is not None:
+        key = settings.api_key.get_secret_value()
+    elif settings.admin_key_file.exists():
+        key = settings.admin_key_file.read_text().strip()
+    else:
+        return {}
+    return {"Authorization": f"Bearer {key}"}
+
+
 def _gateway(method: str, path: str, **kwargs: object) -> dict[str, Any]:
     """Calls the running gateway; prints its error envelope and exits non-zero on failure."""
     import httpx
 
     settings = _settings("cli")
     try:
-        response = httpx.request(method, f"{settings.gateway_url}{path}", timeout=30, **kwargs)  # type: ignore[arg-type]
+        response = httpx.request(
+            method,
+            f"{settings.gateway_url}{path}",
+            timeout=30,
+            headers=_credentials(settings),
+            **kwargs,  # type: ignore[arg-type]
+        )
     except httpx.HTTPError as exc:
         console.print(f"[red]gateway {settings.gateway_url} unreachable:[/] {type(exc).__name__}")
         raise typer.Exit(1) from exc

@@ -36,9 +36,10 @@ class BitingLipError(Exception):
         return error_body(self.message, self.type, self.code, self.param)
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
+        headers = dict(getattr(self, "extra_headers", {}))
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(self.retry_after)))
+        return headers
 
 
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
@@ -52,6 +53,37 @@ class InvalidRequest(BitingLipError):
 
 class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
+
+
+class Unauthorized(BitingLipError):
+    """No credentials, or ones that are wrong, expired or revoked (the openai SDK's AuthenticationError)."""
+
+    status_code = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+    extra_headers = {"WWW-Authenticate": "Bearer"}
+
+
+class PermissionDenied(BitingLipError):
+    status_code = 403
+    type = "permission_error"
+    code = "admin_only"
+
+
+class RateLimited(BitingLipError):
+    """Over a rate limit or quota: 429 with Retry-After and the limit in X-RateLimit-* headers."""
+
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, limit: int, reset_after: float, code: str | None = None) -> None:
+        super().__init__(message, code=code, retry_after=reset_after)
+        self.extra_headers = {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": str(max(1, round(reset_after))),
+        }
 
 
 class NotFound(BitingLipError):

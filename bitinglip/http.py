@@ -13,6 +13,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -131,6 +132,35 @@ class BodySizeLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """The one error envelope (OpenAI's), documented on every route so clients and fuzzers know it."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "Invalid request"),
+        (401, "Missing, invalid, expired or revoked credentials"),
+        (403, "Admins only"),
+        (404, "Not found (or not yours)"),
+        (409, "Conflict"),
+        (413, "Request body too large"),
+        (422, "Invalid parameters"),
+        (429, "Rate limit or quota exceeded"),
+        (503, "Overloaded or unavailable; retry after Retry-After"),
+    )
+}
 
 
 def install_error_handlers(app: FastAPI, validation_status: int = 422) -> None:

@@ -17,6 +17,22 @@ from bitinglip.supervisor import Supervisor
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
+def local_admin_key(settings: Settings) -> str:
+    """The admin key of a one-machine platform: from settings, else made once and kept (0600) in
+    home/admin.key, where the CLI finds it too."""
+    if settings.admin_api_key is not None:
+        return settings.admin_api_key.get_secret_value()
+    path = settings.admin_key_file
+    if not path.exists():
+        from bitinglip.auth.credentials import new_api_key
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(new_api_key()[0])
+    return path.read_text().strip()
+
+
 def child_env(settings: Settings) -> dict[str, str]:
     env = {**os.environ, **settings.prefect_env(), "BITINGLIP_PROJECT_DIR": str(PROJECT_DIR)}
     env["BITINGLIP_HOME"] = str(settings.home_dir)
@@ -71,6 +87,7 @@ def install_missing_models(settings: Settings) -> None:
 def run_platform(settings: Settings, console: Console, install: bool = True) -> int:
     started = time.monotonic()
     env = child_env(settings)
+    env["BITINGLIP_ADMIN_API_KEY"] = local_admin_key(settings)
     sup = Supervisor(settings.home_dir / "logs", env)
     py = sys.executable
     try:
@@ -112,9 +129,11 @@ def run_platform(settings: Settings, console: Console, install: bool = True) -> 
         console.print(f"  gateway    {settings.gateway_url}   (OpenAPI: {settings.gateway_url}/docs)")
         console.print(f"  Prefect UI {settings.prefect_ui_url}")
         console.print(f"  logs       {settings.home_dir / 'logs'}")
+        console.print(f"  admin key  {settings.admin_key_file}  (send it as Authorization: Bearer ...)")
         console.print("try:")
         console.print(
             f"  curl -s {settings.gateway_url}/api/v1/inference/text -H 'Content-Type: application/json' "
+            f'-H "Authorization: Bearer $(cat {settings.admin_key_file})" '
             """-d '{"messages":[{"role":"user","content":"What is the capital of France?"}],"""
             """"max_tokens":32,"temperature":0}'""",
             soft_wrap=True,

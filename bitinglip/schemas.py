@@ -93,6 +93,13 @@ class TextGenerationParams(BaseModel):
             raise ValueError("stop strings must not be empty")
         return self
 
+    def check_limits(self, settings: Settings) -> None:
+        """The gateway refuses at the door what a worker would refuse after a hop (or a queue)."""
+        if self.prompt_chars() > settings.max_prompt_chars:
+            raise InvalidRequest(f"prompt is longer than {settings.max_prompt_chars} characters", param="prompt")
+        if (self.max_tokens or settings.default_max_tokens) > settings.max_tokens_cap:
+            raise InvalidRequest(f"max_tokens must be <= {settings.max_tokens_cap}", param="max_tokens")
+
     def sampling(self, default_max_tokens: int) -> SamplingParams:
         return SamplingParams(
             max_tokens=self.max_tokens or default_max_tokens,

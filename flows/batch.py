@@ -53,7 +53,8 @@ _pool: ModelPool | None = None  # one per flow-run process: models load once, no
 def _model_pool(settings: Settings) -> ModelPool:
     global _pool
     if _pool is None:
-        _pool = ModelPool(settings, ModelStore(settings.store_dir))
+        offline = settings.model_copy(update={"text_batching": settings.batch_text_batching})
+        _pool = ModelPool(offline, ModelStore(settings.store_dir))
     return _pool
 
 

@@ -32,9 +32,9 @@ async def run_inference_jobs(job_ids: list[str], model: str, count: int) -> dict
     return summary
 
 
-def submit_inference_run(model: str, job_ids: list[str]) -> str:
-    """Create the Prefect run for a group of jobs; returns its task run id (blocking call)."""
-    future = run_inference_jobs.with_options(tags=["bitinglip", f"model:{model}"]).delay(
-        job_ids=job_ids, model=model, count=len(job_ids)
-    )
+def submit_inference_run(model: str, job_ids: list[str], owners: list[str]) -> str:
+    """Create the Prefect run for a group of jobs; returns its task run id (blocking call). Tags name
+    the model and every owner in the group, so the Prefect UI can be searched by user."""
+    tags = ["bitinglip", f"model:{model}", *(f"owner:{o}" for o in sorted(set(owners)))]
+    future = run_inference_jobs.with_options(tags=tags).delay(job_ids=job_ids, model=model, count=len(job_ids))
     return str(future.task_run_id)

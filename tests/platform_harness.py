@@ -3,13 +3,17 @@ process on free ports under a throwaway BITINGLIP_HOME, supervised like `bitingl
 
 from __future__ import annotations
 
+import secrets
 import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import openai
+from pydantic import SecretStr
 
+from bitinglip.auth.credentials import new_api_key
 from bitinglip.config import Settings
 from bitinglip.platform import PROJECT_DIR, child_env
 from bitinglip.supervisor import Child, Supervisor
@@ -38,11 +42,25 @@ class Platform:
                 "BITINGLIP_JOB_ORPHAN_AFTER_S": str(self.settings.job_orphan_after_s),
                 "BITINGLIP_REAPER_INTERVAL_S": str(self.settings.reaper_interval_s),
                 "BITINGLIP_JOB_REDISPATCH_AFTER_S": str(self.settings.job_redispatch_after_s),
+                "BITINGLIP_JWT_SECRET": self.settings.jwt_secret.get_secret_value(),
+                "BITINGLIP_ADMIN_PASSWORD": self.settings.admin_password.get_secret_value(),
+                "BITINGLIP_ADMIN_API_KEY": self.admin_key,
+                "BITINGLIP_API_KEY": self.admin_key,  # what the CLI sends
+                "BITINGLIP_RATE_LIMIT_PER_MINUTE": str(self.settings.rate_limit_per_minute),
                 **self.env_overrides,
             }
         )
         self.sup = Supervisor(self.settings.home_dir / "logs", env)
         self.children: dict[str, Child] = {}
+
+    @property
+    def admin_key(self) -> str:
+        assert self.settings.admin_api_key is not None
+        return self.settings.admin_api_key.get_secret_value()
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key}"}
 
     @property
     def gateway(self) -> str:
@@ -73,6 +91,19 @@ class Platform:
     def start_gateway(self) -> None:
         self._start("gateway", [sys.executable, "-m", "bitinglip.cli", "gateway"])
         self.sup.wait_http(f"{self.gateway}/health", timeout=60, ok=(200, 503))
+
+    def start_extra_gateway(self, name: str, env: dict[str, str] | None = None) -> str:
+        """Another gateway replica on its own port (same DB, Prefect and workers); returns its URL."""
+        port = free_port()
+        self.children[name] = self.sup.start(
+            name,
+            [sys.executable, "-m", "bitinglip.cli", "gateway"],
+            cwd=PROJECT_DIR,
+            env={"BITINGLIP_GATEWAY_PORT": str(port), **(env or {})},
+        )
+        url = f"http://127.0.0.1:{port}"
+        self.sup.wait_http(f"{url}/health", timeout=60, ok=(200, 503))
+        return url
 
     def deploy(self) -> None:
         """Work pools from work-pools/*.json and the deployments in prefect.yaml, as `up` does."""
@@ -112,8 +143,13 @@ class Platform:
     def close(self) -> None:
         self.sup.stop_all()
 
-    def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.gateway, timeout=120, **kwargs)  # type: ignore[arg-type]
+    def client(self, key: str | None = None, timeout: float = 120, **kwargs: object) -> httpx.Client:
+        """A client with the admin's key (or `key`); pass key="" for none."""
+        headers = {} if key == "" else {"Authorization": f"Bearer {key or self.admin_key}"}
+        return httpx.Client(base_url=self.gateway, timeout=timeout, headers=headers, **kwargs)  # type: ignore[arg-type]
+
+    def sdk(self, key: str | None = None) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.gateway}/v1", api_key=key or self.admin_key, max_retries=0, timeout=120)
 
 
 def platform_settings(home: Path, fast_heartbeat: bool = True) -> Settings:
@@ -129,4 +165,14 @@ def platform_settings(home: Path, fast_heartbeat: bool = True) -> Settings:
         if fast_heartbeat
         else {}
     )
-    return Settings(home=home, gateway_port=free_port(), worker_port=free_port(), prefect_port=free_port(), **beat)
+    return Settings(
+        home=home,
+        gateway_port=free_port(),
+        worker_port=free_port(),
+        prefect_port=free_port(),
+        jwt_secret=SecretStr(secrets.token_urlsafe(32)),
+        admin_password=SecretStr(secrets.token_urlsafe(16)),
+        admin_api_key=SecretStr(new_api_key()[0]),
+        rate_limit_per_minute=1_000_000,
+        **beat,
+    )

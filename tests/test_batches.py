@@ -35,7 +35,7 @@ def parse(text: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def sdk(platform: Platform) -> Iterator[openai.OpenAI]:
-    client = openai.OpenAI(base_url=f"{platform.gateway}/v1", api_key="unused", max_retries=0, timeout=60)
+    client = platform.sdk()
     yield client
     client.close()
 

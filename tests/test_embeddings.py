@@ -18,7 +18,7 @@ MODEL = "all-minilm-l6-v2"
 
 @pytest.fixture(scope="module")
 def client(platform: Platform) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{platform.gateway}/v1", api_key="unused-until-auth", max_retries=0)
+    return platform.sdk()
 
 
 def cosine(a: list[float], b: list[float]) -> float:

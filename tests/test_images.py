@@ -20,7 +20,7 @@ MODEL = "tiny-sd-test"
 
 @pytest.fixture(scope="module")
 def client(platform: Platform) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{platform.gateway}/v1", api_key="unused-until-auth", max_retries=0)
+    return platform.sdk()
 
 
 def png(data: bytes) -> Image.Image:

@@ -13,7 +13,7 @@ MODEL = "smollm2-135m-instruct"
 
 @pytest.fixture(scope="module")
 def client(platform: Platform) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{platform.gateway}/v1", api_key="unused-until-auth", max_retries=0)
+    return platform.sdk()
 
 
 def test_models_list(client: openai.OpenAI) -> None:

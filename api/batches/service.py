@@ -9,6 +9,8 @@ import json
 from api.batches.schemas import BatchCreateRequest, BatchList, BatchObject
 from api.files.service import FileService
 from bitinglip import metrics
+from bitinglip.auth.limits import Limiter
+from bitinglip.auth.principal import Principal
 from bitinglip.db.tables import Job
 from bitinglip.engines.types import Priority
 from bitinglip.errors import InvalidRequest, NotFound
@@ -31,18 +33,22 @@ def models_named(data: bytes) -> list[str]:
 
 
 class BatchService:
-    def __init__(self, jobs: JobStore, files: FileService, dispatcher: Dispatcher) -> None:
+    def __init__(self, jobs: JobStore, files: FileService, dispatcher: Dispatcher, limiter: Limiter) -> None:
+        self.limiter = limiter
         self.jobs = jobs
         self.files = files
         self.dispatcher = dispatcher
 
-    async def create(self, request: BatchCreateRequest, owner: str) -> BatchObject:
-        record = await self.files.record(request.input_file_id, owner)
+    async def create(self, request: BatchCreateRequest, who: Principal) -> BatchObject:
+        """A caller whose token quota is used up cannot start a batch (lines are not charged one by one)."""
+        await self.limiter.check_quota(who, "tokens")
+        owner = who.username
+        record = await self.files.record(request.input_file_id, who.scope)
         if record.purpose != "batch":
             raise InvalidRequest(
                 f"file {record.id!r} has purpose {record.purpose!r}, not 'batch'", param="input_file_id"
             )
-        models = models_named(await self.files.content(record.id, owner))
+        models = models_named(await self.files.content(record.id, who.scope))
         job = await asyncio.to_thread(
             lambda: self.jobs.create(
                 type_="batch",

@@ -74,8 +74,11 @@ class FileService:
             has_more=len(records) > limit,
         )
 
-    async def result(self, path: str, owner: str | None) -> bytes:
-        if not path.startswith(RESULT_PREFIXES):
+    async def result(self, path: str, scope: str | None) -> bytes:
+        """Results are filed under their owner (images/OWNER/..., jobs/OWNER/...): a user gets only
+        their own, anything else is reported missing."""
+        prefixes = RESULT_PREFIXES if scope is None else tuple(f"{p}{scope}/" for p in RESULT_PREFIXES)
+        if not path.startswith(prefixes):
             raise NotFound(f"result {path!r} not found", param="path")
         return await asyncio.to_thread(self.results.get, path)
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from api.deps import InferenceServiceDep
+from api.deps import InferenceDep
 from api.inference.schemas import (
     Embedding,
     EmbeddingInferenceRequest,
@@ -29,7 +29,7 @@ router = APIRouter(prefix="/api/v1/inference", tags=["inference"])
     response_model=TextInferenceResponse,
     responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE when stream=true"}},
 )
-async def generate_text(body: TextInferenceRequest, inference: InferenceServiceDep) -> Any:
+async def generate_text(body: TextInferenceRequest, inference: InferenceDep) -> Any:
     if not body.stream:
         return await inference.generate_text(body)
     model_id, events = await inference.stream_text(body)
@@ -37,7 +37,7 @@ async def generate_text(body: TextInferenceRequest, inference: InferenceServiceD
 
 
 @router.post("/embeddings", response_model=EmbeddingInferenceResponse)
-async def embed(body: EmbeddingInferenceRequest, inference: InferenceServiceDep) -> EmbeddingInferenceResponse:
+async def embed(body: EmbeddingInferenceRequest, inference: InferenceDep) -> EmbeddingInferenceResponse:
     result = await inference.embed(body)
     vectors = result.pop("data")
     return EmbeddingInferenceResponse(
@@ -48,7 +48,7 @@ async def embed(body: EmbeddingInferenceRequest, inference: InferenceServiceDep)
 
 
 @router.post("/image", response_model=ImageInferenceResponse)
-async def generate_image(body: ImageInferenceRequest, inference: InferenceServiceDep) -> ImageInferenceResponse:
+async def generate_image(body: ImageInferenceRequest, inference: InferenceDep) -> ImageInferenceResponse:
     model, worker, data = await inference.images(body, body.response_format)
     return ImageInferenceResponse(model=model, worker=worker, data=[GeneratedImage(**d) for d in data], timings={})
 

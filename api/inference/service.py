@@ -39,6 +39,7 @@ class InferenceService:
         self.client = client
 
     async def _target(self, params: TextGenerationParams) -> tuple[str, dict[str, Any]]:
+        params.check_limits(self.settings)
         record = await self.models.resolve(params.model or self.settings.default_text_model, "text")
         payload = params.model_dump(exclude_none=True, mode="json")
         payload.update(model=record.id, priority=int(Priority.SYNC))
@@ -55,6 +56,8 @@ class InferenceService:
             raise InvalidRequest("input must not be empty", param="input")
         if len(texts) > self.settings.max_embedding_inputs:
             raise InvalidRequest(f"at most {self.settings.max_embedding_inputs} inputs per request", param="input")
+        if any(len(t) > self.settings.max_prompt_chars for t in texts):
+            raise InvalidRequest(f"an input is longer than {self.settings.max_prompt_chars} characters", param="input")
         payload = {"model": record.id, "input": texts, "priority": int(Priority.SYNC)}
         return await self._call(record.id, "/internal/v1/embeddings", payload)
 
@@ -69,12 +72,15 @@ class InferenceService:
         }
         return await self._call(record.id, "/internal/v1/images", payload)
 
-    async def images(self, params: ImageParams, response_format: str) -> tuple[str, str, list[dict[str, Any]]]:
-        """(model, worker, [{seed, b64_json | url}]): `url` stores the PNGs and links /api/v1/files."""
+    async def images(
+        self, params: ImageParams, response_format: str, owner: str = "shared"
+    ) -> tuple[str, str, list[dict[str, Any]]]:
+        """(model, worker, [{seed, b64_json | url}]): `url` stores the PNGs under the owner's folder
+        and links /api/v1/files, which serves a user only their own folder."""
         result = await self.generate_image(params)
         pngs, seeds = result["images"], result["seeds"]
         if response_format == "url":
-            folder = f"images/{uuid.uuid4().hex}"
+            folder = f"images/{owner}/{uuid.uuid4().hex}"
             keys = await asyncio.gather(
                 *(
                     asyncio.to_thread(self.results.put, f"{folder}/{i}.png", base64.b64decode(b))

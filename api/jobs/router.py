@@ -2,37 +2,37 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
-from api.deps import JobServiceDep, OwnerDep
+from api.deps import JobServiceDep, PrincipalDep, ScopeDep
 from api.jobs.schemas import JobPageView, JobRequest, JobStatus, JobView, QueueStatus
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 
 @router.post("/tasks", status_code=202, response_model=JobView)
-async def submit_job(body: JobRequest, jobs: JobServiceDep, owner: OwnerDep) -> JobView:
-    return await jobs.submit(body, owner)
+async def submit_job(body: JobRequest, jobs: JobServiceDep, who: PrincipalDep) -> JobView:
+    return await jobs.submit(body, who)
 
 
 @router.get("/tasks", response_model=JobPageView)
 async def list_jobs(
     jobs: JobServiceDep,
-    owner: OwnerDep,
+    scope: ScopeDep,
     status: JobStatus | None = None,
     type: str | None = Query(default=None, max_length=16),
     limit: int = Query(default=50, ge=1, le=500),
     offset: int = Query(default=0, ge=0),
 ) -> JobPageView:
-    return await jobs.list(owner, status, type, limit, offset)
+    return await jobs.list(scope, status, type, limit, offset)
 
 
 @router.get("/tasks/{job_id}", response_model=JobView)
-async def get_job(job_id: str, jobs: JobServiceDep, owner: OwnerDep) -> JobView:
-    return await jobs.get(job_id, owner)
+async def get_job(job_id: str, jobs: JobServiceDep, scope: ScopeDep) -> JobView:
+    return await jobs.get(job_id, scope)
 
 
 @router.delete("/tasks/{job_id}", response_model=JobView)
-async def cancel_job(job_id: str, jobs: JobServiceDep, owner: OwnerDep) -> JobView:
-    return await jobs.cancel(job_id, owner)
+async def cancel_job(job_id: str, jobs: JobServiceDep, scope: ScopeDep) -> JobView:
+    return await jobs.cancel(job_id, scope)
 
 
 @router.get("/queue/status", response_model=QueueStatus)

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, cast
 
 from bitinglip.config import get_settings
 from bitinglip.db.session import Database
+from bitinglip.db.tables import Job
 from bitinglip.jobs.store import JobStore
+
+
+@lru_cache(maxsize=1)
+def _store(url: str) -> JobStore:
+    return JobStore(Database(url))
+
+
+def _jobs(job_ids: list[str]) -> list[Job]:
+    return _store(get_settings().gateway_db_url).many(job_ids)
 
 
 def _inference(model: str, job_ids: list[str]) -> str:
     from flows.inference import submit_inference_run
 
-    return submit_inference_run(model, job_ids)
+    return submit_inference_run(model, job_ids, [job.owner for job in _jobs(job_ids)])
 
 
 def _deployment(name: str, with_params: bool) -> Callable[[str, list[str]], str]:
@@ -24,13 +35,8 @@ def _deployment(name: str, with_params: bool) -> Callable[[str, list[str]], str]
         from prefect.client.schemas.objects import FlowRun
         from prefect.deployments import run_deployment
 
-        (job_id,) = job_ids
-        db = Database(get_settings().gateway_db_url)
-        try:
-            job = JobStore(db).get(job_id)
-        finally:
-            db.dispose()
-        params: dict[str, Any] = {**job.params, "job_id": job_id} if with_params else {"job_id": job_id}
+        (job,) = _jobs(job_ids)
+        params: dict[str, Any] = {**job.params, "job_id": job.id} if with_params else {"job_id": job.id}
         run = run_deployment(
             name, parameters=params, timeout=0, tags=["bitinglip", job.type, f"model:{model}", f"owner:{job.owner}"]
         )

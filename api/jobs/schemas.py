@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Discriminator, Field, Tag
 
 from bitinglip.db.tables import Job
 from bitinglip.engines.types import Priority
@@ -33,7 +33,18 @@ class ImageJobRequest(BaseModel):
     params: ImageParams
 
 
-JobRequest = Annotated[TextJobRequest | EmbeddingJobRequest | ImageJobRequest, Field(discriminator="type")]
+def _job_type(value: Any) -> str:
+    """`type` picks the params' shape; a job without one is a text job."""
+    found = value.get("type", "text") if isinstance(value, dict) else getattr(value, "type", "text")
+    return str(found)
+
+
+JobRequest = Annotated[
+    Annotated[TextJobRequest, Tag("text")]
+    | Annotated[EmbeddingJobRequest, Tag("embedding")]
+    | Annotated[ImageJobRequest, Tag("image")],
+    Discriminator(_job_type),
+]
 
 
 class JobTimings(BaseModel):

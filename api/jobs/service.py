@@ -7,18 +7,23 @@ import asyncio
 from api.jobs.schemas import _PRIORITY_NAMES, JobPageView, JobRequest, JobView, QueueStatus
 from api.models.service import ModelService
 from bitinglip import metrics
+from bitinglip.auth.limits import Limiter, QuotaKind
+from bitinglip.auth.principal import Principal
 from bitinglip.config import Settings
 from bitinglip.db.tables import Job
 from bitinglip.engines.types import Priority
 from bitinglip.http import REQUEST_ID
 from bitinglip.jobs.dispatcher import Dispatcher
 from bitinglip.jobs.store import JobStore
-from bitinglip.schemas import ImageParams
+from bitinglip.schemas import ImageParams, TextGenerationParams
 
 
 class JobService:
-    def __init__(self, settings: Settings, store: JobStore, models: ModelService, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self, settings: Settings, store: JobStore, models: ModelService, dispatcher: Dispatcher, limiter: Limiter
+    ) -> None:
         self.settings = settings
+        self.limiter = limiter
         self.store = store
         self.models = models
         self.dispatcher = dispatcher
@@ -26,14 +31,17 @@ class JobService:
     def _view(self, job: Job) -> JobView:
         return JobView.from_job(job, self.settings.prefect_ui_url, f"{self.settings.gateway_url}/api/v1/files")
 
-    async def submit(self, request: JobRequest, owner: str) -> JobView:
+    async def submit(self, request: JobRequest, who: Principal) -> JobView:
+        """Quotas are charged at acceptance: a text job its `max_tokens`, an image job its images."""
         params = request.params
+        kind: QuotaKind = "images" if isinstance(params, ImageParams) else "tokens"
+        await self.limiter.check_quota(who, kind)
         defaults = {
             "text": self.settings.default_text_model,
             "embedding": self.settings.default_embedding_model,
             "image": self.settings.default_image_model,
         }
-        if isinstance(params, ImageParams):
+        if isinstance(params, ImageParams | TextGenerationParams):
             params.check_limits(self.settings)  # refuse at the door, not after queueing
         record = await self.models.resolve(params.model or defaults[request.type], request.type)
         job = await asyncio.to_thread(
@@ -42,9 +50,13 @@ class JobService:
             model=record.id,
             params=params.model_dump(exclude_none=True, exclude={"model"}, mode="json"),
             priority=int(Priority.for_job(request.priority)),
-            owner=owner,
+            owner=who.username,
             request_id=REQUEST_ID.get(),
         )
+        if isinstance(params, ImageParams):
+            await self.limiter.charge(who, "images", params.n)
+        elif isinstance(params, TextGenerationParams):
+            await self.limiter.charge(who, "tokens", params.max_tokens or self.settings.default_max_tokens)
         self.dispatcher.poke()
         metrics.JOBS_SUBMITTED.labels(request.type).inc()
         return self._view(job)

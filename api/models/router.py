@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Response
 
-from api.deps import JobServiceDep, ModelServiceDep, OwnerDep
+from api.deps import AdminDep, JobServiceDep, ModelServiceDep
 from api.jobs.schemas import JobView
 from api.models.schemas import DownloadRequest, ModelList, ModelView
 
@@ -16,11 +16,11 @@ async def list_models(models: ModelServiceDep) -> ModelList:
 
 @router.post("/download", status_code=202, response_model=JobView)
 async def download_model(
-    body: DownloadRequest, models: ModelServiceDep, jobs: JobServiceDep, owner: OwnerDep, response: Response
+    body: DownloadRequest, models: ModelServiceDep, jobs: JobServiceDep, admin: AdminDep, response: Response
 ) -> JobView:
     """Accepted durably, then run as a `download-model` flow run on the `cpu` pool. A request for a
     model and revision already downloading returns that job (200)."""
-    job, created = await models.download(body, owner)
+    job, created = await models.download(body, admin.username)
     if not created:
         response.status_code = 200
     return await jobs.accepted(job)
@@ -33,17 +33,20 @@ async def get_model(model_id: str, models: ModelServiceDep) -> ModelView:
 
 @router.delete("/{model_id}", status_code=204)
 async def delete_model(
-    model_id: str, models: ModelServiceDep, force: bool = Query(default=False, description="Even if loaded.")
+    model_id: str,
+    models: ModelServiceDep,
+    admin: AdminDep,
+    force: bool = Query(default=False, description="Even if loaded."),
 ) -> Response:
-    await models.delete(model_id, force)
+    await models.delete(model_id, force, admin.username)
     return Response(status_code=204)
 
 
 @router.post("/{model_id}/pin", response_model=ModelView)
-async def pin_model(model_id: str, models: ModelServiceDep) -> ModelView:
-    return await models.pin(model_id, True)
+async def pin_model(model_id: str, models: ModelServiceDep, admin: AdminDep) -> ModelView:
+    return await models.pin(model_id, True, admin.username)
 
 
 @router.post("/{model_id}/unpin", response_model=ModelView)
-async def unpin_model(model_id: str, models: ModelServiceDep) -> ModelView:
-    return await models.pin(model_id, False)
+async def unpin_model(model_id: str, models: ModelServiceDep, admin: AdminDep) -> ModelView:
+    return await models.pin(model_id, False, admin.username)

@@ -7,6 +7,7 @@ import time
 
 from api.models.schemas import DownloadRequest, ModelView
 from api.workers.service import WorkerDirectory
+from bitinglip.auth.audit import audit
 from bitinglip.config import Settings
 from bitinglip.db.session import Database
 from bitinglip.db.tables import Job, ModelRecord
@@ -92,9 +93,10 @@ class ModelService:
             priority=int(Priority.NORMAL),
             owner=owner,
         )
+        audit("model_download", actor=owner, model=model_id, source=source, job_id=job.id)
         return job, True
 
-    async def delete(self, model_id: str, force: bool) -> None:
+    async def delete(self, model_id: str, force: bool, actor: str) -> None:
         record = await self._record(model_id)
         holders = [w.id for w in await self.workers.workers(fresh=True) if w.has_model(record.id)]
         if holders and not force:
@@ -104,15 +106,17 @@ class ModelService:
             )
         await asyncio.to_thread(self._remove, record)
         self._read_at = -1e9
+        audit("model_deleted", actor=actor, model=record.id, forced=bool(holders))
 
     def _remove(self, record: ModelRecord) -> None:
         if self.store.manifest(record.name, record.revision) is not None:
             self.store.remove(record.name, record.revision)
         registry.forget(self.db, record.id)
 
-    async def pin(self, model_id: str, pinned: bool) -> ModelView:
+    async def pin(self, model_id: str, pinned: bool, actor: str) -> ModelView:
         record = await self._record(model_id)
         await asyncio.to_thread(registry.set_pinned, self.db, record.id, pinned)
+        audit("model_pinned" if pinned else "model_unpinned", actor=actor, model=record.id)
         return await self.get(record.id)
 
     async def resolve(self, model_id: str, task: str) -> ModelRecord:

@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bitinglip.schemas import ChatMessage
 
@@ -65,6 +65,13 @@ class CompletionRequest(SamplingFields):
         if len(prompts) > 16:
             raise ValueError("at most 16 prompts per request")
         return value
+
+    @model_validator(mode="after")
+    def _choices(self) -> CompletionRequest:
+        prompts = 1 if isinstance(self.prompt, str) else len(self.prompt)
+        if prompts * self.n > 16:
+            raise ValueError("at most 16 choices per request (prompts x n)")
+        return self
 
 
 class EmbeddingRequest(OpenAIBase):

@@ -5,14 +5,14 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import SettingsDep, WorkerDirectoryDep
+from api.deps import AdminDep, SettingsDep, WorkerDirectoryDep
 
 router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
 log = logging.getLogger(__name__)
 
 
 @router.get("")
-async def list_workers(workers: WorkerDirectoryDep, settings: SettingsDep) -> dict[str, Any]:
+async def list_workers(workers: WorkerDirectoryDep, settings: SettingsDep, admin: AdminDep) -> dict[str, Any]:
     """Model workers from their heartbeats (stale ones are marked and get no traffic) and the
     Prefect work-pool workers from the Prefect API."""
     model_workers = [

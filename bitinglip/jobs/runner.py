@@ -120,7 +120,10 @@ class JobRunner:
                     ImageParams.model_validate({**job.params, "model": job.model}), Priority(job.priority)
                 )
                 stored = [
-                    {"path": await asyncio.to_thread(self.results.put, f"jobs/{job.id}/{i}.png", png), "seed": seed}
+                    {
+                        "path": await asyncio.to_thread(self.results.put, f"jobs/{job.owner}/{job.id}/{i}.png", png),
+                        "seed": seed,
+                    }
                     for i, (png, seed) in enumerate(zip(image.pngs, image.seeds, strict=True))
                 ]
                 outcome = {"images": stored, "width": image.width, "height": image.height}

@@ -1,0 +1,145 @@
+"""Authentication and account management. Every credential check and account change is audited."""
+
+from __future__ import annotations
+
+import asyncio
+
+from limits import RateLimitItemPerMinute
+
+from api.auth.schemas import CreatedKey, KeyCreateRequest, KeyView, Me, TokenResponse, UserCreateRequest, UserView
+from bitinglip.auth.accounts import AccountStore
+from bitinglip.auth.audit import audit
+from bitinglip.auth.credentials import issue_token, parse_api_key, read_token
+from bitinglip.auth.limits import Limiter, RateState
+from bitinglip.auth.principal import Principal
+from bitinglip.config import Settings
+from bitinglip.errors import PermissionDenied, RateLimited, Unauthorized
+
+LOGIN_ATTEMPTS_PER_MINUTE = 10
+
+
+class AuthService:
+    def __init__(self, settings: Settings, accounts: AccountStore, limiter: Limiter) -> None:
+        self.settings = settings
+        self.accounts = accounts
+        self.limiter = limiter
+
+    async def bootstrap(self) -> None:
+        key = self.settings.admin_api_key.get_secret_value() if self.settings.admin_api_key else None
+        await asyncio.to_thread(
+            self.accounts.ensure_admin,
+            self.settings.admin_username,
+            self.settings.admin_password.get_secret_value(),
+            key,
+        )
+
+    # -- who is calling
+
+    async def authenticate(self, authorization: str | None, path: str) -> tuple[Principal, RateState]:
+        try:
+            principal = await self._identify(authorization)
+        except Unauthorized as exc:
+            audit("request_denied", actor=None, outcome="unauthenticated", path=path, reason=exc.message)
+            raise
+        try:
+            return principal, await self.limiter.hit(principal)
+        except RateLimited:
+            audit("request_denied", actor=principal.username, outcome="rate_limited", path=path)
+            raise
+
+    async def _identify(self, authorization: str | None) -> Principal:
+        if self.settings.open_access:
+            return Principal(self.settings.admin_username, "admin")
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("missing credentials: send Authorization: Bearer <API key or login token>")
+        token = token.strip()
+        if (parsed := parse_api_key(token)) is not None:
+            found = await asyncio.to_thread(self.accounts.lookup_key, parsed)
+            if found is None:
+                raise Unauthorized("invalid, revoked or disabled API key")
+            key, user = found
+            return Principal(
+                user.username,
+                user.role,
+                key.id,
+                rate_limit_per_minute=key.rate_limit_per_minute,
+                tokens_per_day=key.tokens_per_day,
+                images_per_day=key.images_per_day,
+            )
+        claims = read_token(token, self.settings.jwt_secret.get_secret_value())
+        try:
+            user = await asyncio.to_thread(self.accounts.user, str(claims["sub"]))
+        except Exception as exc:
+            raise Unauthorized("invalid credentials") from exc
+        if user.disabled:
+            raise Unauthorized("this user is disabled")
+        return Principal(user.username, user.role)
+
+    def require_admin(self, who: Principal, action: str) -> None:
+        if not who.is_admin:
+            audit("request_denied", actor=who.username, outcome="forbidden", action=action)
+            raise PermissionDenied(f"{action} is for admins only")
+
+    # -- login and keys
+
+    async def login(self, username: str, password: str) -> TokenResponse:
+        attempts = RateLimitItemPerMinute(LOGIN_ATTEMPTS_PER_MINUTE)
+        if not await self.limiter.rates.hit(attempts, "login", username):
+            audit("login", actor=username, outcome="throttled")
+            raise RateLimited("too many login attempts; wait a minute", limit=attempts.amount, reset_after=60)
+        user = await asyncio.to_thread(self.accounts.check_password, username, password)
+        if user is None:
+            audit("login", actor=username, outcome="failed")
+            raise Unauthorized("wrong username or password")
+        audit("login", actor=username)
+        secret = self.settings.jwt_secret.get_secret_value()
+        token = issue_token(user.username, user.role, secret, self.settings.jwt_ttl_s)
+        return TokenResponse(access_token=token, expires_in=self.settings.jwt_ttl_s)
+
+    def me(self, who: Principal) -> Me:
+        return Me(username=who.username, role=who.role, key_id=who.key_id)
+
+    async def create_key(self, who: Principal, request: KeyCreateRequest) -> CreatedKey:
+        owner = request.username or who.username
+        limits = {
+            "rate_limit_per_minute": request.rate_limit_per_minute,
+            "tokens_per_day": request.tokens_per_day,
+            "images_per_day": request.images_per_day,
+        }
+        if owner != who.username:
+            self.require_admin(who, "creating keys for other users")
+        if any(v is not None for v in limits.values()):
+            self.require_admin(who, "setting per-key limits")
+        token, record = await asyncio.to_thread(lambda: self.accounts.create_key(owner, request.name, **limits))
+        audit("api_key_created", actor=who.username, key_id=record.id, for_user=owner)
+        return CreatedKey(**KeyView.from_record(record).model_dump(), key=token)
+
+    async def list_keys(self, who: Principal, username: str | None) -> list[KeyView]:
+        if username is not None and username != who.username:
+            self.require_admin(who, "listing other users' keys")
+        scope = username if username is not None else who.scope
+        return [KeyView.from_record(k) for k in await asyncio.to_thread(self.accounts.keys, scope)]
+
+    async def revoke_key(self, who: Principal, key_id: str) -> KeyView:
+        record = await asyncio.to_thread(self.accounts.revoke_key, key_id, who.scope)
+        audit("api_key_revoked", actor=who.username, key_id=key_id, for_user=record.username)
+        return KeyView.from_record(record)
+
+    # -- users (admin)
+
+    async def create_user(self, who: Principal, request: UserCreateRequest) -> UserView:
+        self.require_admin(who, "creating users")
+        user = await asyncio.to_thread(self.accounts.create_user, request.username, request.password, request.role)
+        audit("user_created", actor=who.username, user=user.username, role=user.role)
+        return UserView.from_record(user)
+
+    async def users(self, who: Principal) -> list[UserView]:
+        self.require_admin(who, "listing users")
+        return [UserView.from_record(u) for u in await asyncio.to_thread(self.accounts.users)]
+
+    async def set_disabled(self, who: Principal, username: str, disabled: bool) -> UserView:
+        self.require_admin(who, "changing users")
+        user = await asyncio.to_thread(self.accounts.set_disabled, username, disabled)
+        audit("user_disabled" if disabled else "user_enabled", actor=who.username, user=username)
+        return UserView.from_record(user)
