@@ -56,3 +56,13 @@ def test_chunk_keys_follow_content_and_model_revision() -> None:
     assert key == chunk_key(list(planned[0]), {"m": "m@v1"})
     assert key != chunk_key(planned[0], {"m": "m@v2"})  # a new revision recomputes
     assert key != chunk_key(planned[1], {"m": "m@v1"})
+
+
+def test_readme_documents_every_setting() -> None:
+    from pathlib import Path
+
+    from bitinglip.config import Settings
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [n for n in Settings.model_fields if f"| `BITINGLIP_{n.upper()}` |" not in readme]
+    assert not missing, f"README's configuration table lacks {missing}"

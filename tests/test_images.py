@@ -36,13 +36,19 @@ def test_openai_images_are_pngs_of_the_size_asked_and_seeds_reproduce(client: op
         )
         return [base64.b64decode(d.b64_json or "") for d in response.data or []]
 
+    def distance(a: bytes, b: bytes) -> float:
+        """Mean absolute pixel difference: the same seed gives the same image up to float noise (a
+        batch shared with other requests changes CPU kernels' summation order), another seed another."""
+        pa, pb = png(a).convert("RGB").getdata(), png(b).convert("RGB").getdata()
+        return sum(abs(x - y) for p, q in zip(pa, pb, strict=True) for x, y in zip(p, q, strict=True)) / (3 * len(pa))
+
     first, again, other = generate(7)[0], generate(7)[0], generate(8)[0]
     assert png(first).size == (64, 64)
     assert png(first).text["prompt"] == "a red fox" and png(first).text["seed"] == "7"
-    assert first == again  # same seed, identical bytes
-    assert first != other
+    assert distance(first, again) < 1.0  # same seed, same image
+    assert distance(first, other) > 10.0
     pair = generate(7, n=2)
-    assert pair[0] == first and pair[1] != first  # image i uses seed + i
+    assert distance(pair[0], first) < 1.0 and distance(pair[1], first) > 10.0  # image i uses seed + i
 
 
 def test_url_responses_are_stored_on_s3_and_served(
