@@ -35,6 +35,7 @@ bench: setup
 	$(PY) -m bench.model_load
 	$(PY) -m bench.embeddings
 	$(PY) -m bench.batch
+	$(PY) -m bench.load
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -33,11 +33,24 @@ def _settings(process: str) -> Settings:
 @app.command()
 def up(
     install: Annotated[bool, typer.Option(help="Install missing default models first.")] = True,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            help="Prefect on PostgreSQL + Redis, gateway DB on PostgreSQL, limits in Redis (127.0.0.1 unless "
+            "set), two gateways, two model workers, two pool workers per pool."
+        ),
+    ] = False,
 ) -> None:
-    """Start Prefect, work pools, deployments, a model worker, pool workers and the gateway."""
-    from bitinglip.platform import run_platform
+    """Start Prefect, work pools, deployments, model workers, pool workers and gateways."""
+    from bitinglip.platform import cluster_settings, run_platform
 
-    raise typer.Exit(run_platform(_settings("up"), console, install=install))
+    settings = _settings("up")
+    if cluster:
+        settings = cluster_settings(settings)
+        os.environ.update(settings.prefect_env())
+        for name in ("database_url", "prefect_database_url", "prefect_redis_url", "redis_url"):
+            os.environ[f"BITINGLIP_{name.upper()}"] = str(getattr(settings, name))
+    raise typer.Exit(run_platform(settings, console, install=install, replicas=2 if cluster else 1))
 
 
 def _serve(app: Any, host: str, port: int) -> None:

@@ -61,7 +61,12 @@ class Settings(BaseSettings):
     prefect_host: str = "127.0.0.1"
     prefect_port: int = 4200
     prefect_api_url: str | None = Field(default=None, description="External Prefect API; default local.")
-    prefect_database_url: str | None = Field(default=None, description="Prefect server DB; default SQLite.")
+    prefect_database_url: str | None = Field(
+        default=None, description="Prefect server DB, e.g. postgresql+asyncpg://...; default SQLite."
+    )
+    prefect_redis_url: str | None = Field(
+        default=None, description="Prefect messaging, cache and leases on Redis (prefect-redis), e.g. redis://h:6379/1."
+    )
 
     # -- model worker
     worker_host: str = "127.0.0.1"
@@ -230,6 +235,16 @@ class Settings(BaseSettings):
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.prefect_database_url or (
             f"sqlite+aiosqlite:///{self.prefect_home / 'prefect.db'}"
         )
+        if self.prefect_redis_url:  # Prefect's own scale-out stack (DESIGN.md decision 6)
+            env.update(
+                {
+                    "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+                    "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+                    "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+                    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+                    "PREFECT_REDIS_MESSAGING_URL": self.prefect_redis_url,
+                }
+            )
         return env
 
 

@@ -14,10 +14,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bitinglip.errors import BitingLipError, error_body
+from bitinglip.errors import BitingLipError, ServiceUnavailable, error_body
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,15 @@ def install_error_handlers(app: FastAPI, validation_status: int = 422) -> None:
         return JSONResponse(
             error_body(str(exc.detail), type_, None), exc.status_code, headers=getattr(exc, "headers", None)
         )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_away(request: Request, exc: Exception) -> JSONResponse:
+        """The shared DB is briefly unreachable (failover, restart): tell clients to come back; the
+        connection pool recovers by itself (pre-ping) once it is back."""
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        error = ServiceUnavailable("the database is unavailable; retry shortly", retry_after=2, code="database")
+        return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers())
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -33,6 +33,50 @@ def local_admin_key(settings: Settings) -> str:
     return path.read_text().strip()
 
 
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def cluster_settings(settings: Settings) -> Settings:
+    """`up --cluster` on one machine: Prefect on PostgreSQL + Redis, the gateway DB on PostgreSQL,
+    limits in Redis; whatever the environment sets already wins."""
+    pg = LOCAL_POSTGRES.replace("postgresql://", "")
+    return settings.model_copy(
+        update={
+            "database_url": settings.database_url or f"postgresql+psycopg://{pg}/bitinglip",
+            "prefect_database_url": settings.prefect_database_url or f"postgresql+asyncpg://{pg}/bitinglip_prefect",
+            "prefect_redis_url": settings.prefect_redis_url or LOCAL_REDIS,
+            "redis_url": settings.redis_url or LOCAL_REDIS,
+        }
+    )
+
+
+def ensure_postgres_databases(*urls: str | None) -> None:
+    """Create the PostgreSQL databases these URLs name, when missing (needs a role that may)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    for raw in urls:
+        if not raw or not raw.startswith("postgresql"):
+            continue
+        url = make_url(raw)
+        admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (url.database,)).fetchone() is None:
+                conn.execute(f'CREATE DATABASE "{url.database}"')
+
+
+def replica_env(settings: Settings, index: int) -> dict[str, str]:
+    """Replica i of a gateway / model worker: ports +10*i, its own worker id."""
+    if index == 0:
+        return {}
+    return {
+        "BITINGLIP_GATEWAY_PORT": str(settings.gateway_port + 10 * index),
+        "BITINGLIP_WORKER_PORT": str(settings.worker_port + 10 * index),
+        "BITINGLIP_WORKER_ID": f"{settings.worker_host}:{settings.worker_port + 10 * index}",
+    }
+
+
 def child_env(settings: Settings) -> dict[str, str]:
     env = {**os.environ, **settings.prefect_env(), "BITINGLIP_PROJECT_DIR": str(PROJECT_DIR)}
     env["BITINGLIP_HOME"] = str(settings.home_dir)
@@ -84,8 +128,9 @@ def install_missing_models(settings: Settings) -> None:
             )
 
 
-def run_platform(settings: Settings, console: Console, install: bool = True) -> int:
+def run_platform(settings: Settings, console: Console, install: bool = True, replicas: int = 1) -> int:
     started = time.monotonic()
+    ensure_postgres_databases(settings.database_url, settings.prefect_database_url)
     env = child_env(settings)
     env["BITINGLIP_ADMIN_API_KEY"] = local_admin_key(settings)
     sup = Supervisor(settings.home_dir / "logs", env)
@@ -113,20 +158,32 @@ def run_platform(settings: Settings, console: Console, install: bool = True) -> 
             deploy(settings)
         if install:
             install_missing_models(settings)
-        with console.status("starting model worker, pool workers and gateway"):
-            sup.start("model-worker", [py, "-m", "bitinglip.cli", "worker"], cwd=PROJECT_DIR)
-            for pool in ("gpu", "cpu"):
+        with console.status("starting model workers, pool workers and gateways"):
+            for i in range(replicas):
+                suffix = f"-{i + 1}" if replicas > 1 else ""
                 sup.start(
-                    f"pool-worker-{pool}",
-                    [py, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
-                    cwd=PROJECT_DIR,
+                    f"model-worker{suffix}",
+                    [py, "-m", "bitinglip.cli", "worker"],
+                    PROJECT_DIR,
+                    replica_env(settings, i),
                 )
-            sup.start("gateway", [py, "-m", "bitinglip.cli", "gateway"], cwd=PROJECT_DIR)
-            sup.wait_http(f"{settings.worker_url}/health", timeout=120)
-            sup.wait_http(f"{settings.gateway_url}/health", timeout=60)
+                for pool in ("gpu", "cpu"):
+                    sup.start(
+                        f"pool-worker-{pool}{suffix}",
+                        [py, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
+                        cwd=PROJECT_DIR,
+                    )
+                sup.start(
+                    f"gateway{suffix}", [py, "-m", "bitinglip.cli", "gateway"], PROJECT_DIR, replica_env(settings, i)
+                )
+            for i in range(replicas):
+                sup.wait_http(f"http://{settings.worker_host}:{settings.worker_port + 10 * i}/health", timeout=180)
+                sup.wait_http(f"http://{settings.gateway_host}:{settings.gateway_port + 10 * i}/health", timeout=60)
         elapsed = time.monotonic() - started
         console.print(f"[green bold]ready[/] in {elapsed:.1f}s")
-        console.print(f"  gateway    {settings.gateway_url}   (OpenAPI: {settings.gateway_url}/docs)")
+        for i in range(replicas):
+            url = f"http://{settings.gateway_host}:{settings.gateway_port + 10 * i}"
+            console.print(f"  gateway    {url}   (OpenAPI: {url}/docs)")
         console.print(f"  Prefect UI {settings.prefect_ui_url}")
         console.print(f"  logs       {settings.home_dir / 'logs'}")
         console.print(f"  admin key  {settings.admin_key_file}  (send it as Authorization: Bearer ...)")

@@ -13,7 +13,7 @@ from bitinglip.auth.credentials import issue_token, parse_api_key, read_token
 from bitinglip.auth.limits import Limiter, RateState
 from bitinglip.auth.principal import Principal
 from bitinglip.config import Settings
-from bitinglip.errors import PermissionDenied, RateLimited, Unauthorized
+from bitinglip.errors import NotFound, PermissionDenied, RateLimited, Unauthorized
 
 LOGIN_ATTEMPTS_PER_MINUTE = 10
 
@@ -70,7 +70,7 @@ class AuthService:
         claims = read_token(token, self.settings.jwt_secret.get_secret_value())
         try:
             user = await asyncio.to_thread(self.accounts.user, str(claims["sub"]))
-        except Exception as exc:
+        except NotFound as exc:
             raise Unauthorized("invalid credentials") from exc
         if user.disabled:
             raise Unauthorized("this user is disabled")
