@@ -68,6 +68,8 @@ def run(texts: list[str]) -> tuple[float, float, float, dict[str, object]]:
         with running_platform(env) as platform:
             platform.deploy()
             platform.start_pool_worker("gpu")
+            platform.sup.wait_http(f"{platform.settings.worker_url}/health", timeout=300)  # models loaded
+            time.sleep(5)  # let start-up settle: both paths then share the same idle background
             direct_rate = direct(texts)
             with temporary_settings({PREFECT_API_URL: platform.settings.prefect_api}):
                 started = time.perf_counter()
