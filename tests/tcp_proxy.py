@@ -30,6 +30,10 @@ class TcpProxy:
         """Refuse new connections and drop the open ones, as a server that went away."""
         with self._lock:
             if self._listener is not None:
+                try:
+                    self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+                except OSError:
+                    pass
                 self._listener.close()
                 self._listener = None
             for conn in self._conns:

@@ -187,16 +187,16 @@ def test_killed_pool_worker_batch_resumes_on_the_other(cluster: Cluster) -> None
     while (job := client.get(f"/api/v1/tasks/{batch.id}").json())["progress"] is None or job["progress"].get(
         "chunks", {}
     ).get("done", 0) < 2:
-        assert time.monotonic() < deadline, job
+        assert time.monotonic() < deadline, str(job)[:500]
         time.sleep(0.3)
     done_at_kill = job["progress"]["chunks"]["done"]
     holder = _pool_worker_running(cluster, job["prefect_run_id"])
     cluster.kill_group(holder)
     deadline = time.monotonic() + 300
     while (job := client.get(f"/api/v1/tasks/{batch.id}").json())["status"] not in ("completed", "failed"):
-        assert time.monotonic() < deadline, job
+        assert time.monotonic() < deadline, str(job)[:500]
         time.sleep(0.5)
-    assert job["status"] == "completed", job
+    assert job["status"] == "completed", str(job)[:500]
     assert job["attempts"] == 2 and job["result"]["chunks"]["cached"] >= done_at_kill
     outputs = sdk.files.content(job["result"]["output_file_id"]).text.splitlines()
     assert len(outputs) == 40
@@ -226,12 +226,12 @@ def test_postgres_cut_off_gives_503_then_recovers(cluster: Cluster) -> None:
             assert c.get(f"{url}/api/v1/tasks").status_code == 200
             proxy.cut()
             cut = c.get(f"{url}/api/v1/tasks")
-            assert cut.status_code == 503, cut.text
+            assert cut.status_code == 503, cut.text[:300]
             assert cut.json()["error"]["type"] == "service_unavailable" and int(cut.headers["Retry-After"]) >= 1
             proxy.start()
             deadline = time.monotonic() + 30
             while (again := c.get(f"{url}/api/v1/tasks")).status_code != 200:
-                assert time.monotonic() < deadline, again.text
+                assert time.monotonic() < deadline, again.text[:300]
                 time.sleep(0.5)
             assert c.post(f"{url}/api/v1/inference/text", json={"prompt": "ok", "max_tokens": 1}).status_code == 200
     finally:
