@@ -78,6 +78,12 @@ def test_deploy_files_match_the_code() -> None:
     assert "job_configuration" in k8s and "variables" in k8s
     assert "nvidia.com/gpu" in (ROOT / "deploy" / "kubernetes" / "gpu-pool.json").read_text()
     assert "gpu" in pools
+    prefect_yaml = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in prefect_yaml["deployments"]}
+    assert deployments["batch-inference"]["work_pool"]["name"] == "gpu"
+    nightly = deployments["nightly-batch"]
+    assert nightly["schedules"][0]["cron"] and "{date}" in nightly["parameters"]["output_path"]
+    assert all((ROOT / d["entrypoint"].split(":")[0]).exists() for d in deployments.values())
 
 
 def test_two_of_each_and_routing_by_affinity(cluster: Cluster) -> None:

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 from bitinglip.db.tables import ApiKey, User
 
 USERNAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+INT32 = 2**31 - 1  # the DB columns are 32-bit on PostgreSQL
 
 
 class LoginRequest(BaseModel):
@@ -30,9 +31,9 @@ class Me(BaseModel):
 class KeyCreateRequest(BaseModel):
     name: str = Field(default="default", min_length=1, max_length=100)
     username: str | None = Field(default=None, pattern=USERNAME, description="Admins: create it for this user.")
-    rate_limit_per_minute: int | None = Field(default=None, ge=1, le=1_000_000, description="Admins only.")
-    tokens_per_day: int | None = Field(default=None, ge=1, le=10**12, description="Admins only.")
-    images_per_day: int | None = Field(default=None, ge=1, le=10**9, description="Admins only.")
+    rate_limit_per_minute: int | None = Field(default=None, ge=1, le=INT32, description="Admins only.")
+    tokens_per_day: int | None = Field(default=None, ge=1, le=INT32, description="Admins only.")
+    images_per_day: int | None = Field(default=None, ge=1, le=INT32, description="Admins only.")
 
 
 class KeyView(BaseModel):

@@ -20,7 +20,7 @@ async def list_jobs(
     status: JobStatus | None = None,
     type: str | None = Query(default=None, max_length=16),
     limit: int = Query(default=50, ge=1, le=500),
-    offset: int = Query(default=0, ge=0),
+    offset: int = Query(default=0, ge=0, le=1_000_000_000),
 ) -> JobPageView:
     return await jobs.list(scope, status, type, limit, offset)
 
