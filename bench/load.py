@@ -1,7 +1,8 @@
 """Mixed load: 32 concurrent users for 60 s sending sync text (32-token replies), streaming text,
 embeddings and async jobs, against (a) the embedded single-process default and (b) cluster mode on
 this machine (Prefect on PostgreSQL + Redis, two gateways, two model workers), in the same run.
-Reports requests/s, p50/p95/p99 per kind and errors. Targets: 0 errors; sync p95 < 2 s.
+Each user waits ~`--think` seconds between requests, as a person or a client loop does. Reports
+requests/s, p50/p95/p99 per kind and errors. Targets: 0 errors; sync p95 < 2 s.
 
     python -m bench.load [--users 32] [--seconds 60]
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import tempfile
 import threading
 import time
@@ -73,7 +75,7 @@ def one(client: httpx.Client, kind: str, i: int) -> None:
             raise RuntimeError(f"{r.status_code} {r.text[:200]}")
 
 
-def drive(platform: Platform, gateways: list[str], users: int, seconds: float) -> dict[str, object]:
+def drive(platform: Platform, gateways: list[str], users: int, seconds: float, think: float) -> dict[str, object]:
     latencies: dict[str, list[float]] = defaultdict(list)
     errors: dict[str, list[str]] = defaultdict(list)
     lock = threading.Lock()
@@ -94,6 +96,7 @@ def drive(platform: Platform, gateways: list[str], users: int, seconds: float) -
                     with lock:
                         errors[kind].append(f"{type(exc).__name__}: {exc}"[:200])
                 i += 1
+                time.sleep(random.uniform(0.5 * think, 1.5 * think))  # a user reads before asking again
 
     threads = [threading.Thread(target=user, args=(k,)) for k in range(users)]
     started = time.perf_counter()
@@ -125,12 +128,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--think", type=float, default=1.0, help="mean seconds a user waits between requests")
     args = parser.parse_args()
     with running_platform() as platform:
-        embedded = drive(platform, [platform.gateway], args.users, args.seconds)
+        embedded = drive(platform, [platform.gateway], args.users, args.seconds, args.think)
     with running_cluster() as cluster:
-        clustered = drive(cluster, list(cluster.gateway_urls.values()), args.users, args.seconds)
-    print(f"{args.users} users, {args.seconds:.0f} s, kinds {', '.join(KINDS)} (sync/stream: 32-token replies)")
+        clustered = drive(cluster, list(cluster.gateway_urls.values()), args.users, args.seconds, args.think)
+    print(
+        f"{args.users} users, {args.seconds:.0f} s, think time ~{args.think:.1f} s, kinds {', '.join(KINDS)}"
+        " (sync/stream: 32-token replies; async: 8-token jobs)"
+    )
     report("(a) embedded default (SQLite, one gateway, one worker)", embedded)
     report("(b) cluster (PostgreSQL + Redis, two gateways, two workers)", clustered)
 

@@ -140,6 +140,25 @@ async def test_full_queue_refuses_with_retry_after(executor: ThreadPoolExecutor)
     await batcher.stop()
 
 
+async def test_background_work_waits_for_room_and_never_crowds_out_interactive(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    batcher = make(executor, Recorder(gate=gate), size=1, wait_ms=0, queue=2)
+    running = asyncio.ensure_future(batcher.submit("running", 0))
+    await asyncio.sleep(0.05)
+    jobs = [asyncio.ensure_future(batcher.submit(f"job{i}", 3)) for i in range(5)]  # more than the queue holds
+    await asyncio.sleep(0.05)
+    assert batcher.stats.waiting == 2 and not any(j.done() for j in jobs)  # the rest wait, none refused
+    interactive = [asyncio.ensure_future(batcher.submit(f"sync{i}", 0)) for i in range(2)]  # still admitted
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded):
+        await batcher.submit("third sync", 0)  # interactive requests have their own bound
+    gate.set()
+    assert await asyncio.gather(*interactive) == ["SYNC0", "SYNC1"]
+    assert await asyncio.gather(*jobs) == [f"JOB{i}" for i in range(5)]
+    await running
+    await batcher.stop()
+
+
 async def test_cancelled_waiter_gives_its_slot_away(executor: ThreadPoolExecutor) -> None:
     gate = threading.Event()
     rec = Recorder(gate=gate)

@@ -54,6 +54,9 @@ class BatcherStats:
     items: int
 
 
+INTERACTIVE = 0  # Priority.SYNC: requests someone is waiting on
+
+
 class DynamicBatcher(Generic[I, R]):
     def __init__(
         self,
@@ -76,6 +79,7 @@ class DynamicBatcher(Generic[I, R]):
         self._heap: list[_Pending[I, R]] = []
         self._seq = itertools.count()
         self._changed = asyncio.Event()
+        self._room = asyncio.Event()  # set when requests leave the queue
         self._running = 0
         self._batches = 0
         self._items = 0
@@ -96,17 +100,27 @@ class DynamicBatcher(Generic[I, R]):
             self._task = None
         _fail(self._heap, Overloaded(f"model {self.name!r} is shutting down"))
         self._heap.clear()
+        self._room.set()
 
     @property
     def stats(self) -> BatcherStats:
         return BatcherStats(len(self._heap), self._running, self._batches, self._items)
 
     async def submit(self, item: I, priority: int) -> R:
-        if len(self._heap) >= self.max_queue:
-            raise Overloaded(
-                f"model {self.name!r} has {len(self._heap)} requests waiting (max {self.max_queue})",
-                retry_after=self._last_batch_seconds,
-            )
+        """Interactive requests (priority 0) are refused with 503 once `max_queue` of them wait;
+        background work (async jobs, batches) instead waits for room, and never takes the room that
+        interactive requests need: a flood of jobs cannot turn sync traffic away."""
+        if priority <= INTERACTIVE:
+            waiting = sum(1 for p in self._heap if p.priority <= INTERACTIVE)
+            if waiting >= self.max_queue:
+                raise Overloaded(
+                    f"model {self.name!r} has {waiting} requests waiting (max {self.max_queue})",
+                    retry_after=self._last_batch_seconds,
+                )
+        else:
+            while len(self._heap) >= self.max_queue:
+                self._room.clear()
+                await self._room.wait()
         self.start()
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._heap, _Pending(priority, next(self._seq), time.monotonic(), item, future))
@@ -144,6 +158,7 @@ class DynamicBatcher(Generic[I, R]):
             pending = heapq.heappop(self._heap)
             if not pending.future.done():  # cancelled while waiting: its slot goes to the next one
                 batch.append(pending)
+        self._room.set()
         return batch
 
     async def _execute(self, batch: list[_Pending[I, R]]) -> None:
