@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -46,6 +47,7 @@ from bitinglip.models.store import ModelStore
 from bitinglip.results import ResultStore
 
 log = logging.getLogger(__name__)
+STARTUP_LOCK = 727275
 
 
 def build_state(settings: Settings, window: GatewayMetrics) -> GatewayState:
@@ -104,6 +106,13 @@ def _check_security(settings: Settings) -> None:
         log.warning("development mode with insecure settings (%s); production would refuse them", "; ".join(problems))
 
 
+def _bootstrap(state: GatewayState) -> None:
+    """The first admin and the model registry; replicas starting together take turns."""
+    with state.db.exclusive(STARTUP_LOCK):
+        state.auth.bootstrap()
+        registry.sync_from_store(state.db, ModelStore(state.settings.store_dir))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     _check_security(settings)
@@ -111,8 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = build_state(settings, window)
-        await state.auth.bootstrap()
-        registry.sync_from_store(state.db, ModelStore(settings.store_dir))
+        await asyncio.to_thread(_bootstrap, state)
         state.dispatcher.start()
         reaper = Reaper(
             state.jobs.store,

@@ -24,14 +24,9 @@ class AuthService:
         self.accounts = accounts
         self.limiter = limiter
 
-    async def bootstrap(self) -> None:
+    def bootstrap(self) -> None:
         key = self.settings.admin_api_key.get_secret_value() if self.settings.admin_api_key else None
-        await asyncio.to_thread(
-            self.accounts.ensure_admin,
-            self.settings.admin_username,
-            self.settings.admin_password.get_secret_value(),
-            key,
-        )
+        self.accounts.ensure_admin(self.settings.admin_username, self.settings.admin_password.get_secret_value(), key)
 
     # -- who is calling
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from bitinglip.auth.credentials import (
     ParsedKey,
@@ -34,14 +35,20 @@ class AccountStore:
     # -- users
 
     def ensure_admin(self, username: str, password: str, api_key: str | None) -> None:
-        """The first admin, from settings; idempotent across restarts and replicas."""
-        with self.db.session() as s:
-            if s.get(User, username) is None:
-                s.add(User(username=username, password_hash=hash_password(password), role="admin"))
-        if api_key is not None:
-            parsed = parse_api_key(api_key)
-            if parsed is None:
-                raise InvalidRequest("BITINGLIP_ADMIN_API_KEY must look like bl-<12 hex>-<secret>")
+        """The first admin, from settings; idempotent across restarts, and across replicas starting
+        at the same moment (the loser of the insert race finds the row there)."""
+        parsed = parse_api_key(api_key) if api_key is not None else None
+        if api_key is not None and parsed is None:
+            raise InvalidRequest("BITINGLIP_ADMIN_API_KEY must look like bl-<12 hex>-<secret>")
+        try:
+            with self.db.session() as s:
+                if s.get(User, username) is None:
+                    s.add(User(username=username, password_hash=hash_password(password), role="admin"))
+        except IntegrityError:
+            pass
+        if parsed is None:
+            return
+        try:
             with self.db.session() as s:
                 if s.get(ApiKey, parsed.key_id) is None:
                     s.add(
@@ -52,6 +59,8 @@ class AccountStore:
                             secret_hash=secret_hash(parsed.secret),
                         )
                     )
+        except IntegrityError:
+            pass
 
     def create_user(self, username: str, password: str | None, role: str) -> User:
         if role not in ROLES:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from bitinglip.db.tables import Base
@@ -30,7 +30,10 @@ def make_engine(url: str) -> Engine:
             cursor.close()
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # replicas starting together must not race on CREATE TABLE
+            conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
+        Base.metadata.create_all(conn)
     return engine
 
 
@@ -45,6 +48,21 @@ class Database:
     def session(self) -> Iterator[Session]:
         with self._factory() as session, session.begin():
             yield session
+
+    @contextmanager
+    def exclusive(self, key: int) -> Iterator[None]:
+        """One process at a time across every replica sharing this DB (a PostgreSQL advisory lock;
+        SQLite serialises writers already): start-up bootstrapping must not race."""
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                conn.commit()
 
     def dispose(self) -> None:
         self.engine.dispose()
