@@ -66,6 +66,14 @@ def ensure_postgres_databases(*urls: str | None) -> None:
                 conn.execute(f'CREATE DATABASE "{url.database}"')
 
 
+def shared_cores_env(settings: Settings, workers: int) -> dict[str, str]:
+    """Model workers sharing one machine split its cores: two torch pools of all cores each only
+    thrash (unless BITINGLIP_TORCH_THREADS says otherwise)."""
+    if workers <= 1 or settings.torch_threads:
+        return {}
+    return {"BITINGLIP_TORCH_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
+
+
 def replica_env(settings: Settings, index: int) -> dict[str, str]:
     """Replica i of a gateway / model worker: ports +10*i, its own worker id."""
     if index == 0:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import psycopg
 import redis
 
-from bitinglip.platform import PROJECT_DIR
+from bitinglip.platform import PROJECT_DIR, shared_cores_env
 from tests.platform_harness import Platform, free_port
 
 POSTGRES = "postgres@127.0.0.1:5432"
@@ -83,7 +83,7 @@ class Cluster(Platform):
     def start_model_worker(self, name: str) -> None:
         port = free_port()
         self.worker_urls[name] = f"http://127.0.0.1:{port}"
-        env = {"BITINGLIP_WORKER_PORT": str(port), "BITINGLIP_WORKER_ID": name}
+        env = {"BITINGLIP_WORKER_PORT": str(port), "BITINGLIP_WORKER_ID": name, **shared_cores_env(self.settings, 2)}
         self.children[name] = self.sup.start(name, [sys.executable, "-m", "bitinglip.cli", "worker"], PROJECT_DIR, env)
 
     def start_replica_gateway(self, name: str, env: dict[str, str] | None = None) -> str:
