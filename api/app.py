@@ -37,7 +37,7 @@ from bitinglip.auth.accounts import AccountStore
 from bitinglip.auth.limits import Limiter
 from bitinglip.batches.files import FileStore
 from bitinglip.config import Settings, get_settings
-from bitinglip.db.session import Database
+from bitinglip.db.session import STARTUP_LOCK, Database
 from bitinglip.http import ERROR_RESPONSES, BodySizeLimit, RequestIdMiddleware, install_error_handlers
 from bitinglip.jobs.dispatcher import Dispatcher
 from bitinglip.jobs.reaper import Reaper
@@ -47,7 +47,6 @@ from bitinglip.models.store import ModelStore
 from bitinglip.results import ResultStore
 
 log = logging.getLogger(__name__)
-STARTUP_LOCK = 727275
 
 
 def build_state(settings: Settings, window: GatewayMetrics) -> GatewayState:

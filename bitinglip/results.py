@@ -36,9 +36,6 @@ class ResultStore:
         write_atomic(self.fs, self._path(key), data)
         return key
 
-    def exists(self, key: str) -> bool:
-        return bool(self.fs.exists(self._path(key)))
-
     def delete(self, key: str) -> None:
         path = self._path(key)
         if self.fs.exists(path):

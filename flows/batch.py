@@ -26,6 +26,7 @@ from prefect.runtime import flow_run
 from api.openai.offline import OfflineOpenAI, check_body
 from bitinglip.batches.files import FileStore, new_file_id
 from bitinglip.batches.format import (
+    ENDPOINTS,
     BatchItem,
     ParsedInput,
     chunk_key,
@@ -46,7 +47,6 @@ from bitinglip.models.store import ModelStore
 from bitinglip.results import ResultStore
 from bitinglip.storage import expand, read_url, s3_options, write_url
 
-_TASK_FOR_URL = {"/v1/chat/completions": "text", "/v1/completions": "text", "/v1/embeddings": "embedding"}
 _pool: ModelPool | None = None  # one per flow-run process: models load once, not once per chunk
 
 
@@ -133,9 +133,9 @@ def _resolve_models(settings: Settings, parsed: ParsedInput) -> dict[str, str]:
             problems[item.model] = exc
             continue
         resolved[item.model] = manifest.id
-        if manifest.task != _TASK_FOR_URL[item.url]:
+        if manifest.task != ENDPOINTS[item.url]:
             problems[item.model] = BitingLipError(
-                f"model {item.model!r} is a {manifest.task} model; {item.url} needs a {_TASK_FOR_URL[item.url]} model",
+                f"model {item.model!r} is a {manifest.task} model; {item.url} needs a {ENDPOINTS[item.url]} model",
                 status_code=400,
                 code="invalid_model",
             )
@@ -175,8 +175,11 @@ async def _chunk_task(settings: Settings) -> Any:
     return run_chunk.with_options(result_storage=storage)
 
 
-async def _run_batch(settings: Settings, input_url: str, endpoint: str | None, job: FlowJob | None) -> BatchOutcome:
+async def _run_batch(
+    settings: Settings, chunk_task: Any, input_url: str, endpoint: str | None, job: FlowJob | None
+) -> BatchOutcome:
     outcome = BatchOutcome()
+    results = ResultStore(settings)
 
     def report(phase: str) -> None:
         if job is not None:
@@ -192,14 +195,13 @@ async def _run_batch(settings: Settings, input_url: str, endpoint: str | None, j
     print(f"{outcome.total} requests: {len(parsed.items)} valid in {len(planned)} chunks, {outcome.failed} invalid")
     artifact = cast(UUID, await acreate_progress_artifact(0.0, description=f"batch {input_url}"))
     report("in_progress")
-    chunk_task = await _chunk_task(settings)
     for index, items in enumerate(planned):
         if job is not None and (job.cancel_requested.is_set() or job.lost.is_set()):
             outcome.stopped = "cancelled" if job.cancel_requested.is_set() else "lost"
             break
         state = await chunk_task(index, chunk_key(items, models), items, return_state=True)
         result = await state.result()
-        lines = from_jsonl(await asyncio.to_thread(ResultStore(settings).get, result["path"]))
+        lines = from_jsonl(await asyncio.to_thread(results.get, result["path"]))
         outcome.outputs.extend(line for line in lines if line["error"] is None)
         outcome.errors.extend(line for line in lines if line["error"] is not None)
         outcome.completed += result["completed"]
@@ -237,7 +239,10 @@ async def _run_job(settings: Settings, job_id: str) -> dict[str, Any]:
                 await asyncio.to_thread(job.finish, "failed", error=error)
                 return {"failed": error["message"]}
             try:
-                outcome = await _run_batch(settings, record.params["input_url"], record.params["endpoint"], job)
+                params = record.params
+                outcome = await _run_batch(
+                    settings, await _chunk_task(settings), params["input_url"], params["endpoint"], job
+                )
                 if outcome.stopped == "lost":
                     return {"stopped": "another run holds this batch now"}
                 files = await asyncio.to_thread(_store_outputs, settings, db, record.owner, job_id, outcome)
@@ -312,9 +317,10 @@ async def batch_inference(
         raise ValueError("give job_id, or both input_path and output_path")
     summary: dict[str, Any] = {}
     try:
+        chunk_task = await _chunk_task(settings)
         for url in await asyncio.to_thread(expand, settings, input_path):
             started = time.perf_counter()
-            outcome = await _run_batch(settings, url, endpoint, None)
+            outcome = await _run_batch(settings, chunk_task, url, endpoint, None)
             stem = url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".jsonl")
             folder = f"{_dated(output_path).rstrip('/')}/{stem}"
             where: dict[str, str | None] = {"output": f"{folder}/output.jsonl", "errors": f"{folder}/errors.jsonl"}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from limits import RateLimitItemPerMinute
-
 from api.auth.schemas import CreatedKey, KeyCreateRequest, KeyView, Me, TokenResponse, UserCreateRequest, UserView
 from bitinglip.auth.accounts import AccountStore
 from bitinglip.auth.audit import audit
@@ -79,10 +77,9 @@ class AuthService:
     # -- login and keys
 
     async def login(self, username: str, password: str) -> TokenResponse:
-        attempts = RateLimitItemPerMinute(LOGIN_ATTEMPTS_PER_MINUTE)
-        if not await self.limiter.rates.hit(attempts, "login", username):
+        if not await self.limiter.attempt("login", username, LOGIN_ATTEMPTS_PER_MINUTE):
             audit("login", actor=username, outcome="throttled")
-            raise RateLimited("too many login attempts; wait a minute", limit=attempts.amount, reset_after=60)
+            raise RateLimited("too many login attempts; wait a minute", limit=LOGIN_ATTEMPTS_PER_MINUTE, reset_after=60)
         user = await asyncio.to_thread(self.accounts.check_password, username, password)
         if user is None:
             audit("login", actor=username, outcome="failed")

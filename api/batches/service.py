@@ -8,6 +8,7 @@ import json
 
 from api.batches.schemas import BatchCreateRequest, BatchList, BatchObject
 from api.files.service import FileService
+from api.pagination import cursor_page
 from bitinglip import metrics
 from bitinglip.auth.limits import Limiter
 from bitinglip.auth.principal import Principal
@@ -48,7 +49,7 @@ class BatchService:
             raise InvalidRequest(
                 f"file {record.id!r} has purpose {record.purpose!r}, not 'batch'", param="input_file_id"
             )
-        models = models_named(await self.files.content(record.id, who.scope))
+        models = models_named(await self.files.read(record))
         job = await asyncio.to_thread(
             lambda: self.jobs.create(
                 type_="batch",
@@ -82,13 +83,7 @@ class BatchService:
         page = await asyncio.to_thread(
             lambda: self.jobs.page(owner=owner, status=None, type_="batch", limit=limit + 1, after=after)
         )
-        data = [BatchObject.from_job(j) for j in page.items[:limit]]
-        return BatchList(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=len(page.items) > limit,
-        )
+        return BatchList(**cursor_page([BatchObject.from_job(j) for j in page.items], limit))
 
     async def cancel(self, batch_id: str, owner: str | None) -> BatchObject:
         """Queued: cancelled at once. Running: `cancelling` until the chunk in flight finishes; the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from api.files.schemas import FileDeleted, FileList, FileObject
+from api.pagination import cursor_page
 from bitinglip.batches.files import FileStore, new_file_id
 from bitinglip.batches.format import count_lines
 from bitinglip.config import Settings
@@ -61,18 +62,14 @@ class FileService:
         return FileObject.from_record(await self.record(file_id, owner))
 
     async def content(self, file_id: str, owner: str | None) -> bytes:
-        record = await self.record(file_id, owner)
+        return await self.read(await self.record(file_id, owner))
+
+    async def read(self, record: FileRecord) -> bytes:
         return await asyncio.to_thread(self.results.get, record.key)
 
     async def list(self, owner: str | None, purpose: str | None, limit: int, after: str | None) -> FileList:
         records = await asyncio.to_thread(self.files.page, owner, purpose, limit + 1, after)
-        data = [FileObject.from_record(r) for r in records[:limit]]
-        return FileList(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=len(records) > limit,
-        )
+        return FileList(**cursor_page([FileObject.from_record(r) for r in records], limit))
 
     async def result(self, path: str, scope: str | None) -> bytes:
         """Results are filed under their owner (images/OWNER/..., jobs/OWNER/...): a user gets only

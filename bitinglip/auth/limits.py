@@ -59,6 +59,10 @@ class Limiter:
             )
         return RateState(item.amount, stats.remaining, reset_after)
 
+    async def attempt(self, scope: str, key: str, per_minute: int) -> bool:
+        """Counts one attempt of something throttled per key (logins per username); False when over."""
+        return await self.rates.hit(RateLimitItemPerMinute(per_minute), scope, key)
+
     def _quota(self, who: Principal, kind: QuotaKind) -> RateLimitItem | None:
         amount = (
             who.tokens_per_day or self.settings.tokens_per_day

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import delete, select
 
+from bitinglip.db.paging import after_cursor
 from bitinglip.db.session import Database
 from bitinglip.db.tables import FileRecord
 from bitinglip.errors import NotFound
@@ -53,10 +54,7 @@ class FileStore:
             query = query.where(FileRecord.purpose == purpose)
         if after is not None:
             cursor = self.get(after, owner)
-            query = query.where(
-                (FileRecord.created_at < cursor.created_at)
-                | ((FileRecord.created_at == cursor.created_at) & (FileRecord.id > cursor.id))
-            )
+            query = query.where(after_cursor(FileRecord.created_at, FileRecord.id, cursor.created_at, cursor.id))
         with self.db.session() as s:
             return list(s.scalars(query.order_by(FileRecord.created_at.desc(), FileRecord.id).limit(limit)))
 

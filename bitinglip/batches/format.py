@@ -12,7 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+ENDPOINTS = {  # url -> the task of the model it needs
+    "/v1/chat/completions": "text",
+    "/v1/completions": "text",
+    "/v1/embeddings": "embedding",
+}
 FORMAT_VERSION = "1"  # part of every chunk's cache key: bump when the output lines change shape
 
 BodyCheck = Callable[[str, dict[str, Any]], str | None]  # (url, body) -> reason it is invalid, or None

@@ -11,6 +11,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bitinglip.db.tables import Base
 
+# PostgreSQL advisory lock ids, one place so they never collide
+SCHEMA_LOCK = 727274  # create_all by replicas starting together
+STARTUP_LOCK = 727275  # gateway bootstrapping (first admin, model registry)
+
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
@@ -32,7 +36,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":  # replicas starting together must not race on CREATE TABLE
-            conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
         Base.metadata.create_all(conn)
     return engine
 

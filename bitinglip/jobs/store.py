@@ -12,6 +12,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.orm import Session
 
+from bitinglip.db.paging import after_cursor
 from bitinglip.db.session import Database
 from bitinglip.db.tables import Job
 from bitinglip.errors import NotFound
@@ -91,9 +92,7 @@ class JobStore:
         query = select(Job)
         if after is not None:
             cursor = self.get(after, owner)
-            query = query.where(
-                (Job.created_at < cursor.created_at) | ((Job.created_at == cursor.created_at) & (Job.id > cursor.id))
-            )
+            query = query.where(after_cursor(Job.created_at, Job.id, cursor.created_at, cursor.id))
         if owner is not None:
             query = query.where(Job.owner == owner)
         if status is not None:
