@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 def build_state(settings: Settings, window: GatewayMetrics) -> GatewayState:
     db = Database(settings.gateway_db_url)
     workers = WorkerDirectory(settings, db)
-    client = WorkerClient(settings.worker_request_timeout_s)
+    client = WorkerClient(settings.worker_request_timeout_s, settings.secret("worker_token"))
     store = JobStore(db)
     models = ModelService(settings, db, workers, store)
     dispatcher = Dispatcher(
@@ -92,17 +92,15 @@ async def _live_worker_ids(workers: WorkerDirectory) -> list[str]:
 
 
 class InsecureSettings(RuntimeError):
-    """Production refuses to start with placeholder secrets or open access."""
+    """No environment starts with missing or placeholder secrets; production refuses open access too."""
 
 
 def _check_security(settings: Settings) -> None:
     problems = settings.insecure_settings()
-    if problems and settings.environment == "production":
-        raise InsecureSettings("refusing to start in production: " + "; ".join(problems))
+    if problems:
+        raise InsecureSettings("refusing to start: " + "; ".join(problems))
     if settings.open_access:
         log.warning("!!! OPEN ACCESS: no credentials are checked; every caller is admin. Development only. !!!")
-    elif problems:
-        log.warning("development mode with insecure settings (%s); production would refuse them", "; ".join(problems))
 
 
 def _bootstrap(state: GatewayState) -> None:

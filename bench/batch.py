@@ -50,7 +50,8 @@ def run(texts: list[str]) -> tuple[float, float, float, dict[str, object]]:
     """(direct items/s, flow items/s end to end, flow items/s inside the run, the run's summary). The
     direct loop runs while the platform is up and idle, so both see the same background."""
     from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from bitinglip.prefect_client import prefect_client_settings
 
     lines = [
         {
@@ -71,7 +72,7 @@ def run(texts: list[str]) -> tuple[float, float, float, dict[str, object]]:
             platform.sup.wait_http(f"{platform.settings.worker_url}/health", timeout=300)  # models loaded
             time.sleep(5)  # let start-up settle: both paths then share the same idle background
             direct_rate = direct(texts)
-            with temporary_settings({PREFECT_API_URL: platform.settings.prefect_api}):
+            with prefect_client_settings(platform.settings):
                 started = time.perf_counter()
                 run = run_deployment(
                     "batch-inference/batch-inference",

@@ -22,9 +22,17 @@ console = Console()
 
 
 def _settings(process: str) -> Settings:
-    """Settings for this process; Prefect's environment is derived from them before Prefect loads."""
+    """Settings for this process, every secret present (generated into the home on first start);
+    Prefect's environment is derived from them before Prefect loads."""
+    from bitinglip.home_secrets import WeakSecret, ensure_secrets
+
+    try:
+        ensure_secrets(get_settings())
+    except WeakSecret as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    get_settings.cache_clear()  # read again: the secrets file now holds what was missing
     settings = get_settings()
-    settings.home_dir.mkdir(parents=True, exist_ok=True)
     os.environ.update(settings.prefect_env())
     configure_logging(settings, process, console_level="WARNING" if process == "cli" else None)
     return settings

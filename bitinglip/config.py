@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-PLACEHOLDER = "change-me"
+from bitinglip.home_secrets import HomeSecretsSource
 
 
 class BatchingOverride(BaseModel):
@@ -41,10 +41,30 @@ class Settings(BaseSettings):
     open_access: bool = Field(
         default=False, description="Development only: no credentials needed, every caller is an admin."
     )
-    jwt_secret: SecretStr = Field(default=SecretStr(PLACEHOLDER), description="Signs login tokens (HS256).")
+    jwt_secret: SecretStr | None = Field(
+        default=None, description="Signs login tokens (HS256); default: generated into home/secrets.json."
+    )
     jwt_ttl_s: int = Field(default=900, ge=30, description="Lifetime of a login token.")
     admin_username: str = Field(default="admin", pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-    admin_password: SecretStr = Field(default=SecretStr(PLACEHOLDER), description="The first admin's password.")
+    admin_password: SecretStr | None = Field(
+        default=None, description="The first admin's password; default: generated into home/secrets.json."
+    )
+    prefect_auth_string: SecretStr | None = Field(
+        default=None,
+        description="Prefect server basic auth (`user:password`), sent by every Prefect client; default: generated.",
+    )
+    worker_token: SecretStr | None = Field(
+        default=None, description="Shared token on every gateway -> model worker call; default: generated."
+    )
+    max_keys_per_user: int = Field(default=20, ge=1, description="Most live API keys one user may hold.")
+    login_attempts_per_minute: int = Field(
+        default=10, ge=1, description="Login attempts per client address, and per address + user name."
+    )
+    results_encryption_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Fernet keys (JSON list, newest first) encrypting stored results and job payloads; "
+        "older keys still decrypt (rotation).",
+    )
     admin_api_key: SecretStr | None = Field(
         default=None, description="A key registered for the first admin at start (bl-...; `bitinglip up` makes one)."
     )
@@ -106,6 +126,13 @@ class Settings(BaseSettings):
         default=None, description="Disk budget of the model store; LRU unpinned, unloaded models are evicted."
     )
 
+    model_source_roots: list[Path] = Field(
+        default_factory=list, description="Folders file:// model sources may read, besides home/import (JSON list)."
+    )
+    model_source_packages: list[str] = Field(
+        default_factory=list, description="Python packages pkg:// sources may read, besides the catalog's."
+    )
+
     hf_endpoint: str | None = Field(default=None, description="Hub mirror for hf:// sources (else HF_ENDPOINT).")
     hf_token: str | None = Field(default=None, description="Hub token for hf:// sources (else HF_TOKEN).")
 
@@ -136,6 +163,23 @@ class Settings(BaseSettings):
     )
     reaper_interval_s: float = Field(default=5.0, gt=0, description="How often gateways look for orphaned jobs.")
 
+    # -- retention (a scheduled Prefect deployment purges what is older)
+    retention_jobs_days: float | None = Field(
+        default=30, gt=0, description="Finished async jobs and their results are purged after this; unset: kept."
+    )
+    retention_files_days: float | None = Field(
+        default=30, gt=0, description="Uploaded files are purged after this; unset: kept."
+    )
+    retention_batches_days: float | None = Field(
+        default=30, gt=0, description="Finished batches, their outputs and error files are purged after this."
+    )
+
+    # -- supervision (`bitinglip up`)
+    restart_attempts: int = Field(
+        default=5, ge=0, description="Restarts of a crashed child within restart_window_s before `up` gives up."
+    )
+    restart_window_s: float = Field(default=300.0, gt=0, description="Window over which restarts are counted.")
+
     # -- batch jobs (OpenAI Batch API)
     batch_chunk_size: int = Field(
         default=64, ge=1, description="Lines per cached chunk task: a resumed batch redoes at most one chunk."
@@ -148,16 +192,38 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(default=100_000_000, ge=1, description="Largest upload to /v1/files.")
     max_batch_lines: int = Field(default=50_000, ge=1, description="Most requests in one batch input file.")
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then the secrets generated into home/secrets.json."""
+        return init_settings, env_settings, HomeSecretsSource(settings_cls), dotenv_settings, file_secret_settings
+
     def insecure_settings(self) -> list[str]:
-        """What production refuses to start with."""
-        problems = []
-        if self.jwt_secret.get_secret_value() == PLACEHOLDER or len(self.jwt_secret.get_secret_value()) < 32:
-            problems.append("BITINGLIP_JWT_SECRET is the placeholder or shorter than 32 characters")
-        if self.admin_password.get_secret_value() == PLACEHOLDER or len(self.admin_password.get_secret_value()) < 12:
-            problems.append("BITINGLIP_ADMIN_PASSWORD is the placeholder or shorter than 12 characters")
-        if self.open_access:
+        """What no environment starts with: missing, placeholder or short secrets; production also
+        refuses open access."""
+        from bitinglip.home_secrets import weak_secrets
+
+        problems = weak_secrets(self)
+        if self.open_access and self.environment == "production":
             problems.append("BITINGLIP_OPEN_ACCESS is on")
         return problems
+
+    def secret(self, name: str) -> str:
+        """A secret's value; a secret that was never made is a start-up bug, not a silent default."""
+        value = getattr(self, name)
+        if value is None:
+            raise RuntimeError(f"BITINGLIP_{name.upper()} is not set and home/secrets.json has none")
+        return str(value.get_secret_value())
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.home_dir / "secrets.json"
 
     @property
     def admin_key_file(self) -> Path:
@@ -222,6 +288,10 @@ class Settings(BaseSettings):
             "PREFECT_SERVER_API_HOST": self.prefect_host,
             "PREFECT_SERVER_API_PORT": str(self.prefect_port),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # Prefect runs commands for whoever reaches its API: CSRF tokens for browsers, CORS for the
+            # UI's own origin only, and basic auth below (docs/security.md).
+            "PREFECT_SERVER_CSRF_PROTECTION_ENABLED": "true",
+            "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": self.prefect_ui_url,
             "PREFECT_LOCAL_STORAGE_PATH": str(self.results_dir / "prefect"),
             "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
             "PREFECT_WORKER_QUERY_SECONDS": "2",
@@ -235,6 +305,10 @@ class Settings(BaseSettings):
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.prefect_database_url or (
             f"sqlite+aiosqlite:///{self.prefect_home / 'prefect.db'}"
         )
+        if self.prefect_auth_string is not None:
+            auth = self.prefect_auth_string.get_secret_value()
+            env["PREFECT_API_AUTH_STRING"] = auth
+            env["PREFECT_SERVER_API_AUTH_STRING"] = auth
         if self.prefect_redis_url:  # Prefect's own scale-out stack (DESIGN.md decision 6)
             env.update(
                 {

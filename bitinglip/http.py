@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
@@ -91,6 +92,32 @@ class RequestIdMiddleware:
                 )
             structlog.contextvars.unbind_contextvars("request_id")
             REQUEST_ID.reset(token)
+
+
+def worker_auth_header(token: str) -> dict[str, str]:
+    """What every call to a model worker carries (Prometheus sends the same from a credentials_file)."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+class WorkerTokenRequired:
+    """ASGI middleware of the model worker: every path but /health needs the shared worker token,
+    compared in constant time (docs/security.md, "Ports")."""
+
+    def __init__(self, app: ASGIApp, token: str, open_paths: frozenset[str] = frozenset({"/health"})) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        if not hmac.compare_digest(given, self.expected):
+            body = error_body("missing or wrong worker token", "authentication_error", "invalid_worker_token")
+            await JSONResponse(body, 401)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class BodySizeLimit:

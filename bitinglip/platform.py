@@ -97,9 +97,10 @@ def ensure_work_pools(settings: Settings) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectAlreadyExists
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: settings.prefect_api}), get_client(sync_client=True) as client:
+    from bitinglip.prefect_client import prefect_client_settings
+
+    with prefect_client_settings(settings), get_client(sync_client=True) as client:
         for template_file in sorted((PROJECT_DIR / "work-pools").glob("*.json")):
             template = json.loads(template_file.read_text())
             name = template_file.stem

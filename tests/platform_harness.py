@@ -3,7 +3,6 @@ process on free ports under a throwaway BITINGLIP_HOME, supervised like `bitingl
 
 from __future__ import annotations
 
-import secrets
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -15,6 +14,8 @@ from pydantic import SecretStr
 
 from bitinglip.auth.credentials import new_api_key
 from bitinglip.config import Settings
+from bitinglip.home_secrets import SECRETS
+from bitinglip.http import worker_auth_header
 from bitinglip.platform import PROJECT_DIR, child_env
 from bitinglip.supervisor import Child, Supervisor
 
@@ -42,8 +43,7 @@ class Platform:
                 "BITINGLIP_JOB_ORPHAN_AFTER_S": str(self.settings.job_orphan_after_s),
                 "BITINGLIP_REAPER_INTERVAL_S": str(self.settings.reaper_interval_s),
                 "BITINGLIP_JOB_REDISPATCH_AFTER_S": str(self.settings.job_redispatch_after_s),
-                "BITINGLIP_JWT_SECRET": self.settings.jwt_secret.get_secret_value(),
-                "BITINGLIP_ADMIN_PASSWORD": self.settings.admin_password.get_secret_value(),
+                **{f"BITINGLIP_{name.upper()}": self.settings.secret(name) for name in SECRETS},
                 "BITINGLIP_ADMIN_API_KEY": self.admin_key,
                 "BITINGLIP_API_KEY": self.admin_key,  # what the CLI sends
                 "BITINGLIP_RATE_LIMIT_PER_MINUTE": str(self.settings.rate_limit_per_minute),
@@ -61,6 +61,16 @@ class Platform:
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_key}"}
+
+    @property
+    def worker_auth(self) -> dict[str, str]:
+        return worker_auth_header(self.settings.secret("worker_token"))
+
+    @property
+    def prefect_auth(self) -> tuple[str, str]:
+        """(user, password) of the Prefect server's basic auth."""
+        user, _, password = self.settings.secret("prefect_auth_string").partition(":")
+        return user, password
 
     @property
     def gateway(self) -> str:
@@ -170,8 +180,7 @@ def platform_settings(home: Path, fast_heartbeat: bool = True) -> Settings:
         gateway_port=free_port(),
         worker_port=free_port(),
         prefect_port=free_port(),
-        jwt_secret=SecretStr(secrets.token_urlsafe(32)),
-        admin_password=SecretStr(secrets.token_urlsafe(16)),
+        **{name: SecretStr(make()) for name, (_, make) in SECRETS.items()},
         admin_api_key=SecretStr(new_api_key()[0]),
         rate_limit_per_minute=1_000_000,
         **beat,

@@ -100,7 +100,8 @@ def test_sdk_chat_batch_on_s3_every_custom_id_once(platform: Platform, sdk: open
 def test_scheduled_style_run_over_a_local_pattern(platform: Platform, tmp_path: Path) -> None:
     """The deployment as a schedule runs it: a glob of inputs on local disk into a dated folder."""
     from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from bitinglip.prefect_client import prefect_client_settings
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -124,7 +125,7 @@ def test_scheduled_style_run_over_a_local_pattern(platform: Platform, tmp_path: 
         for i in range(5)
     ]
     (inbox / "sums.jsonl").write_bytes(jsonl(completions))
-    with temporary_settings({PREFECT_API_URL: platform.settings.prefect_api}):
+    with prefect_client_settings(platform.settings):
         run = run_deployment(
             "batch-inference/batch-inference",
             parameters={"input_path": f"{inbox}/*.jsonl", "output_path": f"{tmp_path}/outbox/{{date}}"},

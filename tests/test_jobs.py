@@ -42,10 +42,11 @@ def prefect_task_run_state(platform: Platform, run_id: str) -> str:
     call): read until the run exists and has settled, for up to 30 s."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from bitinglip.prefect_client import prefect_client_settings
 
     async def read() -> str:
-        with temporary_settings({PREFECT_API_URL: platform.settings.prefect_api}):
+        with prefect_client_settings(platform.settings):
             async with get_client() as client:
                 try:
                     run = await client.read_task_run(run_id)

@@ -39,13 +39,13 @@ def total(samples: dict[str, float], name: str, **labels: str) -> float:
 def test_metric_values_match_what_was_sent(platform: Platform) -> None:
     client = platform.client()
     gateway, worker = platform.gateway, platform.settings.worker_url
-    before_gw, before_w = scrape(gateway, platform.auth), scrape(worker)
+    before_gw, before_w = scrape(gateway, platform.auth), scrape(worker, platform.worker_auth)
     usage = [
         client.post("/api/v1/inference/text", json={"prompt": f"Count {i}:", "max_tokens": 5}).json()["usage"]
         for i in range(3)
     ]
     assert client.post("/api/v1/inference/text", json={"model": "nope", "prompt": "x"}).status_code == 404
-    after_gw, after_w = scrape(gateway, platform.auth), scrape(worker)
+    after_gw, after_w = scrape(gateway, platform.auth), scrape(worker, platform.worker_auth)
     route = "/api/v1/inference/text"
     sent_ok = total(after_gw, "bitinglip_gateway_requests_total", route=route, status="200") - total(
         before_gw, "bitinglip_gateway_requests_total", route=route, status="200"
@@ -108,7 +108,7 @@ def test_dashboard_queries_only_exported_metrics(platform: Platform) -> None:
     }
     exported_text = (
         httpx.get(f"{platform.gateway}/metrics", headers=platform.auth).text
-        + httpx.get(f"{platform.settings.worker_url}/metrics/").text
+        + httpx.get(f"{platform.settings.worker_url}/metrics/", headers=platform.worker_auth).text
     )
     exported = {f.name for f in text_string_to_metric_families(exported_text)}
     exported |= {f"{name}_total" for name in exported}  # counters are exported as NAME_total samples
@@ -122,11 +122,11 @@ def test_real_prometheus_scrapes_gateway_and_worker(platform: Platform, tmp_path
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     config["global"]["scrape_interval"] = "1s"
     ports = {"bitinglip-gateway": platform.settings.gateway_port, "bitinglip-worker": platform.settings.worker_port}
-    (tmp_path / "gateway.key").write_text(platform.admin_key)
+    (tmp_path / "bitinglip-gateway").write_text(platform.admin_key)
+    (tmp_path / "bitinglip-worker").write_text(platform.settings.secret("worker_token"))
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[job['job_name']]}"]}]
-        if "authorization" in job:
-            job["authorization"]["credentials_file"] = str(tmp_path / "gateway.key")
+        job["authorization"]["credentials_file"] = str(tmp_path / job["job_name"])
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     prometheus = subprocess.Popen(

@@ -24,7 +24,7 @@ class AuthService:
 
     def bootstrap(self) -> None:
         key = self.settings.admin_api_key.get_secret_value() if self.settings.admin_api_key else None
-        self.accounts.ensure_admin(self.settings.admin_username, self.settings.admin_password.get_secret_value(), key)
+        self.accounts.ensure_admin(self.settings.admin_username, self.settings.secret("admin_password"), key)
 
     # -- who is calling
 
@@ -60,7 +60,7 @@ class AuthService:
                 tokens_per_day=key.tokens_per_day,
                 images_per_day=key.images_per_day,
             )
-        claims = read_token(token, self.settings.jwt_secret.get_secret_value())
+        claims = read_token(token, self.settings.secret("jwt_secret"))
         try:
             user = await asyncio.to_thread(self.accounts.user, str(claims["sub"]))
         except NotFound as exc:
@@ -85,7 +85,7 @@ class AuthService:
             audit("login", actor=username, outcome="failed")
             raise Unauthorized("wrong username or password")
         audit("login", actor=username)
-        secret = self.settings.jwt_secret.get_secret_value()
+        secret = self.settings.secret("jwt_secret")
         token = issue_token(user.username, user.role, secret, self.settings.jwt_ttl_s)
         return TokenResponse(access_token=token, expires_in=self.settings.jwt_ttl_s)
 

@@ -10,7 +10,7 @@ import httpx
 
 from api.workers.service import WorkerInfo
 from bitinglip.errors import RemoteError, ServiceUnavailable
-from bitinglip.http import REQUEST_ID
+from bitinglip.http import REQUEST_ID, worker_auth_header
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -38,8 +38,9 @@ def _forwarded() -> dict[str, str]:
 
 
 class WorkerClient:
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, worker_token: str) -> None:
         self._http = httpx.AsyncClient(
+            headers=worker_auth_header(worker_token),
             timeout=httpx.Timeout(timeout_s, connect=5.0),
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
         )

@@ -19,6 +19,7 @@ from bitinglip.auth.credentials import (
 from bitinglip.db.session import Database
 from bitinglip.db.tables import ApiKey, User
 from bitinglip.errors import Conflict, InvalidRequest, NotFound
+from bitinglip.home_secrets import PLACEHOLDERS
 
 ROLES = ("admin", "user")
 _TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is for humans: no write on every request
@@ -42,8 +43,11 @@ class AccountStore:
             raise InvalidRequest("BITINGLIP_ADMIN_API_KEY must look like bl-<12 hex>-<secret>")
         try:
             with self.db.session() as s:
-                if s.get(User, username) is None:
+                admin = s.get(User, username)
+                if admin is None:
                     s.add(User(username=username, password_hash=hash_password(password), role="admin"))
+                elif any(verify_password(admin.password_hash, p) for p in PLACEHOLDERS):
+                    admin.password_hash = hash_password(password)  # a first-wave home: rotate the placeholder
         except IntegrityError:
             pass
         if parsed is None:
