@@ -30,6 +30,7 @@ from api.openai import router as openai_router
 from api.openai.serving import OpenAIServing
 from api.state import GatewayState
 from api.telemetry import GatewayMetrics, InFlight, RequestMetrics
+from api.usage import router as usage_router
 from api.workers import router as workers_router
 from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory
@@ -66,7 +67,7 @@ def build_state(settings: Settings, window: GatewayMetrics) -> GatewayState:
     results = ResultStore(settings)
     inference = InferenceService(settings, models, workers, client, results)
     files = FileService(settings, FileStore(db), results)
-    limiter = Limiter(settings)
+    limiter = Limiter(settings, db)  # rate limits in memory or Redis; quotas in the DB's usage ledger
     return GatewayState(
         settings=settings,
         db=db,
@@ -163,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         files_router.router,
         files_router.results_router,
         batches_router.router,
+        usage_router.router,
         observability.router,
     ):
         app.include_router(router, dependencies=[Depends(authenticated)], responses=ERROR_RESPONSES)

@@ -15,9 +15,11 @@ from api.jobs.service import JobService
 from api.models.service import ModelService
 from api.openai.serving import OpenAIServing
 from api.state import GatewayState
+from api.usage.service import UsageService
 from api.workers.service import WorkerDirectory
 from bitinglip.auth.principal import Principal
 from bitinglip.config import Settings
+from bitinglip.models.access import bind_caller
 
 
 def get_state(request: Request) -> GatewayState:
@@ -33,6 +35,7 @@ async def authenticated(request: Request, response: Response, state: StateDep) -
     principal, rate = await state.auth.authenticate(request.headers.get("authorization"), request.url.path)
     response.headers.update(rate.headers())
     request.state.principal = principal
+    bind_caller(principal)  # model lookups in this request see only the models the caller may use
     return principal
 
 
@@ -90,6 +93,10 @@ def _auth(state: StateDep) -> AuthService:
     return state.auth
 
 
+def _usage(state: StateDep) -> UsageService:
+    return UsageService(state.settings, state.auth.accounts, state.limiter)
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 InferenceDep = Annotated[MeteredInference, Depends(_metered)]
 JobServiceDep = Annotated[JobService, Depends(_jobs)]
@@ -99,6 +106,7 @@ OpenAIServingDep = Annotated[OpenAIServing, Depends(_openai)]
 FileServiceDep = Annotated[FileService, Depends(_files)]
 BatchServiceDep = Annotated[BatchService, Depends(_batches)]
 AuthServiceDep = Annotated[AuthService, Depends(_auth)]
+UsageServiceDep = Annotated[UsageService, Depends(_usage)]
 AdminDep = Annotated[Principal, Depends(_admin)]
 OwnerDep = Annotated[str, Depends(_owner)]
 ScopeDep = Annotated[str | None, Depends(_scope)]

@@ -61,11 +61,20 @@ def up(
     raise typer.Exit(run_platform(settings, console, install=install, replicas=2 if cluster else 1))
 
 
-def _serve(app: Any, host: str, port: int) -> None:
-    """uvicorn with our logging (log_config=None) and a bounded graceful shutdown."""
+def _serve(app: Any, host: str, port: int, trusted_proxies: list[str] | None = None) -> None:
+    """uvicorn with our logging (log_config=None) and a bounded graceful shutdown. Forwarded headers
+    count only from configured proxies (uvicorn would trust 127.0.0.1 by default)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=10)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+        proxy_headers=bool(trusted_proxies),
+        forwarded_allow_ips=",".join(trusted_proxies or []) or None,
+    )
 
 
 @app.command()
@@ -83,7 +92,7 @@ def gateway() -> None:
     settings = _settings("gateway")
     from api.app import create_app
 
-    _serve(create_app(settings), settings.gateway_host, settings.gateway_port)
+    _serve(create_app(settings), settings.gateway_host, settings.gateway_port, settings.trusted_proxies)
 
 
 @app.command()

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
 
     # -- gateway
     gateway_host: str = "127.0.0.1"
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses whose X-Forwarded-For is believed (a reverse proxy); none by default, so a "
+        "client cannot pick the address its login attempts are counted under.",
+    )
     gateway_port: int = 8001
     database_url: str | None = Field(default=None, description="Gateway DB; default SQLite under home.")
     max_request_bytes: int = Field(default=1_000_000, description="Larger request bodies get 413.")
@@ -69,9 +74,15 @@ class Settings(BaseSettings):
         default=None, description="A key registered for the first admin at start (bl-...; `bitinglip up` makes one)."
     )
     api_key: SecretStr | None = Field(default=None, description="The key the CLI sends (default: home/admin.key).")
-    rate_limit_per_minute: int = Field(default=600, ge=1, description="Requests per minute per key (or user).")
-    tokens_per_day: int | None = Field(default=None, ge=1, description="Token quota per key per day; unset: none.")
-    images_per_day: int | None = Field(default=None, ge=1, description="Image quota per key per day; unset: none.")
+    rate_limit_per_minute: int = Field(
+        default=600, ge=1, description="Requests per minute per user (a key may narrow it)."
+    )
+    tokens_per_day: int | None = Field(
+        default=None, ge=1, description="Default daily token quota per user (admins set others); unset: none."
+    )
+    images_per_day: int | None = Field(
+        default=None, ge=1, description="Default daily image quota per user (admins set others); unset: none."
+    )
     redis_url: str | None = Field(
         default=None, description="Rate limits and quotas in Redis (replicated gateways); default in memory."
     )

@@ -132,10 +132,15 @@ class RemoteError(BitingLipError):
         self.type = str(err.get("type") or "upstream_error")
 
 
-def error_record(exc: BaseException) -> dict[str, Any]:
-    """What a job records about the exception that ended it: our envelope's fields, or the type and
-    message of an unexpected one."""
+INTERNAL_ERROR_MESSAGE = "internal error; the platform's logs have the details"
+
+
+def error_record(exc: BaseException, type_: str = "internal_error") -> dict[str, Any]:
+    """What a job or batch records about the exception that ended it: our envelope's fields, or, for
+    an unexpected one, a fixed message. The exception's own text stays in the logs (where it is
+    redacted): it can quote internals, paths, other requests' data or a library's view of a secret,
+    and a job's error is shown to its owner."""
     if isinstance(exc, BitingLipError):
         record: dict[str, Any] = exc.body()["error"]
         return record
-    return {"message": f"{type(exc).__name__}: {exc}", "type": "internal_error", "param": None, "code": None}
+    return error_body(INTERNAL_ERROR_MESSAGE, type_, "internal_error")["error"]

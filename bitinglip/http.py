@@ -121,8 +121,10 @@ class WorkerTokenRequired:
 
 
 class BodySizeLimit:
-    """ASGI middleware: refuses a body over `max_bytes` by its declared length before reading it, and
-    a chunked one as soon as the bytes read pass the limit."""
+    """ASGI middleware: refuses a body over `max_bytes` with 413, by its declared length before
+    reading it, and a chunked one (no length) as soon as the bytes read pass the limit. In the second
+    case the app is already reading: whatever it answers to the aborted read (FastAPI makes it a 400,
+    "error parsing the body") is discarded and the 413 goes out instead."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, by_path: dict[str, int] | None = None) -> None:
         self.app = app
@@ -138,19 +140,30 @@ class BodySizeLimit:
         if declared.isdigit() and int(declared) > limit:
             await self._refuse(scope, receive, send, limit)
             return
-        seen = 0
+        seen, too_large, started = 0, False, False
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, too_large
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
+                too_large = True
                 raise _TooLarge
             return message
 
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if too_large and not started:
+                return  # the app's answer to the aborted read; ours replaces it below
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, counting_receive, send)
-        except _TooLarge:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large and not started:
             await self._refuse(scope, receive, send, limit)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
@@ -160,6 +173,41 @@ class BodySizeLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+class UnexpectedErrors:
+    """ASGI middleware, innermost: an exception no handler knows becomes the 500 envelope here and is
+    logged once, as a bounded traceback without locals, rendered off the event loop (bitinglip/logs.py).
+    Starlette's own last-resort handler would re-raise it, so uvicorn would log it a second time and
+    drop the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            log.error("unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
+            if not started:  # a stream that already began just ends; its status is out
+                await JSONResponse(internal_error_body(), 500)(scope, receive, send)
+
+
+def internal_error_body() -> dict[str, Any]:
+    """The one answer to an unexpected error: the request id to quote, nothing from the exception."""
+    request_id = REQUEST_ID.get()
+    suffix = f" (request id {request_id})" if request_id else ""
+    return error_body(f"internal server error{suffix}", "internal_error", "internal_error")
 
 
 class ErrorDetail(BaseModel):
@@ -220,5 +268,8 @@ def install_error_handlers(app: FastAPI, validation_status: int = 422) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal server error", "internal_error", "internal_error"), 500)
+        """Only errors raised outside UnexpectedErrors (in an outer middleware) get here."""
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(internal_error_body(), 500)
+
+    app.add_middleware(UnexpectedErrors)  # first added, so innermost: inside the request id and metrics

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import Any, cast
 
 from rich.console import Console
+from rich.markup import escape
 
 from bitinglip.config import Settings
-from bitinglip.supervisor import Supervisor
+from bitinglip.supervisor import Child, RestartPolicy, Supervisor
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
 
 
 def local_admin_key(settings: Settings) -> str:
@@ -137,13 +145,78 @@ def install_missing_models(settings: Settings) -> None:
             )
 
 
+def release_dead_worker(settings: Settings, worker_id: str) -> int:
+    """Does for a killed model worker what its own shutdown would have done, and returns how many
+    jobs it took back: the worker's row goes (the gateway stops routing to it at once and answers
+    503 + Retry-After until it is back) and the jobs it was running return to the queue. The
+    reaper cannot do this for `up`'s workers: a restarted worker comes back under the same id,
+    often before its old heartbeat is stale, and a live worker's jobs are never reaped, so they
+    would stay `running` for good. Only the parent knows for sure the process is gone (its group
+    is killed before this runs), so nothing it ran can still finish."""
+    from sqlalchemy import CursorResult, delete, update
+
+    from bitinglip.db.session import Database
+    from bitinglip.db.tables import Job, Worker
+    from bitinglip.jobs.reaper import INFERENCE_TYPES
+
+    db = Database(settings.gateway_db_url)
+    try:
+        with db.session() as s:
+            s.execute(delete(Worker).where(Worker.id == worker_id))
+            result = s.execute(
+                update(Job)
+                .where(Job.status == "running", Job.type.in_(INFERENCE_TYPES), Job.worker_id == worker_id)
+                .values(
+                    status="queued",
+                    dispatched_at=None,
+                    worker_id=None,
+                    error={"message": "its model worker stopped while running it; retried", "type": "worker_lost"},
+                )
+            )
+            return int(cast("CursorResult[Any]", result).rowcount)
+    finally:
+        db.dispose()
+
+
+def _worker_id(settings: Settings, index: int) -> str:
+    return replica_env(settings, index).get("BITINGLIP_WORKER_ID", settings.worker_name)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """While the platform stops, a second Ctrl-C or SIGTERM must not cut `stop_all` short and leave
+    children running (it escalates to SIGKILL on its own after its grace)."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def run_platform(settings: Settings, console: Console, install: bool = True, replicas: int = 1) -> int:
+    """Every child is restarted when it dies (`restart_attempts` within `restart_window_s`, with
+    backoff); the gateway keeps answering meanwhile. A crash loop stops everything and returns 1."""
     started = time.monotonic()
     ensure_postgres_databases(settings.database_url, settings.prefect_database_url)
     env = child_env(settings)
     env["BITINGLIP_ADMIN_API_KEY"] = local_admin_key(settings)
     sup = Supervisor(settings.home_dir / "logs", env)
+    restart = RestartPolicy(attempts=settings.restart_attempts, window_s=settings.restart_window_s)
+
+    def on_worker_crash(index: int) -> Callable[[Child], None]:
+        def release(child: Child) -> None:
+            taken = release_dead_worker(settings, _worker_id(settings, index))
+            log.warning("%s: %d job(s) it was running went back to the queue", child.name, taken)
+
+        return release
+
     py = sys.executable
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)  # stop as on Ctrl-C: children too
     try:
         console.print(f"[bold]BitingLip[/] home: {settings.home_dir}")
         with console.status("starting Prefect server"):
@@ -160,6 +233,7 @@ def run_platform(settings: Settings, console: Console, install: bool = True, rep
                     "--port",
                     str(settings.prefect_port),
                 ],
+                restart=restart,
             )
             sup.wait_http(f"{settings.prefect_api}/health", timeout=90)
         with console.status("work pools and deployments"):
@@ -175,15 +249,22 @@ def run_platform(settings: Settings, console: Console, install: bool = True, rep
                     [py, "-m", "bitinglip.cli", "worker"],
                     PROJECT_DIR,
                     replica_env(settings, i),
+                    restart=restart,
+                    on_crash=on_worker_crash(i),
                 )
                 for pool in ("gpu", "cpu"):
                     sup.start(
                         f"pool-worker-{pool}{suffix}",
                         [py, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
                         cwd=PROJECT_DIR,
+                        restart=restart,
                     )
                 sup.start(
-                    f"gateway{suffix}", [py, "-m", "bitinglip.cli", "gateway"], PROJECT_DIR, replica_env(settings, i)
+                    f"gateway{suffix}",
+                    [py, "-m", "bitinglip.cli", "gateway"],
+                    PROJECT_DIR,
+                    replica_env(settings, i),
+                    restart=restart,
                 )
             for i in range(replicas):
                 sup.wait_http(f"http://{settings.worker_host}:{settings.worker_port + 10 * i}/health", timeout=180)
@@ -193,9 +274,13 @@ def run_platform(settings: Settings, console: Console, install: bool = True, rep
         for i in range(replicas):
             url = f"http://{settings.gateway_host}:{settings.gateway_port + 10 * i}"
             console.print(f"  gateway    {url}   (OpenAPI: {url}/docs)")
-        console.print(f"  Prefect UI {settings.prefect_ui_url}")
+        console.print(
+            f"  Prefect UI {settings.prefect_ui_url}   (it asks for the auth string: "
+            f"prefect_auth_string in {settings.secrets_file})"
+        )
         console.print(f"  logs       {settings.home_dir / 'logs'}")
         console.print(f"  admin key  {settings.admin_key_file}  (send it as Authorization: Bearer ...)")
+        console.print(f"  secrets    {settings.secrets_file}  (admin password, JWT secret, worker token; mode 0600)")
         console.print("try:")
         console.print(
             f"  curl -s {settings.gateway_url}/api/v1/inference/text -H 'Content-Type: application/json' "
@@ -212,8 +297,10 @@ def run_platform(settings: Settings, console: Console, install: bool = True, rep
         console.print("stopping...")
         return 0
     except Exception as exc:
-        console.print(f"[red bold]platform stopped:[/] {exc}")
+        console.print(f"[red bold]platform stopped:[/] {escape(str(exc))}", soft_wrap=True)  # the tail is no markup
         return 1
     finally:
-        sup.stop_all()
+        with _signals_ignored():
+            sup.stop_all()
+        signal.signal(signal.SIGTERM, previous_sigterm)
         console.print("all processes stopped")

@@ -10,8 +10,54 @@ from bitinglip.config import Settings
 from bitinglip.engines.types import SamplingParams
 from bitinglip.errors import InvalidRequest
 
+MAX_SEED = 2**63 - 1
 
-class ChatMessage(BaseModel):
+
+def lone_surrogate(value: Any, where: str = "") -> str | None:
+    """Where in JSON data (strings, list items, object keys and values) a lone UTF-16 surrogate sits,
+    described for an error message, or None. JSON can carry one (`"\\ud800"`) but no UTF-8 text can:
+    it would fail later, in a tokenizer, a log line or the hop to a worker, as a 500."""
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            what = f"a lone UTF-16 surrogate (U+{ord(value[exc.start]):04X}, character {exc.start})"
+            return f"at {where}, {what}" if where else what
+        return None
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            if found := lone_surrogate(item, f"{where}[{i}]"):
+                return found
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if found := lone_surrogate(key, f"a key of {where or 'the object'}"):
+                return found
+            if found := lone_surrogate(item, f"{where}.{key}" if where else str(key)):
+                return found
+    return None
+
+
+class UnicodeRequest(BaseModel):
+    """Base of every request shape: refuses text that is not valid Unicode in any field, nested
+    content parts and extra fields included, as a 4xx naming where."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        if found := lone_surrogate(value):
+            raise ValueError(f"{found}: text must be valid Unicode")
+        return value
+
+    @model_validator(mode="after")
+    def _valid_unicode_extras(self) -> UnicodeRequest:
+        if self.model_extra and (found := lone_surrogate(self.model_extra)):
+            raise ValueError(f"{found}: text must be valid Unicode")
+        return self
+
+
+class ChatMessage(UnicodeRequest):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
@@ -24,7 +70,7 @@ class ChatMessage(BaseModel):
         return {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
 
 
-class EmbeddingParams(BaseModel):
+class EmbeddingParams(UnicodeRequest):
     """Embeddings for one text or a list of texts."""
 
     model: str | None = Field(default=None, description="Installed embedding model; default when empty.")
@@ -33,8 +79,18 @@ class EmbeddingParams(BaseModel):
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
+    def check_limits(self, settings: Settings) -> None:
+        """One check for every way in (sync, OpenAI, async jobs): refused at the door, never queued."""
+        texts = self.texts()
+        if not texts:
+            raise InvalidRequest("input must not be empty", param="input")
+        if len(texts) > settings.max_embedding_inputs:
+            raise InvalidRequest(f"at most {settings.max_embedding_inputs} inputs per request", param="input")
+        if any(len(t) > settings.max_prompt_chars for t in texts):
+            raise InvalidRequest(f"an input is longer than {settings.max_prompt_chars} characters", param="input")
 
-class ImageParams(BaseModel):
+
+class ImageParams(UnicodeRequest):
     """Text-to-image. Bounds on size, steps and count come from settings (checked by the engine)."""
 
     model: str | None = Field(default=None, description="Installed image model; default when empty.")
@@ -67,7 +123,7 @@ class ImageParams(BaseModel):
         return self
 
 
-class TextGenerationParams(BaseModel):
+class TextGenerationParams(UnicodeRequest):
     """Text generation: a raw `prompt` or chat `messages`, and sampling settings."""
 
     model: str | None = Field(default=None, description="Installed model id; default text model when empty.")
@@ -76,7 +132,7 @@ class TextGenerationParams(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     stop: list[str] | None = Field(default=None, max_length=8)
     logprobs: int | None = Field(default=None, ge=0, le=20, description="Top alternatives per token.")
 

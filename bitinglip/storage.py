@@ -10,6 +10,7 @@ from typing import Any
 import fsspec
 
 from bitinglip.config import Settings
+from bitinglip.crypto import Cipher, is_sealed
 
 
 def s3_options(settings: Settings) -> dict[str, Any]:
@@ -55,9 +56,11 @@ def write_atomic(fs: Any, path: str, data: bytes) -> None:
 
 
 def read_url(settings: Settings, url: str) -> bytes:
+    """An object's content; one the result store sealed (a batch input read by its URL) is opened
+    with the configured keys, so readers outside the store get plaintext too."""
     fs, path = filesystem(settings, url)
     data: bytes = fs.cat_file(path)
-    return data
+    return Cipher.from_settings(settings).open(data) if is_sealed(data) else data
 
 
 def write_url(settings: Settings, url: str, data: bytes) -> None:

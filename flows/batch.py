@@ -2,8 +2,10 @@
 work pool (DESIGN.md decision 4).
 
 The flow run loads each model once in its own process, validates every line first, splits the valid
-requests into chunks and runs one cached task per chunk (cache key: chunk content + model revision +
-format), so a retried, resumed or re-submitted batch skips the chunks already done. Outcome lines go to
+requests into chunks and runs one cached task per chunk (cache key: owner + chunk content + model
+revision + format + the settings that shape outputs), so a retried, resumed or re-submitted batch of the
+same owner skips the chunks already done, and another owner's never hits them. Lines are charged to the
+owner's daily token quota chunk by chunk as they run (flows/batch_quota.py). Outcome lines go to
 `output.jsonl` / `errors.jsonl` on local disk or S3, each written atomically."""
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 from uuid import UUID
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
 from prefect.context import TaskRunContext
 from prefect.filesystems import RemoteFileSystem
@@ -29,7 +31,6 @@ from bitinglip.batches.format import (
     ENDPOINTS,
     BatchItem,
     ParsedInput,
-    chunk_key,
     chunks,
     error_line,
     from_jsonl,
@@ -43,9 +44,12 @@ from bitinglip.engines.pool import ModelPool
 from bitinglip.errors import BitingLipError, error_record
 from bitinglip.jobs.flowjob import FlowJob
 from bitinglip.jobs.store import JobStore
+from bitinglip.models import access
 from bitinglip.models.store import ModelStore
 from bitinglip.results import ResultStore
 from bitinglip.storage import expand, read_url, s3_options, write_url
+from flows import batch_quota
+from flows.batch_quota import ChunkMeter
 
 _pool: ModelPool | None = None  # one per flow-run process: models load once, not once per chunk
 
@@ -67,14 +71,17 @@ def _chunk_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
     task_run_name="chunk {index}",
     retries=2,
     retry_delay_seconds=[2, 10],
+    retry_condition_fn=batch_quota.no_retry_on_shortfall,
     cache_key_fn=_chunk_cache_key,
     persist_result=True,
 )
-async def run_chunk(index: int, key: str, items: list[BatchItem]) -> dict[str, Any]:
+async def run_chunk(index: int, key: str, items: list[BatchItem], meter: ChunkMeter | None = None) -> dict[str, Any]:
     """Runs the chunk's requests concurrently into the model batchers (so they run at the engine's
     batch size) and stores the outcome lines under a content-addressed key; the task's own (cached)
-    result is only that pointer and the counts."""
+    result is only that pointer and the counts. `meter`: the quota the lines are charged to, reserved
+    before they run (QuotaShortfall when it does not fit) and settled at their real count."""
     settings = get_settings()
+    hold = await batch_quota.reserve(meter, key, items, settings)
     executor = OfflineOpenAI(_model_pool(settings))
     room = asyncio.Semaphore(settings.max_queue)
 
@@ -86,10 +93,15 @@ async def run_chunk(index: int, key: str, items: list[BatchItem]) -> dict[str, A
                 return error_line(
                     item.custom_id, exc.code or exc.type, exc.message, status_code=exc.status_code, body=exc.body()
                 )
+            except Exception as exc:  # one line's surprise fails that line alone, without internal text
+                get_run_logger().exception("batch line %s failed", item.custom_id)
+                record = error_record(exc)
+                return error_line(item.custom_id, record["code"] or record["type"], record["message"], status_code=500)
 
     lines = await asyncio.gather(*(one(item) for item in items))
     path = f"batches/chunks/{key}.jsonl"
     await asyncio.to_thread(ResultStore(settings).put, path, to_jsonl(lines))
+    await batch_quota.settle(hold, lines)
     failed = sum(1 for line in lines if line["error"] is not None)
     return {"path": path, "completed": len(lines) - failed, "failed": failed}
 
@@ -118,9 +130,11 @@ class BatchOutcome:
         }
 
 
-def _resolve_models(settings: Settings, parsed: ParsedInput) -> dict[str, str]:
-    """Model name -> installed NAME@REVISION; lines naming a missing or wrong-task model become
-    error lines here, before anything runs."""
+def _resolve_models(
+    settings: Settings, parsed: ParsedInput, may_use: access.ModelCheck | None = None
+) -> dict[str, str]:
+    """Model name -> installed NAME@REVISION; lines naming a missing or wrong-task model, or one the
+    batch's owner may not use (`may_use`), become error lines here, before anything runs."""
     store = ModelStore(settings.store_dir)
     resolved: dict[str, str] = {}
     problems: dict[str, BitingLipError] = {}
@@ -129,6 +143,7 @@ def _resolve_models(settings: Settings, parsed: ParsedInput) -> dict[str, str]:
             continue
         try:
             manifest = store.resolve(item.model)
+            access.require(may_use, item.model, manifest.name)  # withheld: the same error as missing
         except BitingLipError as exc:
             problems[item.model] = exc
             continue
@@ -176,10 +191,21 @@ async def _chunk_task(settings: Settings) -> Any:
 
 
 async def _run_batch(
-    settings: Settings, chunk_task: Any, input_url: str, endpoint: str | None, job: FlowJob | None
+    settings: Settings,
+    chunk_task: Any,
+    input_url: str,
+    endpoint: str | None,
+    job: FlowJob | None,
+    may_use: access.ModelCheck | None = None,
+    meter: ChunkMeter | None = None,
+    owner: str | None = None,
 ) -> BatchOutcome:
     outcome = BatchOutcome()
     results = ResultStore(settings)
+    pool = _model_pool(settings)
+    context = _ChunkContext(
+        settings, batch_quota.result_settings(settings, str(pool.device), str(pool.dtype)), owner, meter
+    )
 
     def report(phase: str) -> None:
         if job is not None:
@@ -188,31 +214,79 @@ async def _run_batch(
     report("validating")
     data = await asyncio.to_thread(read_url, settings, input_url)
     parsed = parse_input(data, endpoint, check_body)
-    models = _resolve_models(settings, parsed)
+    models = _resolve_models(settings, parsed, may_use)
     outcome.total, outcome.failed, outcome.errors = parsed.total, len(parsed.errors), list(parsed.errors)
     planned = chunks(parsed.items, settings.batch_chunk_size)
     outcome.chunks_total = len(planned)
     print(f"{outcome.total} requests: {len(parsed.items)} valid in {len(planned)} chunks, {outcome.failed} invalid")
     artifact = cast(UUID, await acreate_progress_artifact(0.0, description=f"batch {input_url}"))
     report("in_progress")
+    quota_out = False  # once the owner's quota runs out, the remaining lines fail without running
     for index, items in enumerate(planned):
         if job is not None and (job.cancel_requested.is_set() or job.lost.is_set()):
             outcome.stopped = "cancelled" if job.cancel_requested.is_set() else "lost"
             break
-        state = await chunk_task(index, chunk_key(items, models), items, return_state=True)
-        result = await state.result()
-        lines = from_jsonl(await asyncio.to_thread(results.get, result["path"]))
-        outcome.outputs.extend(line for line in lines if line["error"] is None)
-        outcome.errors.extend(line for line in lines if line["error"] is not None)
-        outcome.completed += result["completed"]
-        outcome.failed += result["failed"]
+        runs, refused = ([], items) if quota_out else await _within_quota(chunk_task, index, items, models, context)
+        quota_out = bool(refused)
+        for _, result in runs:
+            lines = from_jsonl(await asyncio.to_thread(results.get, result["path"]))
+            outcome.outputs.extend(line for line in lines if line["error"] is None)
+            outcome.errors.extend(line for line in lines if line["error"] is not None)
+            outcome.completed += result["completed"]
+            outcome.failed += result["failed"]
+        outcome.chunks_cached += bool(runs) and all(state.name == "Cached" for state, _ in runs)
+        outcome.errors.extend(batch_quota.quota_error_line(item) for item in refused)
+        outcome.failed += len(refused)
         outcome.chunks_done += 1
-        outcome.chunks_cached += state.name == "Cached"
         done = outcome.completed + outcome.failed
         await aupdate_progress_artifact(artifact, 100.0 * done / max(outcome.total, 1))
         report("in_progress")
     report("finalizing")
     return outcome
+
+
+@dataclass(frozen=True)
+class _ChunkContext:
+    """What every chunk of one batch run shares: the settings shaping outputs, the owner, the meter."""
+
+    settings: Settings
+    shaping: str
+    owner: str | None
+    meter: ChunkMeter | None
+
+
+async def _chunk(
+    chunk_task: Any, index: int, items: list[BatchItem], models: dict[str, str], context: _ChunkContext
+) -> tuple[Any, dict[str, Any]] | None:
+    """One chunk task: its state and result, or None when the owner's quota could not hold it."""
+    key = batch_quota.owned_chunk_key(items, models, context.owner, context.shaping)
+    state = await chunk_task(index, key, items, context.meter, return_state=True)
+    if state.is_failed():
+        failure = await state.result(raise_on_failure=False)
+        if isinstance(failure, batch_quota.QuotaShortfall):
+            return None
+        await batch_quota.release(context.meter, key)
+    return state, await state.result()
+
+
+async def _within_quota(
+    chunk_task: Any, index: int, items: list[BatchItem], models: dict[str, str], context: _ChunkContext
+) -> tuple[list[tuple[Any, dict[str, Any]]], list[BatchItem]]:
+    """Runs the chunk; when the owner's quota cannot hold all of it, runs the lines that still fit (again,
+    as settling frees what a run reserved beyond its real count) until none does. The runs, and the
+    lines refused for quota."""
+    ran = await _chunk(chunk_task, index, items, models, context)
+    if ran is not None:
+        return [ran], []
+    assert context.meter is not None  # only a metered chunk can fall short of quota
+    runs, pending = [], items
+    while pending and (fit := await batch_quota.fitting(context.meter, pending, context.settings)):
+        ran = await _chunk(chunk_task, index, pending[:fit], models, context)
+        if ran is None:
+            break
+        runs.append(ran)
+        pending = pending[fit:]
+    return runs, pending
 
 
 async def _summary(outcome: BatchOutcome, where: dict[str, str | None]) -> None:
@@ -240,10 +314,22 @@ async def _run_job(settings: Settings, job_id: str) -> dict[str, Any]:
                 return {"failed": error["message"]}
             try:
                 params = record.params
-                outcome = await _run_batch(
-                    settings, await _chunk_task(settings), params["input_url"], params["endpoint"], job
+                may_use = await asyncio.to_thread(access.job_access, db, record.owner, params.get("key_id"))
+                meter = await asyncio.to_thread(
+                    batch_quota.meter_for, db, settings, job_id, record.owner, params.get("key_id")
                 )
-                if outcome.stopped == "lost":
+                batch_quota.bind_ledger(db)
+                outcome = await _run_batch(
+                    settings,
+                    await _chunk_task(settings),
+                    params["input_url"],
+                    params["endpoint"],
+                    job,
+                    may_use,
+                    meter,
+                    record.owner,
+                )
+                if outcome.stopped == "lost" or job.lost.is_set():  # another run owns the outputs now
                     return {"stopped": "another run holds this batch now"}
                 files = await asyncio.to_thread(_store_outputs, settings, db, record.owner, job_id, outcome)
             except Exception as exc:
@@ -255,6 +341,7 @@ async def _run_job(settings: Settings, job_id: str) -> dict[str, Any]:
         await _summary(outcome, files)
         return result
     finally:
+        batch_quota.bind_ledger(None)
         await _close_pool()
         db.dispose()
 

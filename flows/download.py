@@ -21,7 +21,7 @@ from bitinglip.models import installer, registry
 from bitinglip.models.budget import evict_for
 from bitinglip.models.catalog import Task, load_catalog
 from bitinglip.models.names import check_part
-from bitinglip.models.sources import parse_source
+from bitinglip.models.sources import check_allowed, parse_source
 from bitinglip.models.store import Manifest, ModelStore
 
 
@@ -113,7 +113,9 @@ def _install(
         revision or (entry.revision if entry else None) or parse_source(source).revision or "main", "revision"
     )
     check_part(name, "model")
-    parse_source(source)  # reject a malformed URI before recording anything
+    # a malformed or forbidden URI is refused before anything is recorded; the fetch task checks
+    # again file by file where it reads (sources.py), so a direct flow run cannot get around it
+    check_allowed(parse_source(source), settings)
     store = ModelStore(settings.store_dir)
     registry.mark_downloading(db, name, revision, task_type, source)
     remove_listener = installer.add_progress_listener(_progress_to_artifact())
@@ -125,7 +127,7 @@ def _install(
             manifest = install_files(staging / "model", name, revision, task_type, source, converted_from)
         registry.mark_ready(db, manifest, store)
     except Exception as exc:
-        registry.mark_failed(db, f"{name}@{revision}", f"{type(exc).__name__}: {exc}")
+        registry.mark_failed(db, f"{name}@{revision}", error_record(exc)["message"])
         raise
     finally:
         remove_listener()

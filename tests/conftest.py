@@ -100,13 +100,7 @@ def platform(
     home = home_with_store(tmp_path_factory.mktemp("home"), model_store)
     running = Platform(platform_settings(home), env_overrides={**s3_server.env, **BATCH_LIMITS})
     try:
-        running.start_prefect()
-        running.start_worker(wait=False)
-        running.start_gateway()
-        running.deploy()
-        running.start_pool_worker("cpu")
-        running.start_pool_worker("gpu")
-        running.wait_ready(timeout=120)
+        running.start_all(timeout=120)
         yield running
     finally:
         running.close()

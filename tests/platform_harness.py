@@ -128,6 +128,16 @@ class Platform:
             [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
         )
 
+    def start_all(self, timeout: float = 120) -> None:
+        """Everything `up` runs: Prefect, a model worker, the gateway, deployments, both pool workers."""
+        self.start_prefect()
+        self.start_worker(wait=False)
+        self.start_gateway()
+        self.deploy()
+        self.start_pool_worker("cpu")
+        self.start_pool_worker("gpu")
+        self.wait_ready(timeout=timeout)
+
     def wait_ready(self, timeout: float = 60) -> None:
         self.sup.wait_http(f"{self.gateway}/health", timeout=timeout)
 

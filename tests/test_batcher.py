@@ -1,5 +1,5 @@
 """The dynamic batcher with a real (pure-Python) batch function: grouping, deadline, priority,
-failure propagation, the output-count guarantee and backpressure."""
+failure isolation and propagation, the output-count guarantee and backpressure."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bitinglip.engines.batcher import DynamicBatcher
-from bitinglip.errors import Overloaded
+from bitinglip.engines.batcher import ContinuousBatcher, DynamicBatcher
+from bitinglip.engines.types import GenerationFailed
+from bitinglip.errors import InvalidRequest, Overloaded
 
 
 @pytest.fixture()
@@ -43,8 +44,11 @@ def make(
     size: int = 4,
     wait_ms: float = 50,
     queue: int = 64,
+    isolate: bool = True,
 ) -> DynamicBatcher[str, str]:
-    return DynamicBatcher("test", fn, executor, max_batch_size=size, max_wait_ms=wait_ms, max_queue=queue)
+    return DynamicBatcher(
+        "test", fn, executor, max_batch_size=size, max_wait_ms=wait_ms, max_queue=queue, isolate=isolate
+    )
 
 
 async def test_concurrent_requests_are_grouped_up_to_max_batch_size(executor: ThreadPoolExecutor) -> None:
@@ -92,13 +96,64 @@ async def test_priority_orders_waiting_requests(executor: ThreadPoolExecutor) ->
     await batcher.stop()
 
 
-async def test_a_failing_batch_fails_every_request_with_the_reason(executor: ThreadPoolExecutor) -> None:
+async def test_without_isolation_a_failing_batch_fails_every_request_with_the_reason(
+    executor: ThreadPoolExecutor,
+) -> None:
     def boom(items: list[str]) -> list[str]:
         raise ValueError("engine exploded")
 
-    batcher = make(executor, boom, size=3)
+    batcher = make(executor, boom, size=3, isolate=False)
     results = await asyncio.gather(*(batcher.submit(str(i), 0) for i in range(3)), return_exceptions=True)
     assert all(isinstance(r, ValueError) and "engine exploded" in str(r) for r in results)
+    await batcher.stop()
+
+
+class Poisoned:
+    """Upper-cases items; any batch holding a "poison" item raises with internal detail."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def __call__(self, items: list[str]) -> list[str]:
+        self.batches.append(list(items))
+        if "poison" in items:
+            raise ValueError("tensor shape mismatch at layer 3")  # what a client must never see
+        if "invalid" in items:
+            raise InvalidRequest("this input is not allowed", param="input")
+        return [i.upper() for i in items]
+
+
+async def test_a_poison_item_fails_alone_and_its_batch_mates_succeed(executor: ThreadPoolExecutor) -> None:
+    engine = Poisoned()
+    batcher = make(executor, engine, size=4, wait_ms=50)
+    names = ["a", "poison", "b", "invalid"]
+    results = await asyncio.gather(*(batcher.submit(n, 0) for n in names), return_exceptions=True)
+    assert results[0] == "A" and results[2] == "B"
+    poisoned, invalid = results[1], results[3]
+    assert isinstance(poisoned, GenerationFailed) and poisoned.status_code == 500
+    assert poisoned.body()["error"] == {
+        "message": "generation failed for this request",
+        "type": "internal_error",
+        "param": None,
+        "code": "generation_failed",
+    }
+    assert "tensor" not in str(poisoned) and isinstance(poisoned.__cause__, ValueError)  # detail: logs only
+    assert isinstance(invalid, InvalidRequest) and invalid.param == "input"  # our own errors pass as they are
+    assert engine.batches == [names, ["a"], ["poison"], ["b"], ["invalid"]]  # the batch, then one by one
+    assert await batcher.submit("after", 0) == "AFTER"
+    await batcher.stop()
+
+
+async def test_an_exception_in_a_result_slot_fails_that_request_only(executor: ThreadPoolExecutor) -> None:
+    def per_item(items: list[str]) -> list[str | Exception]:
+        return [GenerationFailed() if i == "bad" else i.upper() for i in items]
+
+    batcher: DynamicBatcher[str, str] = DynamicBatcher(
+        "test", per_item, executor, max_batch_size=3, max_wait_ms=50, max_queue=8
+    )
+    results = await asyncio.gather(*(batcher.submit(n, 0) for n in ("x", "bad", "y")), return_exceptions=True)
+    assert results[0] == "X" and results[2] == "Y" and isinstance(results[1], GenerationFailed)
+    assert batcher.stats.batches == 1  # nothing was rerun
     await batcher.stop()
 
 
@@ -119,7 +174,7 @@ async def test_batcher_keeps_serving_after_a_failure(executor: ThreadPoolExecuto
         return items
 
     batcher = make(executor, flaky, size=1, wait_ms=0)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(GenerationFailed):  # a batch of one failed: that request, alone
         await batcher.submit("a", 0)
     assert await batcher.submit("b", 0) == "b"
     await batcher.stop()
@@ -179,19 +234,23 @@ class CountdownEngine:
     """A pure-Python stand-in for the decode loop: an item finishes after `int(item)` steps."""
 
     def __init__(self, fail_at_step: int | None = None) -> None:
+        """Items named "poison:N" end at their first step with their own failure."""
         self.running: dict[str, int] = {}
         self.widths: list[int] = []
         self.steps = 0
         self.fail_at_step = fail_at_step
 
-    def step(self, admitted: list[str]) -> list[tuple[str, str]]:
+    def step(self, admitted: list[str]) -> list[tuple[str, str | Exception]]:
         self.steps += 1
         if self.steps == self.fail_at_step:
             raise RuntimeError("device lost")
+        done: list[tuple[str, str | Exception]] = []
         for item in admitted:
-            self.running[item] = int(item.split(":")[1])
+            if item.startswith("poison"):
+                done.append((item, GenerationFailed()))
+            else:
+                self.running[item] = int(item.split(":")[1])
         self.widths.append(len(self.running))
-        done = []
         for item in list(self.running):
             self.running[item] -= 1
             if self.running[item] == 0:
@@ -205,8 +264,6 @@ class CountdownEngine:
 
 
 async def test_continuous_batcher_admits_new_items_while_others_run(executor: ThreadPoolExecutor) -> None:
-    from bitinglip.engines.batcher import ContinuousBatcher
-
     engine = CountdownEngine()
     batcher = ContinuousBatcher("c", engine.step, engine.reset, executor, max_batch_size=3, max_wait_ms=0, max_queue=16)
     long = asyncio.ensure_future(batcher.submit("long:40", 0))
@@ -220,9 +277,21 @@ async def test_continuous_batcher_admits_new_items_while_others_run(executor: Th
     await batcher.stop()
 
 
-async def test_continuous_batcher_failure_fails_everything_in_flight(executor: ThreadPoolExecutor) -> None:
-    from bitinglip.engines.batcher import ContinuousBatcher
+async def test_continuous_batcher_fails_a_poison_item_alone(executor: ThreadPoolExecutor) -> None:
+    engine = CountdownEngine()
+    batcher = ContinuousBatcher(
+        "c", engine.step, engine.reset, executor, max_batch_size=4, max_wait_ms=20, max_queue=16
+    )
+    running = asyncio.ensure_future(batcher.submit("long:20", 0))
+    await asyncio.sleep(0.03)
+    names = ["a:3", "poison:1", "b:5"]
+    results = await asyncio.gather(*(batcher.submit(n, 0) for n in names), return_exceptions=True)
+    assert results[0] == "done a:3" and results[2] == "done b:5" and isinstance(results[1], GenerationFailed)
+    assert await running == "done long:20"
+    await batcher.stop()
 
+
+async def test_continuous_batcher_failure_fails_everything_in_flight(executor: ThreadPoolExecutor) -> None:
     engine = CountdownEngine(fail_at_step=3)
     batcher = ContinuousBatcher(
         "c", engine.step, engine.reset, executor, max_batch_size=4, max_wait_ms=20, max_queue=16

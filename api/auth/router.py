@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from api.auth.schemas import (
     CreatedKey,
@@ -20,8 +20,9 @@ router = APIRouter(prefix="/api/v1", tags=["auth"])
 
 
 @login_router.post("/login", response_model=TokenResponse)
-async def login(body: LoginRequest, auth: AuthServiceDep) -> TokenResponse:
-    return await auth.login(body.username, body.password)
+async def login(body: LoginRequest, request: Request, auth: AuthServiceDep) -> TokenResponse:
+    client = request.client.host if request.client else "unknown"
+    return await auth.login(body.username, body.password, client)
 
 
 @router.get("/auth/me", response_model=Me)
@@ -58,4 +59,4 @@ async def list_users(who: PrincipalDep, auth: AuthServiceDep) -> list[UserView]:
 
 @router.patch("/users/{username}", response_model=UserView)
 async def update_user(username: str, body: UserUpdateRequest, who: PrincipalDep, auth: AuthServiceDep) -> UserView:
-    return await auth.set_disabled(who, username, body.disabled)
+    return await auth.update_user(who, username, body)

@@ -5,7 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from bitinglip.db.tables import ApiKey, User
+from bitinglip.auth.principal import Limits
+from bitinglip.db.tables import ApiKey, User, UserLimits
 
 USERNAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 INT32 = 2**31 - 1  # the DB columns are 32-bit on PostgreSQL
@@ -31,9 +32,15 @@ class Me(BaseModel):
 class KeyCreateRequest(BaseModel):
     name: str = Field(default="default", min_length=1, max_length=100)
     username: str | None = Field(default=None, pattern=USERNAME, description="Admins: create it for this user.")
-    rate_limit_per_minute: int | None = Field(default=None, ge=1, le=INT32, description="Admins only.")
-    tokens_per_day: int | None = Field(default=None, ge=1, le=INT32, description="Admins only.")
-    images_per_day: int | None = Field(default=None, ge=1, le=INT32, description="Admins only.")
+    rate_limit_per_minute: int | None = Field(
+        default=None, ge=1, le=INT32, description="Admins only. Narrows the user's own limit for this key."
+    )
+    tokens_per_day: int | None = Field(
+        default=None, ge=1, le=INT32, description="Admins only. Narrows the user's own quota for this key."
+    )
+    images_per_day: int | None = Field(
+        default=None, ge=1, le=INT32, description="Admins only. Narrows the user's own quota for this key."
+    )
 
 
 class KeyView(BaseModel):
@@ -72,8 +79,32 @@ class UserCreateRequest(BaseModel):
     role: Literal["admin", "user"] = "user"
 
 
+class UserLimitsBody(BaseModel):
+    """A user's own limits, shared by all their keys and login tokens; null: the settings' default."""
+
+    rate_limit_per_minute: int | None = Field(default=None, ge=1, le=INT32)
+    tokens_per_day: int | None = Field(default=None, ge=1, le=INT32)
+    images_per_day: int | None = Field(default=None, ge=1, le=INT32)
+
+    @classmethod
+    def from_record(cls, r: UserLimits | None) -> UserLimitsBody:
+        if r is None:
+            return cls()
+        return cls(
+            rate_limit_per_minute=r.rate_limit_per_minute,
+            tokens_per_day=r.tokens_per_day,
+            images_per_day=r.images_per_day,
+        )
+
+    def as_limits(self) -> Limits:
+        return Limits(self.rate_limit_per_minute, self.tokens_per_day, self.images_per_day)
+
+
 class UserUpdateRequest(BaseModel):
-    disabled: bool
+    disabled: bool | None = Field(default=None, description="Disable (or enable) the user.")
+    limits: UserLimitsBody | None = Field(
+        default=None, description="Replace the user's limits (every field; a null field is the settings' default)."
+    )
 
 
 class UserView(BaseModel):
@@ -81,7 +112,14 @@ class UserView(BaseModel):
     role: str
     disabled: bool
     created_at: datetime
+    limits: UserLimitsBody = Field(description="Set by an admin; null fields follow the settings' defaults.")
 
     @classmethod
-    def from_record(cls, u: User) -> UserView:
-        return cls(username=u.username, role=u.role, disabled=u.disabled, created_at=u.created_at)
+    def from_record(cls, u: User, limits: UserLimits | None = None) -> UserView:
+        return cls(
+            username=u.username,
+            role=u.role,
+            disabled=u.disabled,
+            created_at=u.created_at,
+            limits=UserLimitsBody.from_record(limits),
+        )

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 
-from api.auth.schemas import CreatedKey, KeyCreateRequest, KeyView, Me, TokenResponse, UserCreateRequest, UserView
+from api.auth.schemas import (
+    CreatedKey,
+    KeyCreateRequest,
+    KeyView,
+    Me,
+    TokenResponse,
+    UserCreateRequest,
+    UserUpdateRequest,
+    UserView,
+)
 from bitinglip.auth.accounts import AccountStore
 from bitinglip.auth.audit import audit
 from bitinglip.auth.credentials import issue_token, parse_api_key, read_token
-from bitinglip.auth.limits import Limiter, RateState
-from bitinglip.auth.principal import Principal
+from bitinglip.auth.limits import Limiter, RateState, effective_limits
+from bitinglip.auth.principal import Limits, Principal
 from bitinglip.config import Settings
-from bitinglip.errors import NotFound, PermissionDenied, RateLimited, Unauthorized
-
-LOGIN_ATTEMPTS_PER_MINUTE = 10
+from bitinglip.errors import PermissionDenied, RateLimited, Unauthorized
 
 
 class AuthService:
@@ -42,7 +49,7 @@ class AuthService:
 
     async def _identify(self, authorization: str | None) -> Principal:
         if self.settings.open_access:
-            return Principal(self.settings.admin_username, "admin")
+            return Principal(self.settings.admin_username, "admin", user_limits=effective_limits(None, self.settings))
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("missing credentials: send Authorization: Bearer <API key or login token>")
@@ -51,23 +58,22 @@ class AuthService:
             found = await asyncio.to_thread(self.accounts.lookup_key, parsed)
             if found is None:
                 raise Unauthorized("invalid, revoked or disabled API key")
-            key, user = found
+            key, user, stored = found
             return Principal(
                 user.username,
                 user.role,
                 key.id,
-                rate_limit_per_minute=key.rate_limit_per_minute,
-                tokens_per_day=key.tokens_per_day,
-                images_per_day=key.images_per_day,
+                user_limits=effective_limits(stored, self.settings),
+                key_limits=Limits(key.rate_limit_per_minute, key.tokens_per_day, key.images_per_day),
             )
         claims = read_token(token, self.settings.secret("jwt_secret"))
-        try:
-            user = await asyncio.to_thread(self.accounts.user, str(claims["sub"]))
-        except NotFound as exc:
-            raise Unauthorized("invalid credentials") from exc
+        account = await asyncio.to_thread(self.accounts.lookup_user, str(claims["sub"]))
+        if account is None:
+            raise Unauthorized("invalid credentials")
+        user, stored = account
         if user.disabled:
             raise Unauthorized("this user is disabled")
-        return Principal(user.username, user.role)
+        return Principal(user.username, user.role, user_limits=effective_limits(stored, self.settings))
 
     def require_admin(self, who: Principal, action: str) -> None:
         if not who.is_admin:
@@ -76,10 +82,14 @@ class AuthService:
 
     # -- login and keys
 
-    async def login(self, username: str, password: str) -> TokenResponse:
-        if not await self.limiter.attempt("login", username, LOGIN_ATTEMPTS_PER_MINUTE):
-            audit("login", actor=username, outcome="throttled")
-            raise RateLimited("too many login attempts; wait a minute", limit=LOGIN_ATTEMPTS_PER_MINUTE, reset_after=60)
+    async def login(self, username: str, password: str, client: str) -> TokenResponse:
+        """Throttled per client address and per address + user name, never per user name alone: a
+        stranger's failed attempts cannot lock a user out from their own address."""
+        per_minute = self.settings.login_attempts_per_minute
+        for scope, key in (("login-address", client), ("login-address-user", f"{client}|{username}")):
+            if not await self.limiter.attempt(scope, key, per_minute):
+                audit("login", actor=username, outcome="throttled", client=client, by=scope)
+                raise RateLimited("too many login attempts; wait a minute", limit=per_minute, reset_after=60)
         user = await asyncio.to_thread(self.accounts.check_password, username, password)
         if user is None:
             audit("login", actor=username, outcome="failed")
@@ -103,7 +113,10 @@ class AuthService:
             self.require_admin(who, "creating keys for other users")
         if any(v is not None for v in limits.values()):
             self.require_admin(who, "setting per-key limits")
-        token, record = await asyncio.to_thread(lambda: self.accounts.create_key(owner, request.name, **limits))
+        cap = self.settings.max_keys_per_user
+        token, record = await asyncio.to_thread(
+            lambda: self.accounts.create_key(owner, request.name, **limits, max_live_keys=cap)
+        )
         audit("api_key_created", actor=who.username, key_id=record.id, for_user=owner)
         return CreatedKey(**KeyView.from_record(record).model_dump(), key=token)
 
@@ -128,10 +141,20 @@ class AuthService:
 
     async def users(self, who: Principal) -> list[UserView]:
         self.require_admin(who, "listing users")
-        return [UserView.from_record(u) for u in await asyncio.to_thread(self.accounts.users)]
+        users = await asyncio.to_thread(self.accounts.users)
+        limits = await asyncio.to_thread(self.accounts.stored_limits_of, [u.username for u in users])
+        return [UserView.from_record(u, limits.get(u.username)) for u in users]
 
-    async def set_disabled(self, who: Principal, username: str, disabled: bool) -> UserView:
+    async def update_user(self, who: Principal, username: str, request: UserUpdateRequest) -> UserView:
+        """Disable or enable a user, and set the limits all their keys and login tokens share."""
         self.require_admin(who, "changing users")
-        user = await asyncio.to_thread(self.accounts.set_disabled, username, disabled)
-        audit("user_disabled" if disabled else "user_enabled", actor=who.username, user=username)
-        return UserView.from_record(user)
+        user = await asyncio.to_thread(self.accounts.user, username)
+        if request.disabled is not None:
+            user = await asyncio.to_thread(self.accounts.set_disabled, username, request.disabled)
+            audit("user_disabled" if request.disabled else "user_enabled", actor=who.username, user=username)
+        if request.limits is not None:
+            new = request.limits.as_limits()
+            await asyncio.to_thread(self.accounts.set_limits, username, new, who.username)
+            audit("user_limits_set", actor=who.username, user=username, **vars(new))
+        stored = await asyncio.to_thread(self.accounts.stored_limits, username)
+        return UserView.from_record(user, stored)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from bitinglip.batches.format import ENDPOINTS
 from bitinglip.db.tables import Job
+from bitinglip.schemas import UnicodeRequest
 
 Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
 assert set(Endpoint.__args__) == set(ENDPOINTS)  # type: ignore[attr-defined]
@@ -18,7 +19,7 @@ BatchStatus = Literal[
 ]
 
 
-class BatchCreateRequest(BaseModel):
+class BatchCreateRequest(UnicodeRequest):
     input_file_id: str = Field(min_length=1, max_length=40)
     endpoint: Endpoint
     completion_window: Literal["24h"] = "24h"

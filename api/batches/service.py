@@ -60,6 +60,7 @@ class BatchService:
                     "endpoint": request.endpoint,
                     "completion_window": request.completion_window,
                     "metadata": request.metadata,
+                    "key_id": who.key_id,  # the flow run checks each line's model against the caller's grants
                 },
                 priority=int(Priority.BATCH),
                 owner=owner,

@@ -77,9 +77,15 @@ class FileService:
         prefixes = RESULT_PREFIXES if scope is None else tuple(f"{p}{scope}/" for p in RESULT_PREFIXES)
         if not path.startswith(prefixes):
             raise NotFound(f"result {path!r} not found", param="path")
-        return await asyncio.to_thread(self.results.get, path)
+        try:
+            return await asyncio.to_thread(self.results.get, path)
+        except (IsADirectoryError, NotADirectoryError) as exc:  # a folder (or a path through a file) on local disk
+            raise NotFound(f"result {path!r} not found", param="path") from exc
 
     async def delete(self, file_id: str, owner: str | None) -> FileDeleted:
-        record = await asyncio.to_thread(self.files.delete, file_id, owner)
+        """The stored bytes go first, then the record: a failure in between leaves the record, so
+        deleting again finishes the job instead of leaving bytes nobody can find."""
+        record = await self.record(file_id, owner)
         await asyncio.to_thread(self.results.delete, record.key)
+        await asyncio.to_thread(self.files.delete, file_id, owner)
         return FileDeleted(id=record.id)

@@ -1,15 +1,64 @@
-"""The inference service as one caller sees it: each call first checks the caller's daily quota,
-then charges what it used (tokens for text and embeddings, images for images)."""
+"""The inference service as one caller sees it: each call reserves the most it may cost from the
+caller's daily quota before it starts (so concurrent calls cannot overshoot the quota together) and
+settles the real count when it ends: tokens for text and embeddings, images for images.
+
+A call that fails with one of our errors is not charged. A stream the client drops is charged its
+prompt estimate and the tokens relayed so far (the worker stops at its next token); any other way a
+call can end without a count (cancelled, an unexpected error) is charged its whole reservation."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+import asyncio
+import threading
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from api.inference.service import InferenceService
 from bitinglip.auth.limits import Limiter
-from bitinglip.auth.principal import Principal
+from bitinglip.auth.principal import Principal, QuotaKind
+from bitinglip.auth.usage import (
+    Hold,
+    UsageLedger,
+    embedding_tokens_estimate,
+    prompt_tokens_estimate,
+    text_tokens_estimate,
+    tokens_used,
+)
+from bitinglip.errors import BitingLipError
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
+
+T = TypeVar("T")
+
+
+def _settle_in_background(ledger: UsageLedger, hold_id: str, amount: int) -> None:
+    """The last resort for a reservation whose owner was dropped unsettled (a stream never read)."""
+    threading.Thread(target=ledger.settle, args=(hold_id, amount), name="settle-dropped", daemon=True).start()
+
+
+class Reservation:
+    """One call's hold on its caller's quota. Settled once: with the real count when known; if it is
+    garbage-collected unsettled, with the whole reservation."""
+
+    def __init__(self, limiter: Limiter, hold: Hold) -> None:
+        self.limiter = limiter
+        self.hold = hold
+        self.settled = False
+        assert limiter.ledger is not None
+        self._last_resort = weakref.finalize(self, _settle_in_background, limiter.ledger, hold.id, hold.amount)
+        self._last_resort.atexit = False
+
+    async def settle(self, actual: int) -> None:
+        """Also when the caller is being cancelled (a client that went away): the DB write is shielded,
+        so cancelling the wait does not cancel the write before a thread has picked it up."""
+        if self.settled:
+            return
+        self.settled = True
+        self._last_resort.detach()
+        ledger = self.limiter.ledger
+        assert ledger is not None
+        write = asyncio.get_running_loop().run_in_executor(None, ledger.settle, self.hold.id, actual)
+        await asyncio.shield(write)
 
 
 class MeteredInference:
@@ -18,34 +67,72 @@ class MeteredInference:
         self.limiter = limiter
         self.who = who
 
-    async def _charge_usage(self, result: dict[str, Any]) -> None:
-        await self.limiter.charge(self.who, "tokens", int(result.get("usage", {}).get("total_tokens", 0)))
+    @property
+    def _default_max_tokens(self) -> int:
+        return self.inner.settings.default_max_tokens
+
+    async def _reserve(self, kind: QuotaKind, amount: int) -> Reservation:
+        return Reservation(self.limiter, await self.limiter.reserve(self.who, kind, amount))
+
+    async def _metered(
+        self, kind: QuotaKind, amount: int, call: Callable[[], Awaitable[T]], used: Callable[[T], int]
+    ) -> T:
+        reservation = await self._reserve(kind, amount)
+        try:
+            result = await call()
+        except BitingLipError:
+            await reservation.settle(0)
+            raise
+        except BaseException:
+            await reservation.settle(amount)
+            raise
+        await reservation.settle(used(result))
+        return result
 
     async def generate_text(self, params: TextGenerationParams) -> dict[str, Any]:
-        await self.limiter.check_quota(self.who, "tokens")
-        result = await self.inner.generate_text(params)
-        await self._charge_usage(result)
-        return result
+        params.check_limits(self.inner.settings)  # a 400 before a 429: an oversize request reserves nothing
+        amount = text_tokens_estimate(params, self._default_max_tokens)
+        return await self._metered("tokens", amount, lambda: self.inner.generate_text(params), tokens_used)
 
     async def embed(self, params: EmbeddingParams) -> dict[str, Any]:
-        await self.limiter.check_quota(self.who, "tokens")
-        result = await self.inner.embed(params)
-        await self._charge_usage(result)
-        return result
-
-    async def stream_text(self, params: TextGenerationParams) -> tuple[str, AsyncIterator[dict[str, Any]]]:
-        await self.limiter.check_quota(self.who, "tokens")
-        model_id, events = await self.inner.stream_text(params)
-
-        async def charged() -> AsyncIterator[dict[str, Any]]:
-            async for event in events:
-                if "result" in event:
-                    await self._charge_usage(event["result"])
-                yield event
-
-        return model_id, charged()
+        params.check_limits(self.inner.settings)  # a request that can never run is a 400, never a 429
+        amount = embedding_tokens_estimate(params.texts())
+        return await self._metered("tokens", amount, lambda: self.inner.embed(params), tokens_used)
 
     async def images(self, params: ImageParams, response_format: str) -> tuple[str, str, list[dict[str, Any]]]:
-        await self.limiter.check_quota(self.who, "images")
-        await self.limiter.charge(self.who, "images", params.n)
-        return await self.inner.images(params, response_format, owner=self.who.username)
+        params.check_limits(self.inner.settings)
+        return await self._metered(
+            "images",
+            params.n,
+            lambda: self.inner.images(params, response_format, owner=self.who.username),
+            lambda result: len(result[2]),
+        )
+
+    async def stream_text(self, params: TextGenerationParams) -> tuple[str, AsyncIterator[dict[str, Any]]]:
+        params.check_limits(self.inner.settings)
+        amount = text_tokens_estimate(params, self._default_max_tokens)
+        reservation = await self._reserve("tokens", amount)
+        try:
+            model_id, events = await self.inner.stream_text(params)
+        except BitingLipError:
+            await reservation.settle(0)
+            raise
+        except BaseException:
+            await reservation.settle(amount)
+            raise
+        prompt = prompt_tokens_estimate(params)
+
+        async def metered() -> AsyncIterator[dict[str, Any]]:
+            relayed = 0
+            try:
+                async for event in events:
+                    if "result" in event:
+                        await reservation.settle(tokens_used(event["result"]))
+                    elif "delta" in event:
+                        relayed += 1
+                    yield event
+            finally:
+                if not reservation.settled:  # dropped, or broken off: what the gateway saw of it
+                    await reservation.settle(min(amount, prompt + relayed))
+
+        return model_id, metered()

@@ -16,7 +16,7 @@ from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory, WorkerInfo
 from bitinglip.config import Settings
 from bitinglip.engines.types import Priority
-from bitinglip.errors import BitingLipError, InvalidRequest, RemoteError, ServiceUnavailable
+from bitinglip.errors import BitingLipError, RemoteError, ServiceUnavailable
 from bitinglip.results import ResultStore
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 
@@ -51,14 +51,8 @@ class InferenceService:
 
     async def embed(self, params: EmbeddingParams) -> dict[str, Any]:
         record = await self.models.resolve(params.model or self.settings.default_embedding_model, "embedding")
-        texts = params.texts()
-        if not texts:
-            raise InvalidRequest("input must not be empty", param="input")
-        if len(texts) > self.settings.max_embedding_inputs:
-            raise InvalidRequest(f"at most {self.settings.max_embedding_inputs} inputs per request", param="input")
-        if any(len(t) > self.settings.max_prompt_chars for t in texts):
-            raise InvalidRequest(f"an input is longer than {self.settings.max_prompt_chars} characters", param="input")
-        payload = {"model": record.id, "input": texts, "priority": int(Priority.SYNC)}
+        params.check_limits(self.settings)
+        payload = {"model": record.id, "input": params.texts(), "priority": int(Priority.SYNC)}
         return await self._call(record.id, "/internal/v1/embeddings", payload)
 
     async def generate_image(self, params: ImageParams) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from fastapi import APIRouter, Query
 
 from api.deps import JobServiceDep, PrincipalDep, ScopeDep
 from api.jobs.schemas import JobPageView, JobRequest, JobStatus, JobView, QueueStatus
+from api.jobs.service import JobDeleted
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
@@ -30,8 +31,22 @@ async def get_job(job_id: str, jobs: JobServiceDep, scope: ScopeDep) -> JobView:
     return await jobs.get(job_id, scope)
 
 
-@router.delete("/tasks/{job_id}", response_model=JobView)
-async def cancel_job(job_id: str, jobs: JobServiceDep, scope: ScopeDep) -> JobView:
+@router.delete("/tasks/{job_id}", response_model=JobView | JobDeleted)
+async def cancel_job(
+    job_id: str,
+    jobs: JobServiceDep,
+    scope: ScopeDep,
+    purge: bool = Query(
+        default=False,
+        description="Delete the job and its stored outputs (images, a batch's output and error files) now, "
+        "instead of cancelling it: answered with `deleted: true`. A queued job is cancelled first; a running "
+        "one is a 409 until it has stopped.",
+    ),
+) -> JobView | JobDeleted:
+    """Cancel a job: a queued one at once, a running one at its next token. With `purge=true`,
+    delete it instead (see `purge`)."""
+    if purge:
+        return await jobs.delete(job_id, scope)
     return await jobs.cancel(job_id, scope)
 
 

@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+from functools import cached_property
+from typing import Literal
+
+from pydantic import BaseModel
 
 from api.jobs.schemas import _PRIORITY_NAMES, JobPageView, JobRequest, JobView, QueueStatus
 from api.models.service import ModelService
-from bitinglip import metrics
-from bitinglip.auth.limits import Limiter, QuotaKind
+from bitinglip import metrics, retention
+from bitinglip.auth import usage
+from bitinglip.auth.limits import Limiter
 from bitinglip.auth.principal import Principal
+from bitinglip.batches.files import FileStore
 from bitinglip.config import Settings
 from bitinglip.db.tables import Job
 from bitinglip.engines.types import Priority
 from bitinglip.http import REQUEST_ID
 from bitinglip.jobs.dispatcher import Dispatcher
 from bitinglip.jobs.store import JobStore
-from bitinglip.schemas import ImageParams, TextGenerationParams
+from bitinglip.results import ResultStore
+
+
+class JobDeleted(BaseModel):
+    """What `DELETE /api/v1/tasks/{id}?purge=true` removed: the job and everything stored for it."""
+
+    id: str
+    object: Literal["job"] = "job"
+    deleted: bool = True
+    objects: int  # stored outputs removed (images, batch output and error files)
+    files: int  # file records removed with it (a batch's output and error files)
 
 
 class JobService:
@@ -32,31 +48,33 @@ class JobService:
         return JobView.from_job(job, self.settings.prefect_ui_url, f"{self.settings.gateway_url}/api/v1/files")
 
     async def submit(self, request: JobRequest, who: Principal) -> JobView:
-        """Quotas are charged at acceptance: a text job its `max_tokens`, an image job its images."""
+        """The job's most possible cost is reserved from the caller's quota at acceptance (429 when it
+        does not fit); the worker settles the real count when the job finishes."""
         params = request.params
-        kind: QuotaKind = "images" if isinstance(params, ImageParams) else "tokens"
-        await self.limiter.check_quota(who, kind)
         defaults = {
             "text": self.settings.default_text_model,
             "embedding": self.settings.default_embedding_model,
             "image": self.settings.default_image_model,
         }
-        if isinstance(params, ImageParams | TextGenerationParams):
-            params.check_limits(self.settings)  # refuse at the door, not after queueing
-        record = await self.models.resolve(params.model or defaults[request.type], request.type)
-        job = await asyncio.to_thread(
-            self.store.create,
-            type_=request.type,
-            model=record.id,
-            params=params.model_dump(exclude_none=True, exclude={"model"}, mode="json"),
-            priority=int(Priority.for_job(request.priority)),
-            owner=who.username,
-            request_id=REQUEST_ID.get(),
-        )
-        if isinstance(params, ImageParams):
-            await self.limiter.charge(who, "images", params.n)
-        elif isinstance(params, TextGenerationParams):
-            await self.limiter.charge(who, "tokens", params.max_tokens or self.settings.default_max_tokens)
+        params.check_limits(self.settings)  # the sync routes' own checks, at the door, not after queueing
+        # a model the caller may not use is unknown to them: refused here, at acceptance
+        record = await self.models.resolve(params.model or defaults[request.type], request.type, who)
+        kind, amount = usage.estimate(params, self.settings.default_max_tokens)
+        hold = await self.limiter.reserve(who, kind, amount)
+        try:
+            job = await asyncio.to_thread(
+                self.store.create,
+                type_=request.type,
+                model=record.id,
+                params=params.model_dump(exclude_none=True, exclude={"model"}, mode="json"),
+                priority=int(Priority.for_job(request.priority)),
+                owner=who.username,
+                request_id=REQUEST_ID.get(),
+            )
+        except BaseException:
+            await self.limiter.settle(hold, 0)
+            raise
+        await asyncio.to_thread(self._ledger.rename, hold.id, usage.job_hold_id(job.id))  # the worker settles it
         self.dispatcher.poke()
         metrics.JOBS_SUBMITTED.labels(request.type).inc()
         return self._view(job)
@@ -83,7 +101,35 @@ class JobService:
         return JobPageView(items=[self._view(j) for j in page.items], total=page.total, limit=limit, offset=offset)
 
     async def cancel(self, job_id: str, owner: str | None) -> JobView:
-        return self._view(await asyncio.to_thread(self.store.cancel, job_id, owner))
+        job = await asyncio.to_thread(self.store.cancel, job_id, owner)
+        await self._settle_if_final(job)
+        return self._view(job)
+
+    @property
+    def _ledger(self) -> usage.UsageLedger:
+        return usage.UsageLedger(self.store.db)
+
+    async def _settle_if_final(self, job: Job) -> None:
+        """A job that ended without running (cancelled while queued) gives its reservation back; one
+        the worker finished was settled there already (settling twice does nothing)."""
+        if job.status in ("completed", "failed", "cancelled"):
+            actual = usage.job_usage(job.type, job.result)
+            await asyncio.to_thread(self._ledger.settle, usage.job_hold_id(job.id), actual)
+
+    # -- deletion by the owner
+
+    @cached_property
+    def _outputs(self) -> tuple[ResultStore, FileStore]:
+        return ResultStore(self.settings), FileStore(self.store.db)
+
+    async def delete(self, job_id: str, owner: str | None) -> JobDeleted:
+        """The job's row and stored outputs go now, not at retention; a queued job is cancelled on the
+        way, a running one is a 409 (cancel it first)."""
+        job = await asyncio.to_thread(self.store.settled, job_id, owner)
+        results, files = self._outputs
+        removed = await asyncio.to_thread(retention.delete_job, job, self.store, results, files)
+        await self._settle_if_final(job)  # a queued job deleted on the way gives its reservation back
+        return JobDeleted(id=job.id, objects=removed.objects, files=removed.files)
 
     async def queue_status(self) -> QueueStatus:
         counts = await asyncio.to_thread(self.store.queue_status)

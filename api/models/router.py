@@ -2,16 +2,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Response
 
-from api.deps import AdminDep, JobServiceDep, ModelServiceDep
+from api.deps import AdminDep, JobServiceDep, ModelServiceDep, PrincipalDep
 from api.jobs.schemas import JobView
-from api.models.schemas import DownloadRequest, ModelList, ModelView
+from api.models.schemas import DownloadRequest, ModelAccessRequest, ModelAccessView, ModelList, ModelView
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
 
 
 @router.get("", response_model=ModelList)
-async def list_models(models: ModelServiceDep) -> ModelList:
-    return ModelList(data=await models.list())
+async def list_models(models: ModelServiceDep, who: PrincipalDep) -> ModelList:
+    """The models the caller may use; sources and install errors for admins only."""
+    return ModelList(data=await models.list(who))
 
 
 @router.post("/download", status_code=202, response_model=JobView)
@@ -27,8 +28,8 @@ async def download_model(
 
 
 @router.get("/{model_id}", response_model=ModelView)
-async def get_model(model_id: str, models: ModelServiceDep) -> ModelView:
-    return await models.get(model_id)
+async def get_model(model_id: str, models: ModelServiceDep, who: PrincipalDep) -> ModelView:
+    return await models.get(model_id, who)
 
 
 @router.delete("/{model_id}", status_code=204)
@@ -38,15 +39,30 @@ async def delete_model(
     admin: AdminDep,
     force: bool = Query(default=False, description="Even if loaded."),
 ) -> Response:
-    await models.delete(model_id, force, admin.username)
+    await models.delete(model_id, force, admin)
     return Response(status_code=204)
 
 
 @router.post("/{model_id}/pin", response_model=ModelView)
 async def pin_model(model_id: str, models: ModelServiceDep, admin: AdminDep) -> ModelView:
-    return await models.pin(model_id, True, admin.username)
+    return await models.pin(model_id, True, admin)
 
 
 @router.post("/{model_id}/unpin", response_model=ModelView)
 async def unpin_model(model_id: str, models: ModelServiceDep, admin: AdminDep) -> ModelView:
-    return await models.pin(model_id, False, admin.username)
+    return await models.pin(model_id, False, admin)
+
+
+@router.get("/{model_id}/access", response_model=ModelAccessView)
+async def get_model_access(model_id: str, models: ModelServiceDep, admin: AdminDep) -> ModelAccessView:
+    """(admin) Who may use the model NAME (every revision): open to every user unless restricted."""
+    return await models.get_access(model_id)
+
+
+@router.put("/{model_id}/access", response_model=ModelAccessView)
+async def set_model_access(
+    model_id: str, body: ModelAccessRequest, models: ModelServiceDep, admin: AdminDep
+) -> ModelAccessView:
+    """(admin) Restrict the model NAME to the listed users and API keys, or open it again; to anyone
+    else it is then unknown (404) on every route. Admins always may use it."""
+    return await models.set_access(model_id, body, admin.username)

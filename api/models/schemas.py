@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from bitinglip.db.tables import ModelRecord
+from bitinglip.models.access import AccessRule
 from bitinglip.models.catalog import Task
 
 
@@ -14,7 +15,7 @@ class ModelView(BaseModel):
     name: str
     revision: str
     task: str
-    source: str
+    source: str | None = Field(description="Where it was installed from; admins only (paths, buckets).")
     status: str
     error: str | None
     size_bytes: int
@@ -25,15 +26,18 @@ class ModelView(BaseModel):
     files: dict[str, Any] | None = None
 
     @classmethod
-    def from_record(cls, r: ModelRecord, loaded_on: list[str], with_files: bool = False) -> ModelView:
+    def from_record(
+        cls, r: ModelRecord, loaded_on: list[str], with_files: bool = False, admin: bool = False
+    ) -> ModelView:
+        """Only admins see the source and a failed install's error (which quotes the source)."""
         return cls(
             id=r.id,
             name=r.name,
             revision=r.revision,
             task=r.task,
-            source=r.source,
+            source=r.source if admin else None,
             status=r.status,
-            error=r.error,
+            error=r.error if admin else None,
             size_bytes=r.size_bytes,
             pinned=r.pinned,
             loaded_on=loaded_on,
@@ -58,3 +62,34 @@ class DownloadRequest(BaseModel):
     )
     revision: str | None = None
     task: Task | None = Field(default=None, description="text, image or embedding; default: from the catalog.")
+
+
+Principals = Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=64)]], Field(max_length=1000)]
+
+
+class ModelAccessRequest(BaseModel):
+    restricted: bool = Field(description="false: every user may use the model (the default); true: only those listed.")
+    users: Principals = Field(default_factory=list, description="Usernames allowed while restricted.")
+    keys: Principals = Field(
+        default_factory=list, description="API key ids (the public part, bl-<id>-...) allowed while restricted."
+    )
+
+
+class ModelAccessView(BaseModel):
+    model: str
+    restricted: bool
+    users: list[str]
+    keys: list[str]
+    updated_by: str | None
+    updated_at: datetime | None
+
+    @classmethod
+    def from_rule(cls, rule: AccessRule) -> ModelAccessView:
+        return cls(
+            model=rule.model,
+            restricted=rule.restricted,
+            users=sorted(rule.users),
+            keys=sorted(rule.keys),
+            updated_by=rule.updated_by,
+            updated_at=rule.updated_at,
+        )

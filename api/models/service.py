@@ -1,28 +1,37 @@
-"""Installed models as the gateway sees them: the registry, plus which workers hold each one warm."""
+"""Installed models as the gateway sees them: the registry, plus which workers hold each one warm,
+filtered by who is asking: a model the caller may not use (bitinglip/models/access.py) is unknown to
+them here, and so on every route, since every route finds its model through `resolve`."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from api.models.schemas import DownloadRequest, ModelView
+from api.models.schemas import DownloadRequest, ModelAccessRequest, ModelAccessView, ModelView
 from api.workers.service import WorkerDirectory
 from bitinglip.auth.audit import audit
+from bitinglip.auth.principal import Principal
 from bitinglip.config import Settings
 from bitinglip.db.session import Database
 from bitinglip.db.tables import Job, ModelRecord
 from bitinglip.engines.types import Priority
 from bitinglip.errors import Conflict, InvalidRequest, ModelNotFound
 from bitinglip.jobs.store import JobStore
-from bitinglip.models import registry
+from bitinglip.models import access, registry
 from bitinglip.models.catalog import load_catalog
 from bitinglip.models.names import check_part, split_model_id
-from bitinglip.models.sources import parse_source
+from bitinglip.models.sources import check_allowed, parse_source
 from bitinglip.models.store import ModelStore
 
 
 class ModelService:
-    """Reads the registry at most every `refresh_s` on the hot path; a miss re-reads before a 404."""
+    """Reads the registry and the access rules at most every `refresh_s` on the hot path; a miss (or
+    a refusal) re-reads before its 404, so a grant shows at once and a revocation within `refresh_s`
+    on other gateway replicas (at once on the one that made it).
+
+    Methods that take `who` fall back to the caller bound for this request (`access.CALLER`), which
+    is how routes that do not pass one (inference, OpenAI) are covered; with none bound only open
+    models are visible."""
 
     def __init__(
         self, settings: Settings, db: Database, workers: WorkerDirectory, jobs: JobStore, refresh_s: float = 1.0
@@ -34,31 +43,46 @@ class ModelService:
         self.store = ModelStore(settings.store_dir)
         self.refresh_s = refresh_s
         self._records: list[ModelRecord] = []
+        self._rules: access.Rules = {}
         self._read_at = -1e9
+
+    def _read(self) -> tuple[list[ModelRecord], access.Rules]:
+        return registry.list_records(self.db), access.load_rules(self.db)
 
     async def _cached(self, fresh: bool = False) -> list[ModelRecord]:
         if fresh or time.monotonic() - self._read_at > self.refresh_s:
-            self._records = await asyncio.to_thread(registry.list_records, self.db)
+            self._records, self._rules = await asyncio.to_thread(self._read)
             self._read_at = time.monotonic()
         return self._records
 
-    async def list(self) -> list[ModelView]:
-        records = await self._cached(fresh=True)
+    def _visible(self, records: list[ModelRecord], who: Principal) -> list[ModelRecord]:
+        return [r for r in records if access.may_use(self._rules, r.name, who)]
+
+    async def list(self, who: Principal | None = None) -> list[ModelView]:
+        who = who or access.current_caller()
+        records = self._visible(await self._cached(fresh=True), who)
         workers = await self.workers.workers()
         return [
-            ModelView.from_record(r, loaded_on=[w.id for w in workers if w.healthy and w.has_model(r.id)])
+            ModelView.from_record(
+                r, loaded_on=[w.id for w in workers if w.healthy and w.has_model(r.id)], admin=who.is_admin
+            )
             for r in records
         ]
 
-    async def get(self, model_id: str) -> ModelView:
-        record = await self._record(model_id)
+    async def get(self, model_id: str, who: Principal | None = None) -> ModelView:
+        who = who or access.current_caller()
+        record = await self._record(model_id, who)
         workers = await self.workers.workers(fresh=True)
         loaded = [w.id for w in workers if w.has_model(record.id)]
-        return ModelView.from_record(record, loaded, with_files=True)
+        return ModelView.from_record(record, loaded, with_files=True, admin=who.is_admin)
 
-    async def _record(self, model_id: str) -> ModelRecord:
+    async def _record(self, model_id: str, who: Principal) -> ModelRecord:
         name, revision = split_model_id(model_id)
-        records = [r for r in await self._cached(fresh=True) if r.name == name and revision in (None, r.revision)]
+        records = [
+            r
+            for r in self._visible(await self._cached(fresh=True), who)
+            if r.name == name and revision in (None, r.revision)
+        ]
         if not records:
             raise ModelNotFound(f"model {model_id!r} is not installed", param="model")
         return max(records, key=lambda r: r.updated_at)
@@ -71,6 +95,7 @@ class ModelService:
             raise InvalidRequest("give a source URI, or the name of a catalog model", param="source")
         source = request.source or (entry.source if entry else "")
         ref = parse_source(source)
+        check_allowed(ref, self.settings)  # refused here at once; the download flow checks again where it reads
         name = check_part(request.name or ref.location.rstrip("/").rsplit("/", 1)[-1].split(".")[0], "name")
         task = (
             request.task
@@ -96,8 +121,8 @@ class ModelService:
         audit("model_download", actor=owner, model=model_id, source=source, job_id=job.id)
         return job, True
 
-    async def delete(self, model_id: str, force: bool, actor: str) -> None:
-        record = await self._record(model_id)
+    async def delete(self, model_id: str, force: bool, actor: Principal) -> None:
+        record = await self._record(model_id, actor)
         holders = [w.id for w in await self.workers.workers(fresh=True) if w.has_model(record.id)]
         if holders and not force:
             raise Conflict(
@@ -106,27 +131,50 @@ class ModelService:
             )
         await asyncio.to_thread(self._remove, record)
         self._read_at = -1e9
-        audit("model_deleted", actor=actor, model=record.id, forced=bool(holders))
+        audit("model_deleted", actor=actor.username, model=record.id, forced=bool(holders))
 
     def _remove(self, record: ModelRecord) -> None:
         if self.store.manifest(record.name, record.revision) is not None:
             self.store.remove(record.name, record.revision)
         registry.forget(self.db, record.id)
 
-    async def pin(self, model_id: str, pinned: bool, actor: str) -> ModelView:
-        record = await self._record(model_id)
+    async def pin(self, model_id: str, pinned: bool, actor: Principal) -> ModelView:
+        record = await self._record(model_id, actor)
         await asyncio.to_thread(registry.set_pinned, self.db, record.id, pinned)
-        audit("model_pinned" if pinned else "model_unpinned", actor=actor, model=record.id)
-        return await self.get(record.id)
+        audit("model_pinned" if pinned else "model_unpinned", actor=actor.username, model=record.id)
+        return await self.get(record.id, actor)
 
-    async def resolve(self, model_id: str, task: str) -> ModelRecord:
-        """NAME or NAME@REVISION of a ready model of the right task, else a 404 naming what exists."""
+    async def get_access(self, model: str) -> ModelAccessView:
+        """Per model name: a revision is refused, since a rule covers all of them."""
+        return ModelAccessView.from_rule(await asyncio.to_thread(access.get_rule, self.db, _rule_name(model)))
+
+    async def set_access(self, model: str, request: ModelAccessRequest, actor: str) -> ModelAccessView:
+        """May name a model not installed yet, so it is never open between its download and its rule."""
+        name = _rule_name(model)
+        rule = await asyncio.to_thread(
+            access.set_rule, self.db, name, request.restricted, request.users, request.keys, actor
+        )
+        self._read_at = -1e9  # this replica applies it at once
+        audit(
+            "model_access_set",
+            actor=actor,
+            model=name,
+            restricted=rule.restricted,
+            users=sorted(rule.users),
+            keys=sorted(rule.keys),
+        )
+        return ModelAccessView.from_rule(rule)
+
+    async def resolve(self, model_id: str, task: str, who: Principal | None = None) -> ModelRecord:
+        """NAME or NAME@REVISION of a ready model of the right task that `who` may use, else the
+        same 404 whether it is missing or withheld."""
         name, revision = split_model_id(model_id)
+        who = who or access.current_caller()
 
         def matching(all_records: list[ModelRecord]) -> list[ModelRecord]:
             return [
                 r
-                for r in all_records
+                for r in self._visible(all_records, who)
                 if r.status == "ready" and r.task == task and r.name == name and revision in (None, r.revision)
             ]
 
@@ -134,3 +182,12 @@ class ModelService:
         if not records:
             raise ModelNotFound(f"The model `{model_id}` does not exist or is not installed.", param="model")
         return max(records, key=lambda r: r.updated_at)
+
+
+def _rule_name(model: str) -> str:
+    name, revision = split_model_id(model)
+    if revision is not None:
+        raise InvalidRequest(
+            f"access is set per model name, for all its revisions: use {name!r}, not {model!r}", param="model"
+        )
+    return name

@@ -7,12 +7,12 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from bitinglip.schemas import ChatMessage
+from bitinglip.schemas import MAX_SEED, ChatMessage, UnicodeRequest
 
 
-class OpenAIBase(BaseModel):
+class OpenAIBase(UnicodeRequest):
     model_config = ConfigDict(extra="allow")
 
     def ignored_fields(self) -> list[str]:
@@ -28,12 +28,21 @@ class SamplingFields(OpenAIBase):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    n: int = Field(default=1, ge=1, le=16)  # before `seed`, which is checked against it
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     stop: str | list[str] | None = None
-    n: int = Field(default=1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_leaves_room_for_n(cls, value: int | None, info: ValidationInfo) -> int | None:
+        """Choice i samples with seed + i (so choices differ): every one must still be a valid seed."""
+        n = info.data.get("n", 1)
+        if value is not None and value > MAX_SEED - (n - 1):
+            raise ValueError(f"must be <= {MAX_SEED - (n - 1)} with n={n} (choice i samples with seed + i)")
+        return value
 
     @field_validator("stop")
     @classmethod

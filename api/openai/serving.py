@@ -46,12 +46,18 @@ _FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 
 
 def _params(req: SamplingFields, index: int, **fields: Any) -> TextGenerationParams:
-    """One engine request per choice; with a seed, choice i samples with seed+i so choices differ."""
+    """One engine request per choice; with a seed, choice i samples with seed+i so choices differ
+    (the request's validation keeps seed+i in range). Anything the engine's shape still refuses is
+    the caller's 400, never a 500."""
     seed = None if req.seed is None else req.seed + index
     stop = [req.stop] if isinstance(req.stop, str) else req.stop
-    return TextGenerationParams(
-        model=req.model, temperature=req.temperature, top_p=req.top_p, seed=seed, stop=stop, **fields
-    )
+    try:
+        return TextGenerationParams(
+            model=req.model, temperature=req.temperature, top_p=req.top_p, seed=seed, stop=stop, **fields
+        )
+    except ValidationError as exc:
+        message, param = validation_message(list(exc.errors()))
+        raise InvalidRequest(message, param=param) from exc
 
 
 def _chat_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
@@ -146,13 +152,16 @@ class OpenAIServing:
                 **fields,
             )
         except ValidationError as exc:
-            raise InvalidRequest(validation_message(list(exc.errors()))[0], param="size") from exc
+            message, param = validation_message(list(exc.errors()))
+            raise InvalidRequest(message, param="size" if param in ("width", "height", None) else param) from exc
         _, _, data = await self.inference.images(params, req.response_format)
         return ImageGenerationResponse(
             created=now(), data=[ImageObject(b64_json=d.get("b64_json"), url=d.get("url")) for d in data]
         )
 
     async def list_models(self) -> ModelCardList:
+        """The ready models the caller may use: the model service filters by the caller bound for this
+        request, as it does when any route resolves a model by name."""
         cards = []
         assert self.models is not None, "the model list is served by the gateway"
         for m in await self.models.list():

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from bitinglip.auth.credentials import (
     ParsedKey,
+    dummy_password_hash,
     hash_password,
     new_api_key,
     parse_api_key,
@@ -16,8 +18,9 @@ from bitinglip.auth.credentials import (
     secret_matches,
     verify_password,
 )
+from bitinglip.auth.principal import Limits
 from bitinglip.db.session import Database
-from bitinglip.db.tables import ApiKey, User
+from bitinglip.db.tables import ApiKey, User, UserLimits
 from bitinglip.errors import Conflict, InvalidRequest, NotFound
 from bitinglip.home_secrets import PLACEHOLDERS
 
@@ -94,12 +97,43 @@ class AccountStore:
         return self.user(username)
 
     def check_password(self, username: str, password: str) -> User | None:
+        """The user, when the password is theirs and they may log in. Unknown users, disabled ones and
+        those without a password cost one real argon2 verification too (against a dummy hash), so
+        neither the answer nor its timing tells which users exist."""
         with self.db.session() as s:
             user = s.get(User, username)
-        if user is None or user.disabled:
-            verify_password(None, password)
+        stored = user.password_hash if user is not None and user.password_hash else None
+        matches = verify_password(stored or dummy_password_hash(), password)
+        if user is None or stored is None or user.disabled or not matches:
             return None
-        return user if verify_password(user.password_hash, password) else None
+        return user
+
+    # -- limits an admin sets per user
+
+    def stored_limits(self, username: str) -> UserLimits | None:
+        with self.db.session() as s:
+            return s.get(UserLimits, username)
+
+    def stored_limits_of(self, usernames: list[str]) -> dict[str, UserLimits]:
+        if not usernames:
+            return {}
+        with self.db.session() as s:
+            rows = s.scalars(select(UserLimits).where(UserLimits.username.in_(usernames)))
+            return {row.username: row for row in rows}
+
+    def set_limits(self, username: str, limits: Limits, by: str) -> UserLimits:
+        """Replaces the user's limits (a None field: the settings' default)."""
+        self.user(username)
+        with self.db.session() as s:
+            row = s.get(UserLimits, username)
+            if row is None:
+                row = UserLimits(username=username)
+                s.add(row)
+            row.rate_limit_per_minute = limits.rate_limit_per_minute
+            row.tokens_per_day = limits.tokens_per_day
+            row.images_per_day = limits.images_per_day
+            row.updated_by = by
+        return row
 
     # -- API keys
 
@@ -111,8 +145,10 @@ class AccountStore:
         rate_limit_per_minute: int | None = None,
         tokens_per_day: int | None = None,
         images_per_day: int | None = None,
+        max_live_keys: int | None = None,
     ) -> tuple[str, ApiKey]:
-        """Returns the key itself (shown once) and its record."""
+        """Returns the key itself (shown once) and its record. `max_live_keys`: 409 when the user holds
+        that many unrevoked keys already (keys cannot be minted without end)."""
         self.user(username)
         token, parsed = new_api_key()
         record = ApiKey(
@@ -126,8 +162,22 @@ class AccountStore:
             created_at=_now(),
         )
         with self.db.session() as s:
+            if s.get_bind().dialect.name == "postgresql":  # one key creation per user at a time
+                s.execute(select(User.username).where(User.username == username).with_for_update())
             s.add(record)
+            s.flush()  # SQLite: the insert takes the write lock first, so the count below is current
+            if max_live_keys is not None and self._live_keys(s, username) > max_live_keys:
+                raise Conflict(
+                    f"user {username!r} already holds {max_live_keys} live API keys; revoke one first",
+                    param="username",
+                    code="too_many_keys",
+                )
         return token, record
+
+    @staticmethod
+    def _live_keys(s: Session, username: str) -> int:
+        query = select(func.count()).select_from(ApiKey).where(ApiKey.username == username, ApiKey.revoked_at.is_(None))
+        return int(s.scalar(query) or 0)
 
     def keys(self, username: str | None) -> list[ApiKey]:
         query = select(ApiKey).order_by(ApiKey.created_at.desc())
@@ -146,7 +196,8 @@ class AccountStore:
                 record.revoked_at = _now()
             return record
 
-    def lookup_key(self, parsed: ParsedKey) -> tuple[ApiKey, User] | None:
+    def lookup_key(self, parsed: ParsedKey) -> tuple[ApiKey, User, UserLimits | None] | None:
+        """The key, its user and the user's stored limits, when the key is valid and live."""
         with self.db.session() as s:
             record = s.get(ApiKey, parsed.key_id)
             user = s.get(User, record.username) if record is not None else None
@@ -155,4 +206,10 @@ class AccountStore:
                 return None
             if record.last_used_at is None or _now() - record.last_used_at > _TOUCH_EVERY:
                 record.last_used_at = _now()
-            return record, user
+            return record, user, s.get(UserLimits, user.username)
+
+    def lookup_user(self, username: str) -> tuple[User, UserLimits | None] | None:
+        """A login token's user with their stored limits; None when unknown."""
+        with self.db.session() as s:
+            user = s.get(User, username)
+            return None if user is None else (user, s.get(UserLimits, username))

@@ -3,6 +3,7 @@ tokens (short-lived HS256 JWTs)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -24,6 +25,13 @@ ALGORITHM = "HS256"
 
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
+
+
+@functools.cache
+def dummy_password_hash() -> str:
+    """A hash no password matches, made with the same parameters as real ones: checking a login of
+    an unknown or disabled user against it costs what checking a real user's does."""
+    return _hasher.hash(secrets.token_urlsafe(32))
 
 
 def verify_password(password_hash: str | None, password: str) -> bool:

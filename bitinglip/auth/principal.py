@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
+
+QuotaKind = Literal["tokens", "images"]
+Cap = tuple[str, int | None]  # (ledger subject, daily limit or None for none)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A rate limit and daily quotas; None: no limit of that kind (at this level)."""
+
+    rate_limit_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    images_per_day: int | None = None
+
+    def quota(self, kind: QuotaKind) -> int | None:
+        return self.tokens_per_day if kind == "tokens" else self.images_per_day
 
 
 @dataclass(frozen=True)
@@ -10,9 +26,11 @@ class Principal:
     username: str
     role: str  # "admin" | "user"
     key_id: str | None = None  # None: a login token (or open access)
-    rate_limit_per_minute: int | None = None  # per-key overrides of the settings
-    tokens_per_day: int | None = None
-    images_per_day: int | None = None
+    # the user's own limits (set by an admin, else the settings' defaults): every key and login token
+    # of the user counts against them together
+    user_limits: Limits = field(default_factory=Limits)
+    # a key's narrower limits, counted for that key alone on top of the user's: a key can only narrow
+    key_limits: Limits = field(default_factory=Limits)
 
     @property
     def is_admin(self) -> bool:
@@ -24,6 +42,18 @@ class Principal:
         return None if self.is_admin else self.username
 
     @property
-    def limit_key(self) -> str:
-        """Limits count per key; login tokens count per user."""
-        return f"key:{self.key_id}" if self.key_id else f"user:{self.username}"
+    def user_subject(self) -> str:
+        return f"user:{self.username}"
+
+    @property
+    def key_subject(self) -> str | None:
+        return f"key:{self.key_id}" if self.key_id else None
+
+    def quota_caps(self, kind: QuotaKind) -> list[Cap]:
+        """The ledger counters a request of this caller counts against: always the user's, and the
+        key's own when the key narrows that quota. The user's comes first (the lock order)."""
+        caps: list[Cap] = [(self.user_subject, self.user_limits.quota(kind))]
+        key_limit = self.key_limits.quota(kind)
+        if self.key_subject is not None and key_limit is not None:
+            caps.append((self.key_subject, key_limit))
+        return caps

@@ -1,11 +1,14 @@
-"""File records (OpenAI Files API). Bytes live in the result store; the DB says who owns what."""
+"""File records (OpenAI Files API). Bytes live in the result store; the DB says who owns what.
+Whoever deletes a record removes its bytes first, so a failure leaves a record to retry with, never
+bytes nobody can find."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import CursorResult, delete, select
 
 from bitinglip.db.paging import after_cursor
 from bitinglip.db.session import Database
@@ -63,3 +66,25 @@ class FileStore:
         with self.db.session() as s:
             s.execute(delete(FileRecord).where(FileRecord.id == file_id))
         return record
+
+    # -- retention
+
+    def expired(self, purpose: str, before: datetime, keep: set[str], limit: int = 500) -> list[FileRecord]:
+        """Files of `purpose` created before `before`, oldest first, except those in `keep`."""
+        query = select(FileRecord).where(FileRecord.purpose == purpose, FileRecord.created_at < before)
+        if keep:
+            query = query.where(FileRecord.id.not_in(keep))
+        with self.db.session() as s:
+            return list(s.scalars(query.order_by(FileRecord.created_at).limit(limit)))
+
+    def under(self, key_prefix: str) -> list[FileRecord]:
+        """Records whose bytes live under a result-store prefix (a batch's output and error files)."""
+        with self.db.session() as s:
+            return list(s.scalars(select(FileRecord).where(FileRecord.key.startswith(key_prefix, autoescape=True))))
+
+    def delete_many(self, file_ids: list[str]) -> int:
+        if not file_ids:
+            return 0
+        with self.db.session() as s:
+            result = cast("CursorResult[Any]", s.execute(delete(FileRecord).where(FileRecord.id.in_(file_ids))))
+            return int(result.rowcount)

@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Dialect, Float, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -144,3 +156,59 @@ class ModelRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class ModelAccessRule(Base):
+    """Who may use a model (every revision of it): no row, or `restricted` false, means every user;
+    admins always may (bitinglip/models/access.py)."""
+
+    __tablename__ = "model_access"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)  # NAME, no revision
+    restricted: Mapped[bool] = mapped_column(Boolean, default=False)
+    users: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    keys: Mapped[list[Any]] = mapped_column(JSON, default=list)  # API key ids (the public part)
+    updated_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class UserLimits(Base):
+    """Limits an admin set for one user, shared by every key and login token of theirs (a key may
+    only narrow them). A null field falls back to the settings' default for everyone."""
+
+    __tablename__ = "user_limits"
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tokens_per_day: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    images_per_day: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    updated_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class UsageCounter(Base):
+    """One subject's use of one daily quota: `used` is settled, `reserved` is held by work in flight.
+    A reservation is one conditional UPDATE, so concurrent requests and replicas cannot overshoot
+    (bitinglip/auth/usage.py)."""
+
+    __tablename__ = "usage_ledger"
+
+    subject: Mapped[str] = mapped_column(String(80), primary_key=True)  # user:NAME or key:ID
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD, UTC
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # tokens | images
+    used: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class UsageHold(Base):
+    """A reservation not settled yet: what it holds, on which counters. Settling deletes it, so a
+    reservation is settled once however many processes try."""
+
+    __tablename__ = "usage_holds"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # req:..., job:ID, batch:JOB:CHUNK
+    day: Mapped[str] = mapped_column(String(10), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    caps: Mapped[list[Any]] = mapped_column(JSON)  # [[subject, limit or null], ...], in lock order
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -8,6 +8,11 @@ counted from the oldest waiting request (Ray Serve's design); one compute thread
   clients). Used for text when the engine supports it.
 
 A full queue refuses at once (Overloaded, with Retry-After) instead of queueing forever.
+
+One request must not fail its batch: an engine may put an exception in a request's result slot (that
+request fails, the others get their results), and when a whole static batch raises, its requests are
+run again one by one (`isolate=True`) so only the one that also fails alone fails, with
+`GenerationFailed`: a clear message in the error envelope, the detail in the log.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from bitinglip.errors import Overloaded
+from bitinglip.engines.types import GenerationFailed
+from bitinglip.errors import BitingLipError, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,26 @@ def _fail(pending: Iterable[_Pending[I, R]], exc: BaseException) -> None:
             p.future.set_exception(exc)
 
 
+def _settle(p: _Pending[I, R], outcome: R | Exception) -> None:
+    """Give a waiter its result, or its own failure when the engine put an exception in its slot."""
+    if p.future.done():
+        return
+    if isinstance(outcome, Exception):
+        p.future.set_exception(outcome)
+    else:
+        p.future.set_result(outcome)
+
+
+def _alone(exc: Exception) -> Exception:
+    """What a request that failed when run alone is told: our own errors as they are (their message
+    is meant for clients), anything else as `GenerationFailed` (the detail was logged)."""
+    if isinstance(exc, BitingLipError):
+        return exc
+    failed = GenerationFailed()
+    failed.__cause__ = exc
+    return failed
+
+
 @dataclass
 class BatcherStats:
     waiting: int
@@ -61,15 +87,19 @@ class DynamicBatcher(Generic[I, R]):
     def __init__(
         self,
         name: str,
-        run_batch: Callable[[list[I]], list[R]],
+        run_batch: Callable[[list[I]], Sequence[R | Exception]],
         executor: Executor,
         *,
         max_batch_size: int,
         max_wait_ms: float,
         max_queue: int,
         on_batch: Callable[[int], None] | None = None,
+        isolate: bool = True,
     ) -> None:
+        """`isolate`: when a batch raises, run its requests again one by one. Only for engines whose
+        `run_batch` has no side effects a rerun would repeat (a text batch has already streamed)."""
         self.name = name
+        self.isolate = isolate
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
@@ -161,21 +191,34 @@ class DynamicBatcher(Generic[I, R]):
         self._room.set()
         return batch
 
+    async def _run(self, items: list[I]) -> Sequence[R | Exception]:
+        results = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, items)
+        if len(results) != len(items):
+            raise _CountMismatch(f"engine returned {len(results)} results for {len(items)} requests")
+        return results
+
     async def _execute(self, batch: list[_Pending[I, R]]) -> None:
         items = [p.item for p in batch]
         self._running = len(batch)
         started = time.monotonic()
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, items)
-            if len(results) != len(items):
-                raise RuntimeError(f"engine returned {len(results)} results for {len(items)} requests")
-        except Exception as exc:
-            log.exception("batch of %d failed on %s", len(items), self.name)
+            results = await self._run(items)
+        except _CountMismatch as exc:  # an engine bug, not an input: rerunning would not single anyone out
+            log.error("%s on %s", exc, self.name)
             _fail(batch, exc)
+        except Exception as exc:
+            if self.isolate and len(batch) == 1:
+                log.exception("a request failed on its own on %s", self.name)
+                _settle(batch[0], _alone(exc))
+            elif self.isolate:
+                log.warning("batch of %d failed on %s (%r); running its requests alone", len(items), self.name, exc)
+                await self._run_alone(batch)
+            else:
+                log.exception("batch of %d failed on %s", len(items), self.name)
+                _fail(batch, exc)
         else:
             for p, result in zip(batch, results, strict=True):
-                if not p.future.done():
-                    p.future.set_result(result)
+                _settle(p, result)
         finally:
             self._running = 0
             self._batches += 1
@@ -184,15 +227,35 @@ class DynamicBatcher(Generic[I, R]):
             if self._on_batch is not None:
                 self._on_batch(len(items))
 
+    async def _run_alone(self, batch: list[_Pending[I, R]]) -> None:
+        """Each request of a failed batch on its own: those that succeed get their results (a fault
+        that only a whole batch hits, such as running out of memory, goes away too), and a request
+        that fails again is the culprit and fails alone."""
+        for p in batch:
+            if p.future.done():  # its caller went away meanwhile
+                continue
+            try:
+                outcome = (await self._run([p.item]))[0]
+            except Exception as exc:
+                log.exception("a request failed on its own on %s", self.name)
+                outcome = _alone(exc)
+            _settle(p, outcome)
+
+
+class _CountMismatch(RuntimeError):
+    """The engine broke the one-result-per-request contract."""
+
 
 class ContinuousBatcher(DynamicBatcher[I, R]):
     """`step(admitted)` runs on the compute thread: it adds the admitted items to the engine's running
-    batch, advances everyone one iteration and returns the (item, result) pairs that finished."""
+    batch, advances everyone one iteration and returns the (item, result) pairs that finished; a result
+    that is an exception fails that item alone. If `step` itself raises, the running batch's state is
+    lost and everything in flight fails with the reason (the engine isolates what it can first)."""
 
     def __init__(
         self,
         name: str,
-        step: Callable[[list[I]], Sequence[tuple[I, R]]],
+        step: Callable[[list[I]], Sequence[tuple[I, R | Exception]]],
         reset: Callable[[], None],
         executor: Executor,
         *,
@@ -209,6 +272,7 @@ class ContinuousBatcher(DynamicBatcher[I, R]):
             max_wait_ms=max_wait_ms,
             max_queue=max_queue,
             on_batch=on_batch,
+            isolate=False,
         )
         self._step = step
         self._reset = reset
@@ -238,8 +302,7 @@ class ContinuousBatcher(DynamicBatcher[I, R]):
             for item, result in finished:
                 p = self._in_flight.pop(id(item))
                 self._items += 1
-                if not p.future.done():
-                    p.future.set_result(result)
+                _settle(p, result)
             self._batches += 1 if admitted else 0
             self._running = len(self._in_flight)
 

@@ -1,8 +1,12 @@
 """Sentence embeddings: mean pooling over the attention mask, L2-normalised (what
-sentence-transformers does for all-MiniLM-L6-v2), with plain transformers."""
+sentence-transformers does for all-MiniLM-L6-v2), with plain transformers.
+
+A request whose vectors come out non-finite fails alone with `GenerationFailed` (JSON cannot carry NaN
+and a NaN vector is no answer); a batch that raises is rerun request by request by the batcher."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +14,10 @@ from typing import Any
 
 import torch
 from transformers import AutoModel, AutoTokenizer
+
+from bitinglip.engines.types import GenerationFailed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,7 +63,7 @@ class EmbeddingEngine:
         return cls(name, model, tokenizer, device, max_length)
 
     @torch.inference_mode()
-    def run_batch(self, requests: list[EmbeddingRequest]) -> list[EmbeddingResult]:
+    def run_batch(self, requests: list[EmbeddingRequest]) -> list[EmbeddingResult | GenerationFailed]:
         """All texts of all requests in one forward (inputs longer than the model's window are cut)."""
         texts = [t for r in requests for t in r.texts]
         encoded = self.tokenizer(
@@ -64,14 +72,21 @@ class EmbeddingEngine:
         hidden = self.model(**encoded).last_hidden_state
         mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        vectors = torch.nn.functional.normalize(pooled.float(), p=2, dim=1).cpu().tolist()
+        normalized = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+        finite = torch.isfinite(normalized).all(dim=1).cpu().tolist()  # one check for the whole batch
+        vectors = normalized.cpu().tolist()
         tokens = encoded["attention_mask"].sum(dim=1).cpu().tolist()
         done = time.perf_counter()
-        results, start = [], 0
+        results: list[EmbeddingResult | GenerationFailed] = []
+        start = 0
         for r in requests:
             end = start + len(r.texts)
-            results.append(
-                EmbeddingResult(vectors[start:end], int(sum(tokens[start:end])), done - r.enqueued_at, len(texts))
-            )
+            if not all(finite[start:end]):
+                log.warning("non-finite embedding on %s; that request fails alone", self.name)
+                results.append(GenerationFailed("embedding failed for this request"))
+            else:
+                results.append(
+                    EmbeddingResult(vectors[start:end], int(sum(tokens[start:end])), done - r.enqueued_at, len(texts))
+                )
             start = end
         return results

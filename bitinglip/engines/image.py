@@ -1,9 +1,11 @@
 """Text-to-image with any diffusers pipeline in the store. Each image has its own seeded generator,
-so a seed reproduces the same bytes whatever else runs. PNGs carry prompt, seed and model."""
+so a seed reproduces the same bytes whatever else runs. PNGs carry prompt, seed and model.
+Requests run one pipeline call each, so one that raises fails alone (`GenerationFailed`)."""
 
 from __future__ import annotations
 
 import io
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -12,7 +14,11 @@ from typing import Any
 
 import torch
 
+from bitinglip.engines.types import GenerationFailed
+from bitinglip.errors import BitingLipError
 from bitinglip.schemas import ImageParams
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,9 +54,19 @@ class ImageEngine:
         return cls(name, pipeline, device)
 
     @torch.inference_mode()
-    def run_batch(self, requests: list[ImageRequest]) -> list[ImageResult]:
-        """Requests differ in size and steps, so each is one pipeline call with its n images."""
-        return [self._generate(r) for r in requests]
+    def run_batch(self, requests: list[ImageRequest]) -> list[ImageResult | BitingLipError]:
+        """Requests differ in size and steps, so each is one pipeline call with its n images; a call
+        that raises fails its own request only, and the images already made are kept."""
+        results: list[ImageResult | BitingLipError] = []
+        for request in requests:
+            try:
+                results.append(self._generate(request))
+            except BitingLipError as exc:
+                results.append(exc)
+            except Exception:
+                log.exception("image generation failed for one request on %s", self.name)
+                results.append(GenerationFailed("image generation failed for this request"))
+        return results
 
     def _generate(self, request: ImageRequest) -> ImageResult:
         from PIL.PngImagePlugin import PngInfo

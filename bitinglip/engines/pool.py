@@ -125,7 +125,12 @@ class ModelPool:
                 manifest.id, engine.step, engine.reset, self.executor, on_batch=on_batch, **knobs
             )
         else:
-            batcher = DynamicBatcher(manifest.id, engine.run_batch, self.executor, on_batch=on_batch, **knobs)
+            # A text batch streams as it goes, so it is not rerun item by item when it fails (the
+            # engine isolates a failing row itself); embedding and image batches are.
+            isolate = not isinstance(engine, TextEngine)
+            batcher = DynamicBatcher(
+                manifest.id, engine.run_batch, self.executor, on_batch=on_batch, isolate=isolate, **knobs
+            )
         elapsed = time.perf_counter() - started
         metrics.MODEL_LOAD.labels(manifest.id).set(elapsed)
         self._models[manifest.id] = LoadedModel(manifest, engine, batcher, elapsed, time.monotonic())

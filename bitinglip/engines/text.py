@@ -4,11 +4,17 @@ Why not `model.generate`: one `generate` call takes one sampling config, while a
 requests with different temperature/top_p/seed/stop/max_tokens, each streaming its own deltas and each
 cancellable on its own. The loop below does per-row sampling, per-row stop and drops finished rows from
 the cache so short requests do not pay for long ones.
+
+One request must not fail its neighbours: sampling is numerically guarded per row (tiny temperatures
+decode greedily, a row whose logits are not finite is dropped with `GenerationFailed`, a distribution that
+over- or underflows falls back to argmax), anything a single row raises ends that row only, and a prefill
+that raises is retried one request at a time so only the culprit fails.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bitinglip.engines.types import (
     FinishReason,
+    GenerationFailed,
     SamplingParams,
     TextDelta,
     TextRequest,
@@ -26,6 +33,14 @@ from bitinglip.engines.types import (
     TokenLogprob,
 )
 from bitinglip.errors import ContextLengthExceeded, InvalidRequest
+
+log = logging.getLogger(__name__)
+
+# Sampling at T above this is as good as uniform (logits span far less than T); capping keeps the divisor
+# finite (float32(1e300) is inf, and -inf / inf is NaN).
+MAX_TEMPERATURE = 1e4
+# What a logprob of -inf is reported as (OpenAI's convention): JSON has no -Infinity.
+MIN_LOGPROB = -9999.0
 
 
 @dataclass
@@ -38,6 +53,7 @@ class _Row:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     emitted_logprobs: int = 0
     finish: FinishReason | None = None
+    error: GenerationFailed | None = None  # this row failed alone; the rest of the batch goes on
     eos: bool = False
     started_at: float = field(default_factory=time.perf_counter)
     first_token_at: float = 0.0
@@ -151,6 +167,34 @@ class TextEngine:
         running.finished = self._advance_all(running, out.logits[:, -1, :].float())
         return running
 
+    def _prefill_isolated(self, requests: list[TextRequest]) -> tuple[list[_Running], list[_Row]]:
+        """Prefill the requests together; if that raises, one by one, so a request whose prefill
+        fails ends alone (a failed row) and the others still start. A prefill builds its own cache,
+        so a failure here never touches the running batch."""
+        try:
+            return [self._prefill(requests)], []
+        except Exception:
+            if len(requests) == 1:
+                log.exception("prefill failed for one request on %s", self.name)
+                return [], [_Row(requests[0], None, error=GenerationFailed())]
+            log.warning("prefill of %d requests failed on %s; retrying one by one", len(requests), self.name)
+        parts: list[_Running] = []
+        failed: list[_Row] = []
+        for request in requests:
+            ok, bad = self._prefill_isolated([request])
+            parts += ok
+            failed += bad
+        return parts, failed
+
+    def _admit(self, requests: list[TextRequest], running: _Running | None) -> tuple[_Running | None, list[_Row]]:
+        """Prefill `requests` and merge them into `running`; returns the batch and the rows that
+        already ended (finished or failed at their first token)."""
+        parts, done = self._prefill_isolated(requests)
+        for fresh in parts:
+            done.extend(fresh.finished)
+            running = fresh if running is None else running.merge(fresh)
+        return running, done
+
     def _decode(self, running: _Running) -> list[_Row]:
         """One token for every running row; returns the rows that finished."""
         ones = torch.ones((len(running.rows), 1), dtype=running.mask.dtype, device=running.mask.device)
@@ -165,16 +209,24 @@ class TextEngine:
         return self._advance_all(running, out.logits[:, -1, :].float())
 
     def _advance_all(self, running: _Running, logits: torch.Tensor) -> list[_Row]:
-        """Sample, append, stream; then drop finished rows from the batch and its cache."""
-        chosen = self._sample(logits, running.rows)
+        """Sample, append, stream; then drop finished and failed rows from the batch and its cache."""
+        chosen, usable = self._sample(logits, running.rows)
         now = time.perf_counter()
         keep: list[int] = []
         finished: list[int] = []
         for b, row in enumerate(running.rows):
             if not row.tokens and not row.first_token_at:
                 row.first_token_at = now
-            self._advance(row, int(chosen[b]), logits[b])
-            (finished if row.finish is not None else keep).append(b)
+            if not usable[b]:
+                log.warning("non-finite logits for one row on %s; that request fails alone", self.name)
+                row.error = GenerationFailed()
+            else:
+                try:
+                    self._advance(row, int(chosen[b]), logits[b])
+                except Exception:
+                    log.exception("one row failed on %s; that request fails alone", self.name)
+                    row.error = GenerationFailed()
+            (finished if row.finish is not None or row.error is not None else keep).append(b)
         running.pending = chosen
         if finished:
             index = torch.tensor(keep, dtype=torch.long, device=running.mask.device)
@@ -186,7 +238,10 @@ class TextEngine:
             return done
         return []
 
-    def _result(self, row: _Row, batch_size: int) -> TextResult:
+    def _result(self, row: _Row, batch_size: int) -> TextResult | GenerationFailed:
+        """The row's result, or its failure (which fails that request only)."""
+        if row.error is not None:
+            return row.error
         request = row.request
         return TextResult(
             text=row.text,
@@ -201,15 +256,15 @@ class TextEngine:
         )
 
     @torch.inference_mode()
-    def run_batch(self, requests: list[TextRequest]) -> list[TextResult]:
-        """Static batching: the batch runs until its last request finishes."""
-        running = self._prefill(requests)
-        results: dict[int, TextResult] = {}
-        done = running.finished
+    def run_batch(self, requests: list[TextRequest]) -> list[TextResult | GenerationFailed]:
+        """Static batching: the batch runs until its last request finishes. A request that fails on
+        its own gets its `GenerationFailed` in its slot; the others their results."""
+        running, done = self._admit(requests, None)
+        results: dict[int, TextResult | GenerationFailed] = {}
         while True:
             for row in done:
                 results[id(row.request)] = self._result(row, len(requests))
-            if not running.rows:
+            if running is None or not running.rows:
                 break
             done = self._decode(running)
         return [results[id(r)] for r in requests]
@@ -224,15 +279,14 @@ class TextEngine:
         return all(type(layer) is DynamicLayer for layer in probe.layers)
 
     @torch.inference_mode()
-    def step(self, admitted: list[TextRequest]) -> list[tuple[TextRequest, TextResult]]:
+    def step(self, admitted: list[TextRequest]) -> list[tuple[TextRequest, TextResult | GenerationFailed]]:
         """Continuous batching, one iteration: admit new requests into the running batch (prefill +
-        cache merge), then decode one token for everyone. Returns the requests that finished."""
+        cache merge), then decode one token for everyone. Returns the requests that ended: with their
+        result, or with the `GenerationFailed` of a request that failed on its own."""
         done: list[_Row] = []
         try:
             if admitted:
-                fresh = self._prefill(admitted)
-                done.extend(fresh.finished)
-                self._running = fresh if self._running is None else self._running.merge(fresh)
+                self._running, done = self._admit(admitted, self._running)
             if self._running is not None and self._running.rows:
                 done.extend(self._decode(self._running))
         except Exception:
@@ -256,22 +310,42 @@ class TextEngine:
         return torch.Generator().manual_seed(sampling.seed)
 
     @staticmethod
-    def _sample(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-        chosen = logits.argmax(dim=-1).cpu()
-        for b, row in enumerate(rows):
-            params = row.request.sampling
-            if params.greedy:
+    def _sample(logits: torch.Tensor, rows: list[_Row]) -> tuple[torch.Tensor, list[bool]]:
+        """The next token of every row, and whether each row could be sampled at all.
+
+        A row is unusable when its logits hold a NaN or +inf or are all -inf: the greedy pass's own
+        `max` finds all three (NaN propagates), so the guard costs no extra pass over the vocabulary.
+        Sampled rows are scaled, softmaxed and nucleus-cut together; a row whose distribution is still
+        not finite or sums to 0 (overflow at a very small temperature, underflow) takes the argmax,
+        the limit it was tending to. The per-row part is only the draw, which needs each row's own
+        seeded generator."""
+        top, chosen = logits.max(dim=-1)
+        usable: list[bool] = torch.isfinite(top).tolist()
+        chosen = chosen.cpu()
+        sampled = [b for b, row in enumerate(rows) if usable[b] and not row.request.sampling.greedy]
+        if not sampled:
+            return chosen, usable
+        params = [rows[b].request.sampling for b in sampled]
+        temperature = torch.tensor([[min(p.temperature, MAX_TEMPERATURE)] for p in params])
+        probs = torch.softmax(logits[torch.tensor(sampled, device=logits.device)].cpu() / temperature, dim=-1)
+        nucleus = [j for j, p in enumerate(params) if p.top_p < 1.0]
+        if nucleus:
+            top_p = torch.tensor([[params[j].top_p] for j in nucleus])
+            sorted_probs, order = probs[nucleus].sort(dim=-1, descending=True)
+            cut = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest prefix reaching top_p
+            cut[:, 0] = False  # and always the most likely token, whatever top_p is
+            sorted_probs[cut] = 0.0
+            probs[nucleus] = torch.zeros_like(sorted_probs).scatter(1, order, sorted_probs)
+        drawable = (torch.isfinite(probs).all(dim=-1) & (probs.sum(dim=-1) > 0)).tolist()
+        for j, b in enumerate(sampled):
+            if not drawable[j]:
                 continue
-            scaled = logits[b].cpu() / params.temperature
-            probs = torch.softmax(scaled, dim=-1)
-            if params.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                cumulative = sorted_probs.cumsum(-1)
-                cut = cumulative - sorted_probs > params.top_p  # keep the smallest prefix reaching top_p
-                sorted_probs[cut] = 0.0
-                probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-            chosen[b] = torch.multinomial(probs, 1, generator=row.generator).item()
-        return chosen
+            try:
+                chosen[b] = torch.multinomial(probs[j], 1, generator=rows[b].generator).item()
+            except RuntimeError:  # not expected after the checks above; if it happens, it is this row's
+                log.exception("sampling failed for one row")
+                usable[b] = False
+        return chosen, usable
 
     def _advance(self, row: _Row, token: int, logits: torch.Tensor) -> None:
         params = row.request.sampling
@@ -294,7 +368,7 @@ class TextEngine:
         self._emit(row)
 
     def _logprob(self, token: int, logits: torch.Tensor, top: int) -> TokenLogprob:
-        logp = torch.log_softmax(logits, dim=-1)
+        logp = torch.log_softmax(logits, dim=-1).clamp(min=MIN_LOGPROB)
         alternatives: tuple[tuple[str, float], ...] = ()
         if top > 0:
             values, indices = logp.topk(top)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Literal
+
+from bitinglip.errors import BitingLipError, InvalidRequest
+
+# Below this temperature sampling is greedy decoding: the softmax of logits / T is one-hot for any
+# logit gap above ~1e-3, and smaller divisors only overflow float32 logits into inf and NaN.
+MIN_TEMPERATURE = 1e-5
 
 
 class Priority(IntEnum):
@@ -33,9 +40,18 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # None: off; 0: chosen token only; k: plus k alternatives
 
+    def __post_init__(self) -> None:
+        """The engine's own guard, whoever built the params (the HTTP schemas already bound them):
+        a NaN or infinite temperature or top_p cannot be sampled from and is refused."""
+        if not (math.isfinite(self.temperature) and self.temperature >= 0.0):
+            raise InvalidRequest("temperature must be a finite number >= 0", param="temperature")
+        if not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
+            raise InvalidRequest("top_p must be in (0, 1]", param="top_p")
+
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        """Temperature 0 and any tiny temperature (e.g. 1e-300) decode greedily (see MIN_TEMPERATURE)."""
+        return self.temperature < MIN_TEMPERATURE
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,17 @@ class TokenLogprob:
 
 
 FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class GenerationFailed(BitingLipError):
+    """One request failed inside an engine on its own (its logits went non-finite, or it raised when
+    run alone) while the rest of its batch went on. The detail is logged on the worker; the client
+    gets only this message, never internal exception text."""
+
+    code = "generation_failed"
+
+    def __init__(self, message: str = "generation failed for this request") -> None:
+        super().__init__(message)
 
 
 @dataclass

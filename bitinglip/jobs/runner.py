@@ -16,11 +16,12 @@ from typing import Any
 import structlog
 
 from bitinglip import metrics
+from bitinglip.auth import usage
 from bitinglip.config import Settings
 from bitinglip.db.tables import Job
 from bitinglip.engines.pool import ModelPool
 from bitinglip.engines.types import Priority
-from bitinglip.errors import BitingLipError, Overloaded
+from bitinglip.errors import BitingLipError, Overloaded, error_record
 from bitinglip.jobs.store import JobStore
 from bitinglip.results import ResultStore
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
@@ -46,15 +47,17 @@ class FinishWriter:
     """Coalesces job outcomes that land together (one batch finishes many jobs) into one
     transaction: on SQLite every commit contends for the single write lock."""
 
-    def __init__(self, store: JobStore, worker_id: str) -> None:
+    def __init__(self, store: JobStore, worker_id: str, ledger: usage.UsageLedger | None = None) -> None:
         self.store = store
         self.worker_id = worker_id
-        self._pending: list[tuple[str, dict[str, Any], asyncio.Future[None]]] = []
+        self.ledger = ledger
+        self._pending: list[tuple[str, dict[str, Any], int, asyncio.Future[None]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
-    async def finish(self, job_id: str, **fields: Any) -> None:
+    async def finish(self, job_id: str, used: int = 0, **fields: Any) -> None:
+        """`used`: what the job used of its owner's quota (reserved at acceptance), settled with it."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((job_id, fields, future))
+        self._pending.append((job_id, fields, used, future))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
         await future
@@ -64,13 +67,25 @@ class FinishWriter:
             await asyncio.sleep(0.005)  # let the rest of the batch's outcomes arrive
             batch, self._pending = self._pending, []
             try:
-                await asyncio.to_thread(self.store.finish_many, [(job_id, f) for job_id, f, _ in batch], self.worker_id)
+                await asyncio.to_thread(
+                    self.store.finish_many, [(job_id, f) for job_id, f, _, _ in batch], self.worker_id
+                )
             except Exception as exc:
                 for *_, future in batch:
                     future.set_exception(exc)
             else:
+                await self._settle([(job_id, used) for job_id, _, used, _ in batch])
                 for *_, future in batch:
                     future.set_result(None)
+
+    async def _settle(self, used: list[tuple[str, int]]) -> None:
+        """A ledger hiccup must not undo finished jobs: it is logged (the holds stay reserved)."""
+        if self.ledger is None:
+            return
+        try:
+            await asyncio.to_thread(self.ledger.settle_many, [(usage.job_hold_id(j), n) for j, n in used])
+        except Exception:
+            log.exception("settling the quota reservations of %d job(s) failed", len(used))
 
 
 class JobRunner:
@@ -79,7 +94,7 @@ class JobRunner:
         self.pool = pool
         self.store = store
         self.worker_id = worker_id
-        self.writer = FinishWriter(store, worker_id)
+        self.writer = FinishWriter(store, worker_id, usage.UsageLedger(store.db))
         self.results = ResultStore(settings)
 
     async def run(self, job_ids: list[str]) -> dict[str, str]:
@@ -149,7 +164,8 @@ class JobRunner:
         return await self._finish(job, status, result=result.as_dict(), engine_seconds=time.perf_counter() - started)
 
     async def _finish(self, job: Job, status: str, **fields: Any) -> str:
-        await self.writer.finish(job.id, status=status, **fields)
+        used = usage.job_usage(job.type, fields.get("result"))  # settled with the outcome, same round
+        await self.writer.finish(job.id, used=used, status=status, **fields)
         metrics.JOBS_FINISHED.labels(job.type, status).inc()
         if job.started_at is not None:
             metrics.JOB_QUEUE_TIME.labels(job.type).observe((job.started_at - job.created_at).total_seconds())
@@ -157,7 +173,7 @@ class JobRunner:
         return status
 
     async def _requeue(self, job: Job, exc: Exception) -> str:
-        error = {"message": f"{type(exc).__name__}: {exc}", "type": "transient_error"}
+        error = {**error_record(exc), "type": "transient_error"}  # the exception's text is in our log only
         if job.attempts >= self.settings.job_max_attempts:
             return await self._finish(job, "failed", error=error)
         await asyncio.to_thread(self.store.requeue, job.id, error, self.worker_id)

@@ -1,5 +1,8 @@
 """Every state change of a job is one conditional UPDATE, so two gateways or two workers racing on
-the same job cannot both win: a job is dispatched by one, claimed by one, finished once."""
+the same job cannot both win: a job is dispatched by one, claimed by one, finished once.
+
+The payload columns (`params`, `result`) are sealed here when encryption keys are configured
+(bitinglip/crypto.py) and opened on every read, so the DB holds ciphertext and callers see plaintext."""
 
 from __future__ import annotations
 
@@ -9,18 +12,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Update, func, select, update
+from sqlalchemy import CursorResult, Delete, Update, delete, func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
+from bitinglip.config import get_settings
+from bitinglip.crypto import Cipher
 from bitinglip.db.paging import after_cursor
 from bitinglip.db.session import Database
 from bitinglip.db.tables import Job
-from bitinglip.errors import NotFound
+from bitinglip.errors import Conflict, NotFound
 
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-def _rows(session: Session, statement: Update) -> int:
+def _rows(session: Session, statement: Update | Delete) -> int:
     """Run an UPDATE and say how many rows it changed (0: someone else got there first)."""
     result = cast("CursorResult[Any]", session.execute(statement))
     return int(result.rowcount)
@@ -37,8 +43,19 @@ class JobPage:
 
 
 class JobStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cipher: Cipher | None = None) -> None:
+        """`cipher` defaults to the keys in this process's settings (every process reads the same)."""
         self.db = db
+        self.cipher = cipher or Cipher.from_settings(get_settings())
+
+    def _open(self, job: Job) -> Job:
+        """Plaintext payload on the (detached) row, without marking it changed."""
+        set_committed_value(job, "params", self.cipher.open_json(job.params))
+        set_committed_value(job, "result", self.cipher.open_json(job.result))
+        return job
+
+    def _opened(self, jobs: list[Job]) -> list[Job]:
+        return [self._open(job) for job in jobs]
 
     # -- gateway side
 
@@ -57,7 +74,7 @@ class JobStore:
             id=str(uuid.uuid4()),
             type=type_,
             model=model,
-            params=params,
+            params=self.cipher.seal_json(params),
             priority=priority,
             owner=owner,
             status="queued",
@@ -65,6 +82,7 @@ class JobStore:
         )
         with self.db.session() as s:
             s.add(job)
+        set_committed_value(job, "params", params)
         return job
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
@@ -72,11 +90,12 @@ class JobStore:
             job = s.get(Job, job_id)
             if job is None or (owner is not None and job.owner != owner):
                 raise NotFound(f"job {job_id!r} not found", param="id")
-            return job
+        return self._open(job)
 
     def many(self, job_ids: list[str]) -> list[Job]:
         with self.db.session() as s:
-            return list(s.scalars(select(Job).where(Job.id.in_(job_ids))))
+            jobs = list(s.scalars(select(Job).where(Job.id.in_(job_ids))))
+        return self._opened(jobs)
 
     def page(
         self,
@@ -102,14 +121,15 @@ class JobStore:
         with self.db.session() as s:
             total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
             items = list(s.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)))
-        return JobPage(items, total)
+        return JobPage(self._opened(items), total)
 
     def active(self, type_: str, model: str) -> Job | None:
         """A queued or running job of this type and model, if any (downloads share one)."""
         with self.db.session() as s:
-            return s.scalars(
+            job = s.scalars(
                 select(Job).where(Job.type == type_, Job.model == model, Job.status.in_(("queued", "running")))
             ).first()
+        return None if job is None else self._open(job)
 
     def cancel(self, job_id: str, owner: str | None = None) -> Job:
         """Queued: cancelled at once (a later claim finds nothing). Running: flagged; the worker
@@ -166,7 +186,7 @@ class JobStore:
     def claim_for_run(self, job_ids: list[str], worker_id: str) -> list[Job]:
         """Queued -> running in one statement; a job someone else claimed (or cancelled) is skipped."""
         with self.db.session() as s:
-            return list(
+            claimed = list(
                 s.scalars(
                     update(Job)
                     .where(Job.id.in_(job_ids), Job.status == "queued")
@@ -180,6 +200,7 @@ class JobStore:
                     .returning(Job)
                 )
             )
+        return self._opened(claimed)
 
     def cancel_requested(self, job_ids: list[str]) -> set[str]:
         if not job_ids:
@@ -193,6 +214,8 @@ class JobStore:
         now = _now()
         with self.db.session() as s:
             for job_id, fields in outcomes:
+                if "result" in fields:
+                    fields = {**fields, "result": self.cipher.seal_json(fields["result"])}
                 s.execute(
                     update(Job)
                     .where(Job.id == job_id, Job.status == "running", Job.worker_id == worker_id)
@@ -259,3 +282,60 @@ class JobStore:
                     error={"message": "its model worker stopped while running it; retried", "type": "worker_lost"},
                 ),
             )
+
+    # -- lifecycle: deletion by the owner, retention, key rotation
+
+    def settled(self, job_id: str, owner: str | None = None) -> Job:
+        """The job, finished, before its owner deletes it: a queued one is cancelled on the way; a
+        running one is a conflict (it may still write its result)."""
+        job = self.get(job_id, owner)
+        if job.status == "queued":
+            job = self.cancel(job_id, owner)
+        if job.status not in TERMINAL:
+            raise Conflict(f"job {job_id!r} is running; cancel it and delete it once it has stopped", param="id")
+        return job
+
+    def expired(self, *, batches: bool, before: datetime, limit: int = 500) -> list[Job]:
+        """Finished jobs (batches, or every other type) that ended before `before`, oldest first.
+        Payloads stay sealed: purging needs ids, owners and types only, never a key."""
+        kind = (Job.type == "batch") if batches else (Job.type != "batch")
+        ended = func.coalesce(Job.finished_at, Job.created_at)
+        query = select(Job).where(kind, Job.status.in_(TERMINAL), ended < before).order_by(ended).limit(limit)
+        with self.db.session() as s:
+            return list(s.scalars(query))
+
+    def delete_many(self, job_ids: list[str]) -> int:
+        """Delete these rows if they are still finished (a re-queued job is not purged)."""
+        if not job_ids:
+            return 0
+        with self.db.session() as s:
+            return _rows(s, delete(Job).where(Job.id.in_(job_ids), Job.status.in_(TERMINAL)))
+
+    def active_batch_inputs(self) -> set[str]:
+        """Input file ids of batches not finished yet: their inputs must outlive any retention."""
+        with self.db.session() as s:
+            jobs = list(s.scalars(select(Job).where(Job.type == "batch", Job.status.not_in(TERMINAL))))
+        return {str(job.params.get("input_file_id")) for job in self._opened(jobs)}
+
+    def reseal_all(self, page: int = 200) -> int:
+        """Rewrite every sealed (or still plaintext) payload under the newest key; returns rows changed.
+        `params` never change after creation and `result` only until a job finishes, so only settled
+        values are rewritten and no concurrent write can be lost."""
+        changed, last = 0, ""
+        while True:
+            with self.db.session() as s:
+                rows = s.execute(
+                    select(Job.id, Job.status, Job.params, Job.result).where(Job.id > last).order_by(Job.id).limit(page)
+                ).all()
+            if not rows:
+                return changed
+            for job_id, status, params, result in rows:
+                values: dict[str, Any] = {}
+                if (sealed := self.cipher.reseal_json(params)) is not None:
+                    values["params"] = sealed
+                if status in TERMINAL and (sealed := self.cipher.reseal_json(result)) is not None:
+                    values["result"] = sealed
+                if values:
+                    with self.db.session() as s:
+                        changed += _rows(s, update(Job).where(Job.id == job_id).values(**values))
+            last = rows[-1][0]

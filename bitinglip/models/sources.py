@@ -1,11 +1,16 @@
 """Where models come from. One small fetcher per URI scheme; add a scheme by registering a class.
 
-Every fetcher copies into a staging folder it is given; it never touches the store itself.
+Every fetcher copies into a staging folder it is given; it never touches the store itself. Sources
+that read this machine's disk are allow-listed where they read, so no caller (API, CLI, a flow run
+started by hand) can install `/etc/passwd` or the home's secrets as a "model": `file://` reads only
+home/import and the folders in `model_source_roots`, `pkg://` only the catalog's packages and those in
+`model_source_packages`. Paths are checked after symlinks and `..` are resolved, file by file.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +20,7 @@ from urllib.parse import unquote, urlparse
 
 from bitinglip.config import Settings
 from bitinglip.errors import InvalidRequest, NotFound
+from bitinglip.models.catalog import load_catalog
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -42,8 +48,15 @@ class Source:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
+    def check(self, ref: SourceRef) -> None:
+        """Refuse a source this platform may not read (before anything is fetched); default: any."""
+
     def fetch(self, ref: SourceRef, dest: Path, progress: Progress | None = None) -> None:
         raise NotImplementedError
+
+
+class SourceNotAllowed(InvalidRequest):
+    code = "source_not_allowed"
 
 
 def parse_source(uri: str) -> SourceRef:
@@ -70,30 +83,91 @@ def make_source(ref: SourceRef, settings: Settings) -> Source:
     return Source.registry[ref.scheme](settings)
 
 
-def _copy_into(src: Path, dest: Path, progress: Progress | None) -> None:
-    files = [src] if src.is_file() else [p for p in sorted(src.rglob("*")) if p.is_file()]
-    total = sum(p.stat().st_size for p in files)
+def check_allowed(ref: SourceRef, settings: Settings) -> None:
+    """Refuse early (the API, before a job exists); fetching checks again where it reads."""
+    make_source(ref, settings).check(ref)
+
+
+Files = list[tuple[Path, Path]]  # (path inside the source, the real file it is, symlinks resolved)
+
+
+def _walk(src: Path) -> Files:
+    """Every file of `src` (itself, when a file) with its real path; symlinked folders are not
+    followed, symlinked files are listed with their target so the caller can judge it."""
+    if not src.is_dir():
+        return [(Path(src.name), src.resolve())]
+    return [
+        (p.relative_to(src), p.resolve())
+        for p in sorted(src.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.relative_to(src).parts
+    ]
+
+
+def _copy_files(files: Files, dest: Path, progress: Progress | None) -> None:
+    """Copies the checked real paths, refusing to follow a symlink swapped in since the check."""
+    total = sum(real.stat().st_size for _, real in files)
     done = 0
-    for file in files:
-        rel = Path(file.name) if src.is_file() else file.relative_to(src)
-        if "__pycache__" in rel.parts:
-            continue
+    for rel, real in files:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(file, target)
-        done += file.stat().st_size
+        with os.fdopen(os.open(real, os.O_RDONLY | os.O_NOFOLLOW), "rb") as src, target.open("wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        done += real.stat().st_size
         if progress:
             progress(done, total)
+
+
+def file_roots(settings: Settings) -> list[Path]:
+    """Folders `file://` sources may read: the platform's import folder and the configured roots."""
+    return [p.expanduser().resolve() for p in (settings.home_dir / "import", *settings.model_source_roots)]
+
+
+def allowed_packages(settings: Settings) -> set[str]:
+    """Packages `pkg://` sources may read: the catalog's and the configured ones."""
+    catalog = {
+        e.source[len("pkg://") :].split("/", 1)[0] for e in load_catalog().values() if e.source.startswith("pkg://")
+    }
+    return catalog | set(settings.model_source_packages)
 
 
 class FileSource(Source):
     scheme = "file"
 
-    def fetch(self, ref: SourceRef, dest: Path, progress: Progress | None = None) -> None:
-        path = Path(ref.location)
+    def _allow(self, real: Path, shown: str) -> None:
+        """The home (secrets, databases, the store) is never a source, whatever the roots say, but
+        for its import folder."""
+        home = self.settings.home_dir.resolve()
+        imports = (home / "import").resolve()
+        in_roots = any(real.is_relative_to(root) for root in file_roots(self.settings))
+        in_home = real.is_relative_to(home) and not (imports != home and real.is_relative_to(imports))
+        if not in_roots or in_home:
+            roots = ", ".join(str(r) for r in file_roots(self.settings))
+            raise SourceNotAllowed(
+                f"file:// sources may only read files under {roots} (BITINGLIP_MODEL_SOURCE_ROOTS); "
+                f"{shown!r} is not under them",
+                param="source",
+            )
+
+    def _files(self, ref: SourceRef) -> Files | None:
+        """The checked files of the source; None when nothing is there (said only after the check,
+        so a refused path does not reveal whether it exists)."""
+        path = Path(ref.location).resolve()
+        self._allow(path, ref.location)
         if not path.exists():
+            return None
+        files = _walk(path)
+        for rel, real in files:
+            self._allow(real, f"{ref.location.rstrip('/')}/{rel}" if path.is_dir() else ref.location)
+        return files
+
+    def check(self, ref: SourceRef) -> None:
+        self._files(ref)
+
+    def fetch(self, ref: SourceRef, dest: Path, progress: Progress | None = None) -> None:
+        files = self._files(ref)
+        if files is None:
             raise NotFound(f"source path {ref.location!r} does not exist", param="source")
-        _copy_into(path, dest, progress)
+        _copy_files(files, dest, progress)
 
 
 class PackageSource(Source):
@@ -102,7 +176,17 @@ class PackageSource(Source):
 
     scheme = "pkg"
 
+    def check(self, ref: SourceRef) -> None:
+        package = ref.location.partition("/")[0]
+        if package not in allowed_packages(self.settings):
+            raise SourceNotAllowed(
+                f"pkg:// sources may only read the catalog's packages and those in "
+                f"BITINGLIP_MODEL_SOURCE_PACKAGES; {package!r} is not one of them",
+                param="source",
+            )
+
     def fetch(self, ref: SourceRef, dest: Path, progress: Progress | None = None) -> None:
+        self.check(ref)
         package, _, sub = ref.location.partition("/")
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
@@ -111,7 +195,10 @@ class PackageSource(Source):
         path = (base / sub).resolve()
         if not path.is_relative_to(base) or not path.exists():
             raise NotFound(f"{sub!r} not found in package {package!r}", param="source")
-        _copy_into(path, dest, progress)
+        files = _walk(path)
+        if escaped := [str(rel) for rel, real in files if not real.is_relative_to(base)]:
+            raise SourceNotAllowed(f"{', '.join(escaped)} in package {package!r} link outside it", param="source")
+        _copy_files(files, dest, progress)
 
 
 class HuggingFaceSource(Source):

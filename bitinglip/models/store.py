@@ -24,6 +24,11 @@ from bitinglip.models.names import check_part, split_model_id
 MANIFEST = "bitinglip-manifest.json"
 
 
+def not_installed(model_id: str) -> ModelNotFound:
+    """The one answer for a model that is missing, or that the caller may not use (access.py)."""
+    return ModelNotFound(f"model {model_id!r} is not installed", param="model")
+
+
 class FileEntry(BaseModel):
     size: int
     sha256: str
@@ -102,7 +107,7 @@ class ModelStore:
             candidates = [m for m in self.installed() if m.name == name]
             found = max(candidates, key=lambda m: m.installed_at) if candidates else None
         if found is None:
-            raise ModelNotFound(f"model {model_id!r} is not installed", param="model")
+            raise not_installed(model_id)
         return found
 
     def path(self, manifest: Manifest) -> Path:

@@ -16,7 +16,7 @@ from fastapi.routing import APIRoute
 
 from api.app import InsecureSettings, create_app
 from bitinglip.auth.limits import Limiter
-from bitinglip.auth.principal import Principal
+from bitinglip.auth.principal import Limits, Principal
 from bitinglip.config import Settings
 from bitinglip.errors import RateLimited
 from tests.conftest import IMAGE_MODEL, TEXT_MODEL
@@ -149,9 +149,9 @@ def test_rate_limit_and_quotas_over_http(platform: Platform, tenants: dict[str, 
     assert envelope(refused, 429, "rate_limit_error")["code"] == "rate_limit_exceeded"
     assert int(refused.headers["Retry-After"]) >= 1 and refused.headers["X-RateLimit-Limit"] == "3"
 
-    tokens = key(tokens_per_day=10)
+    tokens = key(tokens_per_day=40)  # the key narrows bob's (unlimited) quota
     chat = {"model": TEXT_MODEL, "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 4}
-    assert tokens.post("/v1/chat/completions", json=chat).status_code == 200  # > 10 tokens with the prompt
+    assert tokens.post("/v1/chat/completions", json=chat).status_code == 200  # ~40 tokens with the template
     assert envelope(tokens.post("/v1/chat/completions", json=chat), 429)["code"] == "tokens_quota_exceeded"
     envelope(tokens.post("/api/v1/tasks", json={"params": {"prompt": "x", "max_tokens": 2}}), 429)
 
@@ -163,9 +163,10 @@ def test_rate_limit_and_quotas_over_http(platform: Platform, tenants: dict[str, 
 
 async def test_limits_shared_through_redis_and_not_in_memory() -> None:
     """Two limiters are two gateway replicas: with Redis they count together (the real server on
-    127.0.0.1:6379, under a prefix of this run's own); in memory each counts alone."""
+    127.0.0.1:6379, under a prefix of this run's own); in memory each counts alone. (Quotas are in
+    the gateway DB's usage ledger, which replicas share by construction: tests/security/test_quota_ledger.py.)"""
     prefix = f"bitinglip-test-{uuid.uuid4().hex}"
-    who = Principal("carol", "user", "k1", rate_limit_per_minute=4, tokens_per_day=100)
+    who = Principal("carol", "user", "k1", user_limits=Limits(rate_limit_per_minute=4))
     shared = Settings(redis_url="redis://127.0.0.1:6379", redis_prefix=prefix)
     one, two = Limiter(shared), Limiter(shared)
     try:
@@ -173,10 +174,9 @@ async def test_limits_shared_through_redis_and_not_in_memory() -> None:
             await limiter.hit(who)
         with pytest.raises(RateLimited):
             await two.hit(who)
-        await one.charge(who, "tokens", 60)
-        await two.charge(who, "tokens", 60)
+        other_key = Principal("carol", "user", "k2", user_limits=Limits(rate_limit_per_minute=4))
         with pytest.raises(RateLimited):
-            await one.check_quota(who, "tokens")
+            await one.hit(other_key)  # the limit is the user's: another key of carol's is over it too
     finally:
         await one.reset()
     alone = [Limiter(Settings()), Limiter(Settings())]

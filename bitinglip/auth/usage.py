@@ -1,0 +1,260 @@
+"""The daily usage ledger in the gateway DB: per subject (a user, or a key that narrows its user's
+quota), per UTC day, per kind (tokens, images), what is `used` and what is `reserved` by work in flight.
+
+It lives in the DB rather than in a gateway's memory because every gateway replica, model worker
+(async jobs) and batch flow-run process charges the same quotas. Work reserves an upper estimate of its
+cost before it starts, with one conditional UPDATE per counter (`used + reserved + n <= quota`), so
+concurrent requests cannot overshoot a quota; when it ends, settling moves the real count from
+`reserved` to `used`. A reservation is a row of its own (a hold): settling deletes it, so it is settled
+once, by whichever process gets there first."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from bitinglip.auth.principal import Cap, QuotaKind
+from bitinglip.db.session import Database
+from bitinglip.db.tables import UsageCounter, UsageHold
+from bitinglip.errors import RateLimited
+from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
+
+# Tokens a tokenizer may add around one text (BOS/EOS, a leading-space marker), and a chat template
+# around one message (role markers). With byte-level tokenizers a text never has more tokens than
+# UTF-8 bytes, so bytes + these allowances is an upper estimate of a prompt; a model whose template
+# adds more (a default system prompt) is charged its real count at settlement, as far as the quota goes.
+TEXT_ALLOWANCE = 8
+MESSAGE_ALLOWANCE = 8
+
+
+# -- what work costs
+
+
+def _utf8(text: str) -> int:
+    return len(text.encode("utf-8", errors="replace"))
+
+
+def prompt_tokens_estimate(params: TextGenerationParams) -> int:
+    if params.prompt is not None:
+        return _utf8(params.prompt) + TEXT_ALLOWANCE
+    messages = [m.as_template_dict() for m in params.messages or []]
+    return TEXT_ALLOWANCE + sum(_utf8(str(m["content"])) + MESSAGE_ALLOWANCE for m in messages)
+
+
+def text_tokens_estimate(params: TextGenerationParams, default_max_tokens: int) -> int:
+    """What one generation may cost: its prompt and every token it may generate."""
+    return prompt_tokens_estimate(params) + (params.max_tokens or default_max_tokens)
+
+
+def embedding_tokens_estimate(texts: list[str]) -> int:
+    return sum(_utf8(t) + TEXT_ALLOWANCE for t in texts)
+
+
+def estimate(
+    params: TextGenerationParams | EmbeddingParams | ImageParams, default_max_tokens: int
+) -> tuple[QuotaKind, int]:
+    """The quota a request draws on and the most it may take of it."""
+    if isinstance(params, ImageParams):
+        return "images", params.n
+    if isinstance(params, EmbeddingParams):
+        return "tokens", embedding_tokens_estimate(params.texts())
+    return "tokens", text_tokens_estimate(params, default_max_tokens)
+
+
+def tokens_used(result: dict[str, Any] | None) -> int:
+    """The real count of a text or embedding result (its `usage.total_tokens`)."""
+    usage = (result or {}).get("usage") or {}
+    return int(usage.get("total_tokens", 0))
+
+
+def job_hold_id(job_id: str) -> str:
+    """An async job's reservation: taken at acceptance, settled by whoever finishes the job."""
+    return f"job:{job_id}"
+
+
+def job_usage(job_type: str, result: dict[str, Any] | None) -> int:
+    """What a finished async job used: images stored, or tokens; nothing without a result."""
+    if not result:
+        return 0
+    return len(result.get("images") or []) if job_type == "image" else tokens_used(result)
+
+
+# -- the ledger
+
+
+def today() -> str:
+    return datetime.now(UTC).date().isoformat()
+
+
+def seconds_to_reset() -> float:
+    """Quotas are per UTC day: they reset at midnight."""
+    now = datetime.now(UTC)
+    midnight = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
+    return (midnight - now).total_seconds()
+
+
+@dataclass(frozen=True)
+class Hold:
+    id: str
+    kind: QuotaKind
+    amount: int
+
+
+@dataclass(frozen=True)
+class Counter:
+    limit: int | None
+    used: int = 0
+    reserved: int = 0
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.limit is None else max(0, self.limit - self.used - self.reserved)
+
+
+def quota_exceeded(kind: QuotaKind, counter: Counter, amount: int | None = None) -> RateLimited:
+    needs = "" if amount is None else f"; this needs up to {amount}, {counter.remaining} left"
+    return RateLimited(
+        f"daily {kind} quota of {counter.limit} reached{needs}",
+        limit=counter.limit or 0,
+        reset_after=seconds_to_reset(),
+        code=f"{kind}_quota_exceeded",
+    )
+
+
+def _rows(result: Any) -> int:
+    return int(result.rowcount) if isinstance(result, CursorResult) else 0
+
+
+class UsageLedger:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def reserve(
+        self, kind: QuotaKind, amount: int, caps: list[Cap], *, hold_id: str | None = None, replace: bool = False
+    ) -> Hold:
+        """Holds `amount` on every counter in `caps`, or on none: RateLimited when one would go over its
+        quota. `replace`: a hold of the same id (a retried or resumed piece of work) is released first."""
+        hold_id = hold_id or f"req:{uuid.uuid4().hex}"
+        day = today()
+        with self.db.session() as s:
+            if replace:
+                self._release(s, hold_id)
+            for subject, limit in caps:
+                self._ensure_counter(s, subject, day, kind)
+                where = [UsageCounter.subject == subject, UsageCounter.day == day, UsageCounter.kind == kind]
+                if limit is not None:
+                    where.append(UsageCounter.used + UsageCounter.reserved + amount <= limit)
+                held = s.execute(update(UsageCounter).where(*where).values(reserved=UsageCounter.reserved + amount))
+                if _rows(held) != 1:
+                    raise quota_exceeded(kind, self._counter(s, subject, limit, day, kind), amount)
+            s.add(UsageHold(id=hold_id, day=day, kind=kind, amount=amount, caps=[list(c) for c in caps]))
+        return Hold(hold_id, kind, amount)
+
+    def settle(self, hold_id: str, actual: int) -> int | None:
+        """Moves the hold from `reserved` to `used` at its real count; None when it was settled already.
+        A count over the reservation (an estimate fell short) is charged as far as the quota allows,
+        so `used` never passes it."""
+        with self.db.session() as s:
+            return self._settle(s, hold_id, actual)
+
+    def settle_many(self, outcomes: list[tuple[str, int]]) -> None:
+        """Several holds in one transaction (jobs that finish together)."""
+        with self.db.session() as s:
+            for hold_id, actual in outcomes:
+                self._settle(s, hold_id, actual)
+
+    def rename(self, hold_id: str, new_id: str) -> None:
+        """Gives a hold the id of the work it turned into (a job, once its row exists)."""
+        with self.db.session() as s:
+            s.execute(update(UsageHold).where(UsageHold.id == hold_id).values(id=new_id))
+
+    def counters(self, caps: list[Cap], kind: QuotaKind, day: str | None = None) -> list[Counter]:
+        day = day or today()
+        with self.db.session() as s:
+            return [self._counter(s, subject, limit, day, kind) for subject, limit in caps]
+
+    def headroom(self, caps: list[Cap], kind: QuotaKind) -> int | None:
+        """What is left today under the tightest quota; None when none applies."""
+        left = [c.remaining for c in self.counters(caps, kind) if c.remaining is not None]
+        return min(left) if left else None
+
+    def fitting(self, caps: list[Cap], kind: QuotaKind, costs: list[int]) -> int:
+        """How many of `costs`, from the first, fit in what is left today."""
+        room = self.headroom(caps, kind)
+        if room is None:
+            return len(costs)
+        count = 0
+        for cost in costs:
+            if cost > room:
+                break
+            room -= cost
+            count += 1
+        return count
+
+    # -- in a transaction
+
+    @staticmethod
+    def _ensure_counter(s: Session, subject: str, day: str, kind: str) -> None:
+        """The day's counter, created at zero when missing (the gateway DB is SQLite or PostgreSQL)."""
+        values = {"subject": subject, "day": day, "kind": kind, "used": 0, "reserved": 0}
+        dialect = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
+        s.execute(dialect.insert(UsageCounter).values(**values).on_conflict_do_nothing())
+
+    @staticmethod
+    def _counter(s: Session, subject: str, limit: int | None, day: str, kind: str, *, lock: bool = False) -> Counter:
+        query = select(UsageCounter.used, UsageCounter.reserved).where(
+            UsageCounter.subject == subject, UsageCounter.day == day, UsageCounter.kind == kind
+        )
+        row = s.execute(query.with_for_update() if lock else query).first()
+        return Counter(limit, *(row or (0, 0)))
+
+    @staticmethod
+    def _take(s: Session, hold_id: str) -> tuple[str, QuotaKind, int, list[Cap]] | None:
+        """Deletes the hold and returns it; None when another process took it first."""
+        row = s.execute(
+            delete(UsageHold)
+            .where(UsageHold.id == hold_id)
+            .returning(UsageHold.day, UsageHold.kind, UsageHold.amount, UsageHold.caps)
+        ).first()
+        if row is None:
+            return None
+        caps: list[Cap] = [(str(subject), None if limit is None else int(limit)) for subject, limit in row.caps]
+        return row.day, row.kind, int(row.amount), caps
+
+    def _settle(self, s: Session, hold_id: str, actual: int) -> int | None:
+        hold = self._take(s, hold_id)
+        if hold is None:
+            return None
+        day, kind, amount, caps = hold
+        charge = min(max(actual, 0), amount)
+        extra = max(actual - amount, 0)
+        for subject, limit in caps:
+            if extra and limit is not None:
+                counter = self._counter(s, subject, limit, day, kind, lock=True)
+                extra = max(0, min(extra, limit - counter.used - (counter.reserved - amount) - charge))
+        charge += extra
+        for subject, _ in caps:
+            s.execute(
+                update(UsageCounter)
+                .where(UsageCounter.subject == subject, UsageCounter.day == day, UsageCounter.kind == kind)
+                .values(reserved=UsageCounter.reserved - amount, used=UsageCounter.used + charge)
+            )
+        return charge
+
+    def _release(self, s: Session, hold_id: str) -> None:
+        hold = self._take(s, hold_id)
+        if hold is None:
+            return
+        day, kind, amount, caps = hold
+        for subject, _ in caps:
+            s.execute(
+                update(UsageCounter)
+                .where(UsageCounter.subject == subject, UsageCounter.day == day, UsageCounter.kind == kind)
+                .values(reserved=UsageCounter.reserved - amount)
+            )

@@ -1,0 +1,99 @@
+"""The usage ledger itself, on SQLite and on the machine's real PostgreSQL (a database of this run's
+own, created and dropped here): concurrent reservations never pass a quota, settling is exact and
+happens once, a key's narrower quota and its user's are held together or not at all."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from bitinglip.auth.usage import UsageLedger
+from bitinglip.db.session import Database
+from bitinglip.errors import RateLimited
+
+POSTGRES = "postgres@127.0.0.1:5432"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UsageLedger]:
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'gateway.db'}")
+        yield UsageLedger(db)
+        db.dispose()
+        return
+    name = f"bl_ledger_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"postgresql://{POSTGRES}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    db = Database(f"postgresql+psycopg://{POSTGRES}/{name}")
+    try:
+        yield UsageLedger(db)
+    finally:
+        db.dispose()
+        with psycopg.connect(f"postgresql://{POSTGRES}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_concurrent_reservations_never_pass_the_quota(ledger: UsageLedger) -> None:
+    caps = [("user:carol", 30)]
+    start = threading.Barrier(16)
+
+    def one(_: int) -> bool:
+        start.wait()
+        try:
+            ledger.reserve("tokens", 7, caps)
+        except RateLimited as exc:
+            assert exc.code == "tokens_quota_exceeded" and exc.retry_after is not None
+            return False
+        return True
+
+    with ThreadPoolExecutor(16) as pool:
+        granted = sum(pool.map(one, range(16)))
+    assert granted == 4  # 4 x 7 = 28 <= 30; a fifth would make 35
+    (counter,) = ledger.counters(caps, "tokens")
+    assert (counter.used, counter.reserved, counter.remaining) == (0, 28, 2)
+
+
+def test_settle_moves_the_real_count_once_and_never_past_the_quota(ledger: UsageLedger) -> None:
+    caps = [("user:dave", 20)]
+    first = ledger.reserve("tokens", 10, caps)
+    assert ledger.settle(first.id, 4) == 4
+    assert ledger.settle(first.id, 4) is None  # settled once, whoever tries again
+    second = ledger.reserve("tokens", 10, caps)  # 4 used + 10 held
+    assert ledger.settle(second.id, 25) == 16  # over its reservation: charged only as far as the quota goes
+    (counter,) = ledger.counters(caps, "tokens")
+    assert (counter.used, counter.reserved, counter.remaining) == (20, 0, 0)
+    with pytest.raises(RateLimited):
+        ledger.reserve("tokens", 1, caps)
+
+
+def test_key_and_user_quotas_are_held_together_or_not_at_all(ledger: UsageLedger) -> None:
+    user, key = ("user:erin", 100), ("key:abc", 10)
+    ledger.reserve("tokens", 8, [user, key])
+    with pytest.raises(RateLimited, match="quota of 10"):
+        ledger.reserve("tokens", 8, [user, key])  # the key's own quota refuses ...
+    other_key = ledger.reserve("tokens", 50, [user])  # ... and held nothing on the user's
+    assert [c.reserved for c in ledger.counters([user, key], "tokens")] == [58, 8]
+    ledger.settle(other_key.id, 0)
+    assert ledger.counters([user], "tokens")[0].reserved == 8
+
+
+def test_a_replaced_hold_gives_back_what_it_held(ledger: UsageLedger) -> None:
+    caps = [("user:frank", 50)]
+    ledger.reserve("tokens", 40, caps, hold_id="batch:job-1:chunk-a")
+    ledger.reserve("tokens", 40, caps, hold_id="batch:job-1:chunk-a", replace=True)  # a resumed chunk
+    assert ledger.counters(caps, "tokens")[0].reserved == 40
+    assert ledger.fitting(caps, "tokens", [5, 4, 2, 1]) == 2  # 10 left: 5 + 4 fit, then 2 does not
+
+
+def test_unlimited_users_are_counted_too(ledger: UsageLedger) -> None:
+    caps: list[tuple[str, int | None]] = [("user:grace", None)]
+    hold = ledger.reserve("images", 10_000, caps)
+    ledger.settle(hold.id, 3)
+    (counter,) = ledger.counters(caps, "images")
+    assert (counter.used, counter.reserved, counter.remaining) == (3, 0, None)
