@@ -291,7 +291,7 @@ class Settings(BaseSettings):
 
     def prefect_env(self) -> dict[str, str]:
         """Prefect settings for every process we start: client, server and task workers must agree
-        on API and result storage, or background-task parameters go missing (DESIGN.md)."""
+        on API and result storage, or background-task parameters go missing (docs/architecture.md §3.12)."""
         env = {
             "PREFECT_HOME": str(self.prefect_home),
             "PREFECT_API_URL": self.prefect_api,
@@ -320,7 +320,7 @@ class Settings(BaseSettings):
             auth = self.prefect_auth_string.get_secret_value()
             env["PREFECT_API_AUTH_STRING"] = auth
             env["PREFECT_SERVER_API_AUTH_STRING"] = auth
-        if self.prefect_redis_url:  # Prefect's own scale-out stack (DESIGN.md decision 6)
+        if self.prefect_redis_url:  # Prefect's own scale-out stack (docs/architecture.md §6)
             env.update(
                 {
                     "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",

@@ -1,5 +1,5 @@
 """Offline batch inference in the OpenAI Batch format: one Prefect flow run per batch, on the `gpu`
-work pool (DESIGN.md decision 4).
+work pool (docs/architecture.md §2.4).
 
 The flow run loads each model once in its own process, validates every line first, splits the valid
 requests into chunks and runs one cached task per chunk (cache key: owner + chunk content + model

@@ -38,7 +38,7 @@ def wait_done(client: httpx.Client, job_id: str, timeout: float = 120) -> tuple[
 
 
 def prefect_task_run_state(platform: Platform, run_id: str) -> str:
-    """Prefect records task runs from events, a little after the fact (DESIGN.md: never trust one
+    """Prefect records task runs from events, a little after the fact (docs/architecture.md §4: never trust one
     call): read until the run exists and has settled, for up to 30 s."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound

@@ -1,5 +1,5 @@
 """Sync and streaming generation: resolve the model, pick a worker, relay. No Prefect on this path
-(a flow run costs 120-170 ms; DESIGN.md decision 1)."""
+(a flow run costs 120-170 ms; docs/architecture.md §3.1)."""
 
 from __future__ import annotations
 

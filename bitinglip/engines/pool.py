@@ -1,7 +1,7 @@
 """The model pool of one worker process: engines loaded once, one batcher each, one compute thread.
 
 All torch work runs on a single dedicated thread: on a CPU box several handler threads fighting over
-torch's threads is what made a naive server 30% slower than one request at a time (DESIGN.md)."""
+torch's threads is what made a naive server 30% slower than one request at a time (docs/architecture.md §3.8)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Turns durably queued jobs into Prefect runs, one run per group of same-type, same-model jobs.
 
 Prefect background tasks run at ~4/s here; carrying up to `jobs_per_run` jobs per run lifts the
-async path far above that (DESIGN.md). Submission retries with backoff while the Prefect API is down:
+async path far above that (docs/architecture.md §3.3). Submission retries with backoff while the Prefect API is down:
 the jobs simply stay queued in the DB until a run exists for them."""
 
 from __future__ import annotations

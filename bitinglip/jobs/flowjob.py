@@ -2,7 +2,7 @@
 heartbeat on its row while it works, finished by that run only.
 
 A run whose process dies stops beating; the gateway's reaper re-queues the job and the dispatcher
-starts a new run, which resumes (DESIGN.md: nothing stays `running` forever, nothing runs twice)."""
+starts a new run, which resumes (docs/architecture.md §2.4: nothing stays `running` forever, nothing runs twice)."""
 
 from __future__ import annotations
 
