@@ -7,8 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bitinglip.config import Settings
-from bitinglip.engines.types import SamplingParams
 from bitinglip.errors import InvalidRequest
+from bitinglip.types import SamplingParams
 
 MAX_SEED = 2**63 - 1
 

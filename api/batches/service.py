@@ -13,11 +13,11 @@ from bitinglip import metrics
 from bitinglip.auth.limits import Limiter
 from bitinglip.auth.principal import Principal
 from bitinglip.db.tables import Job
-from bitinglip.engines.types import Priority
 from bitinglip.errors import InvalidRequest, NotFound
 from bitinglip.http import REQUEST_ID
 from bitinglip.jobs.dispatcher import Dispatcher
 from bitinglip.jobs.store import JobStore
+from bitinglip.types import Priority
 
 
 def models_named(data: bytes) -> list[str]:

@@ -15,10 +15,10 @@ from api.models.service import ModelService
 from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory, WorkerInfo
 from bitinglip.config import Settings
-from bitinglip.engines.types import Priority
 from bitinglip.errors import BitingLipError, RemoteError, ServiceUnavailable
 from bitinglip.results import ResultStore
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
+from bitinglip.types import Priority
 
 log = logging.getLogger(__name__)
 

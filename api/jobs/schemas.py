@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Discriminator, Tag
 
 from bitinglip.db.tables import Job
-from bitinglip.engines.types import Priority
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
+from bitinglip.types import Priority
 
 PriorityName = Literal["high", "normal", "low"]
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]

@@ -17,11 +17,11 @@ from bitinglip.auth.principal import Principal
 from bitinglip.batches.files import FileStore
 from bitinglip.config import Settings
 from bitinglip.db.tables import Job
-from bitinglip.engines.types import Priority
 from bitinglip.http import REQUEST_ID
 from bitinglip.jobs.dispatcher import Dispatcher
 from bitinglip.jobs.store import JobStore
 from bitinglip.results import ResultStore
+from bitinglip.types import Priority
 
 
 class JobDeleted(BaseModel):

@@ -14,7 +14,6 @@ from bitinglip.auth.principal import Principal
 from bitinglip.config import Settings
 from bitinglip.db.session import Database
 from bitinglip.db.tables import Job, ModelRecord
-from bitinglip.engines.types import Priority
 from bitinglip.errors import Conflict, InvalidRequest, ModelNotFound
 from bitinglip.jobs.store import JobStore
 from bitinglip.models import access, registry
@@ -22,6 +21,7 @@ from bitinglip.models.catalog import load_catalog
 from bitinglip.models.names import check_part, split_model_id
 from bitinglip.models.sources import check_allowed, parse_source
 from bitinglip.models.store import ModelStore
+from bitinglip.types import Priority
 
 
 class ModelService:

@@ -11,10 +11,10 @@ from pydantic import BaseModel, ValidationError
 from api.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from api.openai.serving import OpenAIServing
 from bitinglip.engines.pool import ModelPool
-from bitinglip.engines.types import Priority
 from bitinglip.errors import InvalidRequest
 from bitinglip.http import validation_message
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
+from bitinglip.types import Priority
 
 Handler = Callable[[OpenAIServing, Any], Awaitable[BaseModel]]
 

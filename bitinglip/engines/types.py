@@ -1,67 +1,20 @@
-"""Typed requests and results that flow between the batcher and the engines (TGI-style)."""
+"""Typed requests and results that flow between the batcher and the engines (TGI-style). The torch-free
+vocabulary they share with the gateway (priorities, sampling parameters) lives in `bitinglip.types`."""
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import IntEnum
-from typing import Any, Literal
+from typing import Any
 
-from bitinglip.errors import BitingLipError, InvalidRequest
-
-# Below this temperature sampling is greedy decoding: the softmax of logits / T is one-hot for any
-# logit gap above ~1e-3, and smaller divisors only overflow float32 logits into inf and NaN.
-MIN_TEMPERATURE = 1e-5
-
-
-class Priority(IntEnum):
-    """Lower runs first: interactive requests, then async jobs by their priority, then batches."""
-
-    SYNC = 0
-    HIGH = 1
-    NORMAL = 2
-    LOW = 3
-    BATCH = 4
-
-    @classmethod
-    def for_job(cls, name: str) -> Priority:
-        return {"high": cls.HIGH, "normal": cls.NORMAL, "low": cls.LOW}[name]
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    logprobs: int | None = None  # None: off; 0: chosen token only; k: plus k alternatives
-
-    def __post_init__(self) -> None:
-        """The engine's own guard, whoever built the params (the HTTP schemas already bound them):
-        a NaN or infinite temperature or top_p cannot be sampled from and is refused."""
-        if not (math.isfinite(self.temperature) and self.temperature >= 0.0):
-            raise InvalidRequest("temperature must be a finite number >= 0", param="temperature")
-        if not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
-            raise InvalidRequest("top_p must be in (0, 1]", param="top_p")
-
-    @property
-    def greedy(self) -> bool:
-        """Temperature 0 and any tiny temperature (e.g. 1e-300) decode greedily (see MIN_TEMPERATURE)."""
-        return self.temperature < MIN_TEMPERATURE
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    token: str
-    logprob: float
-    top: tuple[tuple[str, float], ...] = ()
-
-
-FinishReason = Literal["stop", "length", "cancelled"]
+from bitinglip.errors import BitingLipError
+from bitinglip.types import MIN_TEMPERATURE as MIN_TEMPERATURE  # re-exported for engine code
+from bitinglip.types import FinishReason as FinishReason
+from bitinglip.types import Priority as Priority
+from bitinglip.types import SamplingParams as SamplingParams
+from bitinglip.types import TokenLogprob as TokenLogprob
 
 
 class GenerationFailed(BitingLipError):
