@@ -46,7 +46,15 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), REDACTED),
     # Authorization values, in a header line, a dict repr or ASGI's byte pairs (12+ characters, so
     # "Basic settings" stays readable; every credential we issue is longer)
-    (re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=:-]{12,}"), rf"\g<1>\g<2>{REDACTED}"),
+    (re.compile(r"(?i)\b(bearer|basic|token)(\s+)[A-Za-z0-9._~+/=:-]{12,}"), rf"\g<1>\g<2>{REDACTED}"),
+    # a quoted value whose name says secret is masked whole, spaces and all ("password": "a b")
+    (
+        re.compile(
+            r"(?i)\b([\w-]*(?:password|passwd|secret|token|api[_-]?key|auth[_-]?string|authorization|credentials?)"
+            r"[\"']?\s*[:=]\s*b?)([\"'])(?!\[REDACTED\])(?:\\.|(?!\2).)*\2"
+        ),
+        rf"\g<1>\g<2>{REDACTED}\g<2>",
+    ),
     # name=value / "name": "value" pairs whose name says secret (query strings, JSON, env dumps, kwargs)
     (
         re.compile(
@@ -131,14 +139,24 @@ def format_exception(exc_info: ExcInfo) -> str:
     rendered = traceback.TracebackException(
         exc_type, exc, tb, limit=-MAX_TRACEBACK_FRAMES, capture_locals=False, compact=True
     )
-    lines = [
-        line if len(line) <= MAX_LINE_CHARS else f"{line[:MAX_LINE_CHARS]}... ({len(line)} chars)"
-        for line in "".join(rendered.format()).splitlines()
-    ]
+    lines = "".join(rendered.format()).splitlines()
     if len(lines) > MAX_TRACEBACK_LINES:
         head, tail = 5, MAX_TRACEBACK_LINES - 6
         lines = [*lines[:head], f"... {len(lines) - head - tail} lines omitted ...", *lines[-tail:]]
     return "\n".join(lines)
+
+
+def _cap_line(line: str) -> str:
+    return line if len(line) <= MAX_LINE_CHARS else f"{line[:MAX_LINE_CHARS]}... ({len(line)} chars)"
+
+
+def _cap_long_lines(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+    """Long lines cut only after redaction: a cut first could leave half a secret unmatched."""
+    for key in ("event", "exception"):
+        value = event_dict.get(key)
+        if isinstance(value, str) and len(value) > MAX_LINE_CHARS:
+            event_dict[key] = "\n".join(_cap_line(line) for line in value.split("\n"))
+    return event_dict
 
 
 def _capture_exc_info(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
@@ -239,6 +257,7 @@ def configure_logging(settings: Settings, process: str, console_level: str | Non
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.ExceptionRenderer(format_exception),
             Redactor(known_secrets(settings)),
+            _cap_long_lines,
             renderer,
         ],
         foreign_pre_chain=[_context_from_record, level, _record_time, module, structlog.stdlib.ExtraAdder()],

@@ -35,6 +35,10 @@ class RestartPolicy:
     window_s: float
     first_delay_s: float = 1.0
     max_delay_s: float = 30.0
+    # Past its budget, an essential child (Prefect, the gateway) stops everything; another (a model or
+    # pool worker, which one tenant's poison job could crash repeatedly) stays down, loudly, while the
+    # gateway keeps answering 503 for its models.
+    essential: bool = True
 
     def delay(self, recent_restarts: int) -> float:
         """1, 2, 4 ... s for the 1st, 2nd, 3rd ... restart within the window: a child that dies again
@@ -56,6 +60,7 @@ class Child:
     exits: list[tuple[int, float]] = field(default_factory=list)  # (exit code, restart delay) per crash
     restart_due: float | None = None  # set while backing off
     group_killed: bool = False  # its process died and its group was killed: nothing left to stop
+    given_up: bool = False  # a non-essential child past its restart budget: left down
 
     @property
     def restarts(self) -> int:
@@ -120,6 +125,8 @@ class Supervisor:
         Raises ChildDied for a child without a restart policy, or one past its restart budget."""
         now = time.monotonic()
         for child in self.children:
+            if child.given_up:
+                continue
             if child.restart_due is not None:
                 if now >= child.restart_due:
                     self._restart(child)
@@ -136,11 +143,18 @@ class Supervisor:
             while child.restarted_at and now - child.restarted_at[0] > policy.window_s:
                 child.restarted_at.popleft()
             if len(child.restarted_at) >= policy.attempts:
-                raise ChildDied(
+                message = (
                     f"{child.name} exited with code {code} after {len(child.restarted_at)} restart(s) within "
-                    f"{policy.window_s:g}s (restart_attempts={policy.attempts}): giving up. "
-                    f"Last lines of {child.log_path}:\n{child.log_tail()}"
+                    f"{policy.window_s:g}s (restart_attempts={policy.attempts}): giving up"
                 )
+                if policy.essential:
+                    raise ChildDied(f"{message}. Last lines of {child.log_path}:\n{child.log_tail()}")
+                child.given_up = True
+                log.error("%s; the rest of the platform keeps running. Last lines of %s", message, child.log_path)
+                self._event(child, f"{message}; left down")
+                if child.on_crash is not None:
+                    child.on_crash(child)
+                continue
             delay = policy.delay(len(child.restarted_at))
             child.restarted_at.append(now)
             child.exits.append((code, delay))

@@ -100,6 +100,27 @@ def test_crash_loop_is_restarted_with_backoff_then_given_up_loudly(sup: Supervis
     assert log.count("restarting in") == 3 and log.count("restarted (pid") == 3
 
 
+def test_a_crash_looping_worker_is_left_down_while_the_rest_runs(sup: Supervisor) -> None:
+    """A model worker that one tenant's poison job crashes again and again must not take the gateway
+    down with it: past its budget it stays down, loudly, and check() goes on supervising the others."""
+    survivor = sup.start("gateway", [PY, "-c", "import time; time.sleep(600)"], restart=RestartPolicy(1, 300))
+    cleaned: list[str] = []
+    worker = sup.start(
+        "model-worker",
+        [PY, "-c", CRASH],
+        restart=RestartPolicy(attempts=2, window_s=300, essential=False, **FAST),
+        on_crash=lambda child: cleaned.append(child.name),
+    )
+    until(sup, lambda: worker.given_up)
+    for _ in range(20):
+        sup.check()  # no ChildDied: the platform keeps running
+        time.sleep(0.02)
+    assert worker.restarts == 2 and worker.process.poll() == 3
+    assert survivor.process.poll() is None
+    assert cleaned == ["model-worker"] * 3  # its jobs released after every crash, the last one too
+    assert "giving up; left down" in worker.log_path.read_text()
+
+
 def test_restarts_outside_the_window_do_not_count(sup: Supervisor) -> None:
     """A child that ran longer than the window before dying is not a crash loop: restarted each
     time, at the first delay again."""

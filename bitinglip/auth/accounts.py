@@ -22,7 +22,6 @@ from bitinglip.auth.principal import Limits
 from bitinglip.db.session import Database
 from bitinglip.db.tables import ApiKey, User, UserLimits
 from bitinglip.errors import Conflict, InvalidRequest, NotFound
-from bitinglip.home_secrets import PLACEHOLDERS
 
 ROLES = ("admin", "user")
 _TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is for humans: no write on every request
@@ -49,8 +48,10 @@ class AccountStore:
                 admin = s.get(User, username)
                 if admin is None:
                     s.add(User(username=username, password_hash=hash_password(password), role="admin"))
-                elif any(verify_password(admin.password_hash, p) for p in PLACEHOLDERS):
-                    admin.password_hash = hash_password(password)  # a first-wave home: rotate the placeholder
+                elif not verify_password(admin.password_hash, password):
+                    # The configured password is the first admin's (rotation = a new value + restart);
+                    # this also replaces a first-wave placeholder.
+                    admin.password_hash = hash_password(password)
         except IntegrityError:
             pass
         if parsed is None:

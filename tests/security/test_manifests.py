@@ -49,6 +49,10 @@ def test_compose_publishes_only_the_gateway_and_authenticates_prefect() -> None:
         env = service.get("environment", {})
         if name.startswith("pool-worker"):
             assert env["PREFECT_API_AUTH_STRING"] == server["PREFECT_SERVER_API_AUTH_STRING"], name
+            # a pool the worker creates gets our template, not Prefect's default (which opens command/env)
+            pool = service["command"].split("--pool ")[1].split()[0]
+            assert f"--base-job-template work-pools/{pool}.json" in service["command"], name
         if any(k.startswith("BITINGLIP_") for k in env):
             assert "BITINGLIP_WORKER_TOKEN" in env and "BITINGLIP_PREFECT_AUTH_STRING" in env, name
             assert "change-me" not in json.dumps(env), name
+            assert all(":?" in v for k, v in env.items() if "${" in str(v)), f"{name}: a secret may be left empty"

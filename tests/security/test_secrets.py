@@ -141,3 +141,15 @@ def test_ensure_secrets_in_process(tmp_path: Path) -> None:
     with pytest.raises(WeakSecret, match="BITINGLIP_WORKER_TOKEN"):
         ensure_secrets(Settings(home=tmp_path, worker_token="short"))
     assert Settings(home=tmp_path).secret("worker_token") == settings.secret("worker_token")  # read from home
+
+
+def test_rotating_the_admin_password_takes_effect_on_restart(tmp_path: Path) -> None:
+    """Rotation as docs/security.md says: a new value in secrets.json (or the environment), then a restart."""
+    home = tmp_path / "home"
+    with gateway(home):
+        stored = json.loads((home / "secrets.json").read_text())
+    rotated = {**stored, "admin_password": "a-brand-new-admin-password-1"}
+    (home / "secrets.json").write_text(json.dumps(rotated))
+    with gateway(home) as url:
+        envelope(_login(url, stored["admin_password"]), 401)
+        assert _login(url, rotated["admin_password"]).status_code == 200
