@@ -27,7 +27,6 @@ from api.jobs.service import JobService
 from api.models import router as models_router
 from api.models.service import ModelService
 from api.openai import router as openai_router
-from api.openai.serving import OpenAIServing
 from api.state import GatewayState
 from api.telemetry import GatewayMetrics, InFlight, RequestMetrics
 from api.usage import router as usage_router
@@ -46,6 +45,7 @@ from bitinglip.jobs.store import JobStore
 from bitinglip.models import registry
 from bitinglip.models.store import ModelStore
 from bitinglip.results import ResultStore
+from bitinglip.serving.serving import OpenAIServing
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ from api.files.service import FileService
 from api.inference.metered import MeteredInference
 from api.jobs.service import JobService
 from api.models.service import ModelService
-from api.openai.serving import OpenAIServing
 from api.state import GatewayState
 from api.usage.service import UsageService
 from api.workers.service import WorkerDirectory
 from bitinglip.auth.principal import Principal
 from bitinglip.config import Settings
 from bitinglip.models.access import bind_caller
+from bitinglip.serving.serving import OpenAIServing
 
 
 def get_state(request: Request) -> GatewayState:

@@ -12,7 +12,6 @@ from api.files.service import FileService
 from api.inference.service import InferenceService
 from api.jobs.service import JobService
 from api.models.service import ModelService
-from api.openai.serving import OpenAIServing
 from api.telemetry import GatewayMetrics
 from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory
@@ -21,6 +20,7 @@ from bitinglip.config import Settings
 from bitinglip.db.session import Database
 from bitinglip.jobs.dispatcher import Dispatcher
 from bitinglip.results import ResultStore
+from bitinglip.serving.serving import OpenAIServing
 
 
 @dataclass

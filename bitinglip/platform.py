@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -13,7 +14,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any, cast
 
 from rich.console import Console
 from rich.markup import escape
@@ -153,27 +153,15 @@ def release_dead_worker(settings: Settings, worker_id: str) -> int:
     often before its old heartbeat is stale, and a live worker's jobs are never reaped, so they
     would stay `running` for good. Only the parent knows for sure the process is gone (its group
     is killed before this runs), so nothing it ran can still finish."""
-    from sqlalchemy import CursorResult, delete, update
-
+    from bitinglip.crypto import Cipher
     from bitinglip.db.session import Database
-    from bitinglip.db.tables import Job, Worker
-    from bitinglip.jobs.reaper import INFERENCE_TYPES
+    from bitinglip.db.workers import WorkerRegistry
+    from bitinglip.jobs.store import JobStore
 
     db = Database(settings.gateway_db_url)
     try:
-        with db.session() as s:
-            s.execute(delete(Worker).where(Worker.id == worker_id))
-            result = s.execute(
-                update(Job)
-                .where(Job.status == "running", Job.type.in_(INFERENCE_TYPES), Job.worker_id == worker_id)
-                .values(
-                    status="queued",
-                    dispatched_at=None,
-                    worker_id=None,
-                    error={"message": "its model worker stopped while running it; retried", "type": "worker_lost"},
-                )
-            )
-            return int(cast("CursorResult[Any]", result).rowcount)
+        WorkerRegistry(db, settings.worker_stale_after_s).remove(worker_id)
+        return JobStore(db, Cipher.from_settings(settings)).requeue_worker(worker_id)
     finally:
         db.dispose()
 
@@ -207,6 +195,7 @@ def run_platform(settings: Settings, console: Console, install: bool = True, rep
     env["BITINGLIP_ADMIN_API_KEY"] = local_admin_key(settings)
     sup = Supervisor(settings.home_dir / "logs", env)
     restart = RestartPolicy(attempts=settings.restart_attempts, window_s=settings.restart_window_s)
+    restart_worker = dataclasses.replace(restart, essential=False)  # a crash-looping worker stays down alone
 
     def on_worker_crash(index: int) -> Callable[[Child], None]:
         def release(child: Child) -> None:
@@ -249,7 +238,7 @@ def run_platform(settings: Settings, console: Console, install: bool = True, rep
                     [py, "-m", "bitinglip.cli", "worker"],
                     PROJECT_DIR,
                     replica_env(settings, i),
-                    restart=restart,
+                    restart=restart_worker,
                     on_crash=on_worker_crash(i),
                 )
                 for pool in ("gpu", "cpu"):
@@ -257,7 +246,7 @@ def run_platform(settings: Settings, console: Console, install: bool = True, rep
                         f"pool-worker-{pool}{suffix}",
                         [py, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
                         cwd=PROJECT_DIR,
-                        restart=restart,
+                        restart=restart_worker,
                     )
                 sup.start(
                     f"gateway{suffix}",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -25,7 +24,6 @@ from prefect.context import TaskRunContext
 from prefect.filesystems import RemoteFileSystem
 from prefect.runtime import flow_run
 
-from api.openai.offline import OfflineOpenAI, check_body
 from bitinglip.batches.files import FileStore, new_file_id
 from bitinglip.batches.format import (
     ENDPOINTS,
@@ -47,7 +45,8 @@ from bitinglip.jobs.store import JobStore
 from bitinglip.models import access
 from bitinglip.models.store import ModelStore
 from bitinglip.results import ResultStore
-from bitinglip.storage import expand, read_url, s3_options, write_url
+from bitinglip.serving.offline import OfflineOpenAI, check_body
+from bitinglip.storage import expand, read_url, s3_filesystem, s3_options, write_url
 from flows import batch_quota
 from flows.batch_quota import ChunkMeter
 
@@ -175,18 +174,17 @@ def _resolve_models(
 
 async def _chunk_task(settings: Settings) -> Any:
     """Chunk results (the cache records) live beside the batch results: on S3 when results are, so a
-    run resumed on another node finds them. Prefect keeps the storage block server-side, so it holds
-    the bucket and endpoint only; the credentials stay in this process's environment."""
+    run resumed on another node finds them. Prefect keeps the storage block server-side, so the saved
+    block holds the bucket and endpoint only; the credentials go straight to this process's s3fs
+    filesystem behind the block (never into the block document, nor into the environment)."""
     url = settings.results_url or ""
     if not url.startswith("s3://"):
         return run_chunk
-    if settings.s3_key and settings.s3_secret:
-        os.environ["AWS_ACCESS_KEY_ID"] = settings.s3_key
-        os.environ["AWS_SECRET_ACCESS_KEY"] = settings.s3_secret
     options = {k: v for k, v in s3_options(settings).items() if k not in ("key", "secret")}
     storage = RemoteFileSystem(basepath=f"{url.rstrip('/')}/prefect", settings=options)
     digest = hashlib.sha256(storage.basepath.encode() + repr(sorted(options.items())).encode()).hexdigest()[:12]
     await storage.asave(f"bitinglip-results-{digest}", overwrite=True)
+    storage._filesystem = s3_filesystem(settings)  # the block's filesystem, built with the credentials
     return run_chunk.with_options(result_storage=storage)
 
 

@@ -15,7 +15,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from api.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from bitinglip.auth import usage
 from bitinglip.auth.accounts import AccountStore
 from bitinglip.auth.limits import effective_limits
@@ -26,6 +25,7 @@ from bitinglip.db.session import Database
 from bitinglip.db.tables import ApiKey
 from bitinglip.errors import RateLimited
 from bitinglip.schemas import TextGenerationParams
+from bitinglip.serving.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 _ledger: usage.UsageLedger | None = None  # the flow run's, while it runs an API batch
 

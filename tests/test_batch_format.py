@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from api.openai.offline import check_body
 from bitinglip.batches.format import chunk_key, chunks, parse_input
+from bitinglip.serving.offline import check_body
 
 
 def _line(custom_id: str, url: str = "/v1/chat/completions", **body: object) -> str:

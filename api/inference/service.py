@@ -13,8 +13,9 @@ from typing import Any
 
 from api.models.service import ModelService
 from api.workers.client import WorkerClient
-from api.workers.service import WorkerDirectory, WorkerInfo
+from api.workers.service import WorkerDirectory
 from bitinglip.config import Settings
+from bitinglip.db.workers import WorkerInfo
 from bitinglip.errors import BitingLipError, RemoteError, ServiceUnavailable
 from bitinglip.results import ResultStore
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from api.deps import OpenAIServingDep
-from api.openai.protocol import (
+from bitinglip.serving.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,

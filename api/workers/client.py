@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from api.workers.service import WorkerInfo
+from bitinglip.db.workers import WorkerInfo
 from bitinglip.errors import RemoteError, ServiceUnavailable
 from bitinglip.http import REQUEST_ID, worker_auth_header
 

@@ -1,18 +1,26 @@
-"""Engine and session factory. SQLite gets WAL + a busy timeout so gateway and workers can share it."""
+"""Engine and session factory. SQLite gets WAL + a busy timeout so gateway and workers can share it.
+Opening the database migrates its schema to the newest revision (bitinglip/db/migrations)."""
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from alembic import command
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from bitinglip.db.tables import Base
+from bitinglip.db.migrations import ADOPT, VERSION_TABLE, alembic_config
+
+log = logging.getLogger(__name__)
 
 # PostgreSQL advisory lock ids, one place so they never collide
-SCHEMA_LOCK = 727274  # create_all by replicas starting together
+SCHEMA_LOCK = 727274  # schema migration by replicas starting together
 STARTUP_LOCK = 727275  # gateway bootstrapping (first admin, model registry)
 
 
@@ -34,11 +42,78 @@ def make_engine(url: str) -> Engine:
             cursor.close()
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":  # replicas starting together must not race on CREATE TABLE
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
-        Base.metadata.create_all(conn)
+    migrate(engine)
     return engine
+
+
+@functools.cache
+def schema_head() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def schema_revision(conn: Connection) -> str | None:
+    """The revision the database is at; None before its first migration (empty, or pre-Alembic)."""
+    return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+
+
+@contextmanager
+def _schema_lock(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction that only one process at a time holds, committed on exit: a
+    PostgreSQL advisory lock for replicas; for SQLite, BEGIN IMMEDIATE (its write lock, waited for up
+    to the busy timeout), which also makes the DDL inside one transaction."""
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+            yield conn
+        return
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            yield conn
+        return
+    with engine.connect() as conn:
+        raw: Any = conn.connection.driver_connection
+        legacy = raw.isolation_level
+        raw.isolation_level = None  # the sqlite3 module issues no BEGIN of its own: ours is the one
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+        finally:
+            raw.isolation_level = legacy
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision, once however many processes start together. An empty
+    database is built from the first revision; one made by create_all before Alembic (no version
+    table, but our tables) is stamped with the revision its tables match, then upgraded."""
+    head = schema_head()
+    with engine.connect() as conn:  # the usual case, without waiting for the lock
+        if schema_revision(conn) == head:
+            return
+    with _schema_lock(engine) as conn:
+        current = schema_revision(conn)
+        if current == head:  # another process did it while we waited
+            return
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        if current is None:
+            tables = set(inspect(conn).get_table_names())
+            adopt = next((revision for revision, needed in ADOPT if needed <= tables), None)
+            if adopt is not None:
+                log.info("stamping a pre-Alembic database as %s", adopt)
+                command.stamp(config, adopt)
+        elif current not in {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}:
+            # a newer release migrated it (a rolling upgrade): leave it be, its changes are additive
+            log.warning("database schema %s is newer than this release's %s; not migrating", current, head)
+            return
+        log.info("migrating the database schema from %s to %s", current or "nothing", head)
+        command.upgrade(config, "head")
 
 
 class Database:

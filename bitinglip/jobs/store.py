@@ -283,6 +283,25 @@ class JobStore:
                 ),
             )
 
+    def requeue_worker(self, worker_id: str) -> int:
+        """The inference jobs `running` on a model worker known to be gone (its process is dead, or
+        it is starting again under the same id) go back to the queue; returns how many. Nothing it
+        ran can still finish, so unlike `requeue_orphans` this waits for no heartbeat to go stale."""
+        from bitinglip.jobs.reaper import INFERENCE_TYPES  # the reaper imports this module
+
+        with self.db.session() as s:
+            return _rows(
+                s,
+                update(Job)
+                .where(Job.status == "running", Job.type.in_(INFERENCE_TYPES), Job.worker_id == worker_id)
+                .values(
+                    status="queued",
+                    dispatched_at=None,
+                    worker_id=None,
+                    error={"message": "its model worker stopped while running it; retried", "type": "worker_lost"},
+                ),
+            )
+
     # -- lifecycle: deletion by the owner, retention, key rotation
 
     def settled(self, job_id: str, owner: str | None = None) -> Job:

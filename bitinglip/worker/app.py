@@ -64,13 +64,18 @@ def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.gateway_db_url)
+        jobs = JobStore(db)
+        # Restarted under the same id (systemd, Kubernetes): what the last run left `running` died
+        # with it, and its heartbeat-to-be keeps the reaper away, so take those jobs back first.
+        if requeued := await asyncio.to_thread(jobs.requeue_worker, settings.worker_name):
+            log.warning("%d job(s) left running by this worker's previous run went back to the queue", requeued)
         pool = ModelPool(settings, ModelStore(settings.store_dir))
         for model in settings.worker_models:
             try:
                 await pool.get(model)
             except BitingLipError as exc:
                 log.error("cannot preload %s: %s", model, exc.message)
-        runner = JobRunner(settings, pool, JobStore(db), settings.worker_name)
+        runner = JobRunner(settings, pool, jobs, settings.worker_name)
         set_runtime(WorkerRuntime(settings, pool, runner))
         heartbeat = Heartbeat(settings, db, pool)
         background = [asyncio.create_task(heartbeat.run(), name="heartbeat")]

@@ -6,11 +6,9 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from sqlalchemy import delete
-
 from bitinglip.config import Settings
 from bitinglip.db.session import Database
-from bitinglip.db.tables import Worker
+from bitinglip.db.workers import WorkerRegistry, loaded_model
 from bitinglip.engines.pool import ModelPool
 from bitinglip.models import registry
 
@@ -22,28 +20,24 @@ class Heartbeat:
         self.settings = settings
         self.db = db
         self.pool = pool
+        self.workers = WorkerRegistry(db, settings.worker_stale_after_s)
         self.started_at = datetime.now(UTC)
 
     def beat(self) -> None:
         """Also marks the loaded models as used now (the store's LRU eviction reads that)."""
-        loaded = self.pool.loaded()
+        loaded = [loaded_model(m) for m in self.pool.loaded()]
         registry.touch(self.db, *(m["id"] for m in loaded))
-        with self.db.session() as s:
-            s.merge(
-                Worker(
-                    id=self.settings.worker_name,
-                    url=self.settings.worker_url,
-                    device=self.pool.device,
-                    models=loaded,
-                    queue_depth=self.pool.queue_depth,
-                    started_at=self.started_at,
-                    heartbeat_at=datetime.now(UTC),
-                )
-            )
+        self.workers.beat(
+            self.settings.worker_name,
+            url=self.settings.worker_url,
+            device=self.pool.device,
+            models=loaded,
+            queue_depth=self.pool.queue_depth,
+            started_at=self.started_at,
+        )
 
     def deregister(self) -> None:
-        with self.db.session() as s:
-            s.execute(delete(Worker).where(Worker.id == self.settings.worker_name))
+        self.workers.remove(self.settings.worker_name)
 
     async def _listening(self) -> None:
         """Announce ourselves only once the HTTP server accepts connections: a heartbeat written

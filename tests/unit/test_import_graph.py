@@ -1,6 +1,8 @@
 """The import direction the architecture promises (docs/architecture.md §5), checked in fresh
-interpreters: the gateway, built and all, loads no model library; the engines load nothing of the
-gateway, the flows or Prefect."""
+interpreters: the gateway, built and all, loads no model library (nor the offline runner); the engines
+load nothing of the gateway, the flows or Prefect; the library and the flows load nothing of the
+gateway at module level (lazy imports inside functions are allowed); the serving layer loads no model
+library, so the gateway can use it."""
 
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ def test_gateway_loads_no_model_library() -> None:
     )
     assert "api.app" in loaded
     assert not {m.split(".")[0] for m in loaded} & set(MODEL_LIBRARIES)
+    assert "bitinglip.serving.serving" in loaded
+    assert "bitinglip.serving.offline" not in loaded  # batch flow runs only
 
 
 def test_engines_load_nothing_of_the_gateway_flows_or_prefect() -> None:
@@ -45,3 +49,29 @@ def test_engines_load_nothing_of_the_gateway_flows_or_prefect() -> None:
     )
     assert "bitinglip.engines.text" in loaded
     assert not {m.split(".")[0] for m in loaded} & {"api", "flows", "prefect"}
+
+
+def test_library_and_flows_load_nothing_of_the_gateway() -> None:
+    loaded = _modules_after(
+        """
+        import importlib, pkgutil, bitinglip, flows
+        for package in (bitinglip, flows):
+            for info in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}."):
+                if not info.name.startswith("bitinglip.db.migrations."):  # alembic scripts, not modules
+                    importlib.import_module(info.name)
+        """
+    )
+    assert {"flows.batch", "flows.batch_quota", "bitinglip.serving.offline", "bitinglip.cli"} <= loaded
+    assert not {m for m in loaded if m.split(".")[0] == "api"}
+
+
+def test_serving_loads_no_model_library_nor_gateway_nor_flows() -> None:
+    loaded = _modules_after(
+        """
+        import pkgutil, importlib, bitinglip.serving
+        for info in pkgutil.iter_modules(bitinglip.serving.__path__):
+            importlib.import_module(f"bitinglip.serving.{info.name}")
+        """
+    )
+    assert {"bitinglip.serving.protocol", "bitinglip.serving.serving", "bitinglip.serving.offline"} <= loaded
+    assert not {m.split(".")[0] for m in loaded} & {*MODEL_LIBRARIES, "api", "flows", "prefect"}

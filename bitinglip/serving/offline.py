@@ -1,20 +1,24 @@
 """The OpenAI endpoints without HTTP: a batch flow run executes every line through the same serving
-code as the gateway (same validation, same response bodies), on the flow run's own model pool."""
+code as the gateway (same validation, same response bodies), on the flow run's own model pool.
+
+The pool is handed in; this module imports no engine (hence no torch) itself."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from api.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from api.openai.serving import OpenAIServing
-from bitinglip.engines.pool import ModelPool
 from bitinglip.errors import InvalidRequest
 from bitinglip.http import validation_message
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
+from bitinglip.serving.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from bitinglip.serving.serving import OpenAIServing
 from bitinglip.types import Priority
+
+if TYPE_CHECKING:
+    from bitinglip.engines.pool import ModelPool
 
 Handler = Callable[[OpenAIServing, Any], Awaitable[BaseModel]]
 
@@ -57,8 +61,11 @@ class OfflineOpenAI:
     def __init__(self, pool: ModelPool) -> None:
         self.serving = OpenAIServing(PoolInference(pool))
 
-    async def execute(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
-        """The response body the online endpoint would have returned; BitingLipError otherwise."""
+    async def run(self, url: str, body: dict[str, Any]) -> BaseModel:
+        """The typed response the online endpoint would have returned; BitingLipError otherwise."""
         request_type, handler = ROUTES[url]
-        response = await handler(self.serving, request_type.model_validate(body))
-        return response.model_dump(mode="json")
+        return await handler(self.serving, request_type.model_validate(body))
+
+    async def execute(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The response body (JSON) the online endpoint would have returned; BitingLipError otherwise."""
+        return (await self.run(url, body)).model_dump(mode="json")

@@ -1,5 +1,7 @@
-"""OpenAI chat/completions on top of the inference service: `n` choices and several prompts fan out
-as concurrent requests (the worker's batcher batches them), streams are merged into one SSE stream."""
+"""OpenAI chat/completions, embeddings, images and the model list on top of an inference backend (the
+gateway's worker-routing service online, a flow run's model pool offline): `n` choices and several
+prompts fan out as concurrent requests (the worker's batcher batches them), streams are merged into one
+SSE stream. Responses are the typed protocol models; JSON only at the edge (the router, a batch line)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,16 @@ import base64
 import json
 import logging
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from api.models.service import ModelService
-from api.openai.protocol import (
+from bitinglip.errors import BitingLipError, InvalidRequest
+from bitinglip.http import validation_message
+from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
+from bitinglip.serving.protocol import (
     ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -36,9 +41,6 @@ from api.openai.protocol import (
     new_id,
     now,
 )
-from bitinglip.errors import BitingLipError, InvalidRequest
-from bitinglip.http import validation_message
-from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +106,31 @@ class InferenceBackend(Protocol):
     async def images(self, params: ImageParams, response_format: str) -> tuple[str, str, list[dict[str, Any]]]: ...
 
 
+class ModelEntry(Protocol):
+    """What the model list reads of one model (the gateway's ModelView)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def created_at(self) -> datetime: ...
+
+
+class ModelCatalog(Protocol):
+    """The models the caller may use (the gateway's ModelService, which filters by the caller bound
+    for the request)."""
+
+    async def list(self) -> Sequence[ModelEntry]: ...
+
+
 class OpenAIServing:
-    def __init__(self, inference: InferenceBackend, models: ModelService | None = None) -> None:
+    def __init__(self, inference: InferenceBackend, models: ModelCatalog | None = None) -> None:
         self.inference = inference
         self.models = models
 
