@@ -12,6 +12,7 @@ import asyncio
 import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from api.inference.service import InferenceService
@@ -60,6 +61,19 @@ class Reservation:
         write = asyncio.get_running_loop().run_in_executor(None, ledger.settle, self.hold.id, actual)
         await asyncio.shield(write)
 
+    @asynccontextmanager
+    async def charged_on_failure(self) -> AsyncIterator[None]:
+        """What a call that ends in an exception costs: our own errors nothing, anything else (a
+        cancel, an unexpected error) the whole reservation."""
+        try:
+            yield
+        except BitingLipError:
+            await self.settle(0)
+            raise
+        except BaseException:
+            await self.settle(self.hold.amount)
+            raise
+
 
 class MeteredInference:
     def __init__(self, inner: InferenceService, limiter: Limiter, who: Principal) -> None:
@@ -78,14 +92,8 @@ class MeteredInference:
         self, kind: QuotaKind, amount: int, call: Callable[[], Awaitable[T]], used: Callable[[T], int]
     ) -> T:
         reservation = await self._reserve(kind, amount)
-        try:
+        async with reservation.charged_on_failure():
             result = await call()
-        except BitingLipError:
-            await reservation.settle(0)
-            raise
-        except BaseException:
-            await reservation.settle(amount)
-            raise
         await reservation.settle(used(result))
         return result
 
@@ -112,14 +120,8 @@ class MeteredInference:
         params.check_limits(self.inner.settings)
         amount = text_tokens_estimate(params, self._default_max_tokens)
         reservation = await self._reserve("tokens", amount)
-        try:
+        async with reservation.charged_on_failure():
             model_id, events = await self.inner.stream_text(params)
-        except BitingLipError:
-            await reservation.settle(0)
-            raise
-        except BaseException:
-            await reservation.settle(amount)
-            raise
         prompt = prompt_tokens_estimate(params)
 
         async def metered() -> AsyncIterator[dict[str, Any]]:
