@@ -5,22 +5,19 @@ exactly as it was."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 from sqlalchemy import select
 
 from bitinglip.db.session import Database
-from bitinglip.db.tables import ModelRecord, Worker
+from bitinglip.db.tables import ModelRecord
+from bitinglip.db.workers import WorkerRegistry
 from bitinglip.errors import InvalidRequest
 from bitinglip.models import registry
 from bitinglip.models.store import ModelStore
 
 _EPOCH = datetime.min.replace(tzinfo=UTC)
-
-
-def loaded_model_ids(db: Database) -> set[str]:
-    with db.session() as s:
-        return {m["id"] for w in s.scalars(select(Worker)) for m in w.models}
 
 
 def evict_for(store: ModelStore, db: Database, needed: int, budget: int, keep: set[str]) -> list[str]:
@@ -30,7 +27,7 @@ def evict_for(store: ModelStore, db: Database, needed: int, budget: int, keep: s
         return []
     with db.session() as s:
         records = {r.id: r for r in s.scalars(select(ModelRecord))}
-    loaded = loaded_model_ids(db)
+    loaded = WorkerRegistry(db, stale_after_s=math.inf).loaded_model_ids()  # stale workers count too
 
     def last_used(model_id: str, installed_at: datetime) -> datetime:
         record = records.get(model_id)
