@@ -22,7 +22,6 @@ from api.files.service import FileService
 from api.inference import router as inference_router
 from api.inference.service import InferenceService
 from api.jobs import router as jobs_router
-from api.jobs.runs import GROUPED, submit_run
 from api.jobs.service import JobService
 from api.models import router as models_router
 from api.models.service import ModelService
@@ -38,7 +37,7 @@ from bitinglip.auth.limits import Limiter
 from bitinglip.batches.files import FileStore
 from bitinglip.config import Settings, get_settings
 from bitinglip.db.session import STARTUP_LOCK, Database
-from bitinglip.http import ERROR_RESPONSES, BodySizeLimit, RequestIdMiddleware, install_error_handlers
+from bitinglip.http import ERROR_RESPONSES, BodySizeLimit, install_error_handlers, install_request_ids
 from bitinglip.jobs.dispatcher import Dispatcher
 from bitinglip.jobs.reaper import Reaper
 from bitinglip.jobs.store import JobStore
@@ -46,6 +45,7 @@ from bitinglip.models import registry
 from bitinglip.models.store import ModelStore
 from bitinglip.results import ResultStore
 from bitinglip.serving.serving import OpenAIServing
+from flows.submit import submit_run
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,8 @@ def build_state(settings: Settings, window: GatewayMetrics) -> GatewayState:
     models = ModelService(settings, db, workers, store)
     dispatcher = Dispatcher(
         store,
-        submit_run,
+        submit_run,  # how each job kind becomes a Prefect run lives with the flows
         jobs_per_run=settings.jobs_per_run,
-        grouped_types=frozenset(GROUPED),
         interval_s=settings.dispatch_interval_s,
         redispatch_after=timedelta(seconds=settings.job_redispatch_after_s),
     )
@@ -151,7 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodySizeLimit, max_bytes=settings.max_request_bytes, by_path={"/v1/files": settings.max_file_bytes + 64_000}
     )
     app.add_middleware(InFlight)
-    app.add_middleware(RequestIdMiddleware, observe=RequestMetrics(window))
+    install_request_ids(app, observe=RequestMetrics(window))
     app.include_router(health.router, responses=ERROR_RESPONSES)  # open, as are the docs and login
     app.include_router(auth_router.login_router, responses=ERROR_RESPONSES)
     for router in (

@@ -280,6 +280,15 @@ class Settings(BaseSettings):
     def prefect_ui_url(self) -> str:
         return self.prefect_api.removesuffix("/api")
 
+    def default_model(self, task: str) -> str:
+        """The model a request of `task` gets when it names none."""
+        defaults = {
+            "text": self.default_text_model,
+            "embedding": self.default_embedding_model,
+            "image": self.default_image_model,
+        }
+        return defaults[task]
+
     def batching_for(self, model: str) -> tuple[int, float, int]:
         """(max_batch_size, max_wait_ms, max_queue) for one model, overrides applied."""
         override = self.batching.get(model, BatchingOverride())

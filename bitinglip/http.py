@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
-from contextvars import ContextVar
 from typing import Any
 
 import structlog
+from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -45,39 +46,56 @@ def validation_message(errors: list[Any]) -> tuple[str, str | None]:
 
 
 access_log = structlog.get_logger("bitinglip.access")
-REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# The request's id, set by CorrelationIdMiddleware (None outside a request); readers call `.get()`.
+REQUEST_ID = correlation_id
+# A caller's id goes into every log line and the worker's headers as given, so only a plain token is
+# kept: no spaces, quotes or control characters that could forge a `key=value` pair or a log line.
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._:;@/+=-]{1,128}")
 
 
-class RequestIdMiddleware:
-    """One id per request, taken from `X-Request-ID` or made here, bound into every log line of the
-    request, echoed in the response and passed on to model workers, so one id finds it everywhere.
-    It also writes the access log line (method, path, status, duration) with that id."""
+def is_plain_request_id(value: str) -> bool:
+    return _PLAIN_ID.fullmatch(value) is not None
+
+
+def install_request_ids(app: FastAPI, observe: Callable[[Scope, int, float], None] | None = None) -> None:
+    """One id per request, taken from `X-Request-ID` if it is a plain token or made here (32 hex),
+    echoed in the response and passed on to model workers, so one id finds a request everywhere.
+    Added last, so outermost: even a refusal by another middleware carries the id."""
+    app.add_middleware(AccessLog, observe=observe)
+    app.add_middleware(
+        CorrelationIdMiddleware,
+        header_name=REQUEST_ID_HEADER,
+        validator=is_plain_request_id,
+        generator=lambda: uuid.uuid4().hex,
+    )
+
+
+class AccessLog:
+    """Binds the request id into every log line of the request and writes the access log line
+    (method, path, status, duration); `observe` gets the same, e.g. the gateway's request metrics."""
 
     def __init__(self, app: ASGIApp, observe: Callable[[Scope, int, float], None] | None = None) -> None:
         self.app = app
-        self.observe = observe  # e.g. the gateway's request metrics: (scope, status, seconds)
+        self.observe = observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
-        token = REQUEST_ID.set(request_id)
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-
+        structlog.contextvars.bind_contextvars(request_id=REQUEST_ID.get())
         status = 500
         started = time.perf_counter()
 
-        async def send_with_id(message: Message) -> None:
+        async def tracking_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, tracking_send)
         finally:
             elapsed = time.perf_counter() - started
             if self.observe is not None:
@@ -91,7 +109,6 @@ class RequestIdMiddleware:
                     ms=round(elapsed * 1000, 1),
                 )
             structlog.contextvars.unbind_contextvars("request_id")
-            REQUEST_ID.reset(token)
 
 
 def worker_auth_header(token: str) -> dict[str, str]:

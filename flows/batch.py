@@ -300,17 +300,12 @@ async def _run_job(settings: Settings, job_id: str) -> dict[str, Any]:
     """An API batch: the job row carries the input; outputs become files the owner can download."""
     db = Database(settings.gateway_db_url)
     jobs = JobStore(db)
-    claimant = f"flow-run:{flow_run.get_id()}"
     try:
-        with FlowJob(jobs, job_id, claimant, settings.worker_heartbeat_s) as job:
-            record = await asyncio.to_thread(job.claim)
+        with FlowJob(jobs, job_id, str(flow_run.get_id()), settings.worker_heartbeat_s) as job:
+            record = await asyncio.to_thread(job.claim, settings.job_max_attempts)
             if record is None:
-                return {"skipped": f"batch {job_id} is no longer queued"}
-            if record.attempts > settings.job_max_attempts:
-                error = {"message": f"gave up after {record.attempts - 1} attempts", "type": "job_error"}
-                await asyncio.to_thread(job.finish, "failed", error=error)
-                return {"failed": error["message"]}
-            try:
+                return {"skipped": job.skipped}
+            with job.failing():
                 params = record.params
                 may_use = await asyncio.to_thread(access.job_access, db, record.owner, params.get("key_id"))
                 meter = await asyncio.to_thread(
@@ -330,9 +325,6 @@ async def _run_job(settings: Settings, job_id: str) -> dict[str, Any]:
                 if outcome.stopped == "lost" or job.lost.is_set():  # another run owns the outputs now
                     return {"stopped": "another run holds this batch now"}
                 files = await asyncio.to_thread(_store_outputs, settings, db, record.owner, job_id, outcome)
-            except Exception as exc:
-                await asyncio.to_thread(job.finish, "failed", error=error_record(exc), progress={"phase": "failed"})
-                raise
             result = {**files, "request_counts": outcome.counts(), "chunks": outcome.chunk_counts()}
             status = "cancelled" if outcome.stopped == "cancelled" else "completed"
             await asyncio.to_thread(job.finish, status, result=result, progress={"phase": status, **outcome.counts()})

@@ -14,14 +14,14 @@ from prefect.runtime import flow_run
 
 from bitinglip.config import Settings, get_settings
 from bitinglip.db.session import Database
-from bitinglip.errors import BitingLipError, InvalidRequest, error_record
+from bitinglip.errors import BitingLipError, error_record
 from bitinglip.jobs.flowjob import FlowJob
 from bitinglip.jobs.store import JobStore
 from bitinglip.models import installer, registry
 from bitinglip.models.budget import evict_for
-from bitinglip.models.catalog import Task, load_catalog
-from bitinglip.models.names import check_part
-from bitinglip.models.sources import check_allowed, parse_source
+from bitinglip.models.catalog import Task
+from bitinglip.models.install_spec import resolve_install
+from bitinglip.models.sources import parse_source
 from bitinglip.models.store import Manifest, ModelStore
 
 
@@ -87,14 +87,11 @@ def download_model(
     try:
         if job_id is None:
             return _install(settings, db, name, source, revision, task_type)
-        with FlowJob(JobStore(db), job_id, f"flow-run:{flow_run.get_id()}", settings.worker_heartbeat_s) as job:
-            if job.claim() is None:
-                return {"skipped": f"job {job_id} is no longer queued"}
-            try:
+        with FlowJob(JobStore(db), job_id, str(flow_run.get_id()), settings.worker_heartbeat_s) as job:
+            if job.claim(settings.job_max_attempts) is None:
+                return {"skipped": job.skipped}
+            with job.failing():
                 outcome = _install(settings, db, name, source, revision, task_type)
-            except Exception as exc:
-                job.finish("failed", error=error_record(exc))
-                raise
             job.finish("completed", result=outcome)
             return outcome
     finally:
@@ -104,18 +101,10 @@ def download_model(
 def _install(
     settings: Settings, db: Database, name: str, source: str | None, revision: str | None, task_type: Task | None
 ) -> dict[str, object]:
-    entry = load_catalog().get(name)
-    source = source or (entry.source if entry else None)
-    task_type = task_type or (entry.task if entry else None)
-    if source is None or task_type is None:
-        raise InvalidRequest(f"model {name!r} is not in the catalog: give its source and task type", param="source")
-    revision = check_part(
-        revision or (entry.revision if entry else None) or parse_source(source).revision or "main", "revision"
-    )
-    check_part(name, "model")
-    # a malformed or forbidden URI is refused before anything is recorded; the fetch task checks
-    # again file by file where it reads (sources.py), so a direct flow run cannot get around it
-    check_allowed(parse_source(source), settings)
+    # the same rule as the API (a run started by hand gets what the API would have given); the fetch
+    # task checks the source again file by file where it reads (sources.py)
+    spec = resolve_install(settings, name, source, revision, task_type)
+    name, source, revision, task_type = spec.name, spec.source, spec.revision, spec.task
     store = ModelStore(settings.store_dir)
     registry.mark_downloading(db, name, revision, task_type, source)
     remove_listener = installer.add_progress_listener(_progress_to_artifact())

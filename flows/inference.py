@@ -1,6 +1,6 @@
 """Async inference jobs as Prefect background task runs, executed by model workers with warm models.
 
-One run carries a group of queued jobs of one model (see bitinglip/jobs/dispatcher.py). Job
+One run carries a group of queued jobs of one model (created by flows/submit.py). Job
 parameters stay in the gateway DB: only job ids travel through Prefect's parameter storage."""
 
 from __future__ import annotations
@@ -30,11 +30,3 @@ async def run_inference_jobs(job_ids: list[str], model: str, count: int) -> dict
                 description=f"job {job_id}, image {i}",
             )
     return summary
-
-
-def submit_inference_run(model: str, job_ids: list[str], owners: list[str]) -> str:
-    """Create the Prefect run for a group of jobs; returns its task run id (blocking call). Tags name
-    the model and every owner in the group, so the Prefect UI can be searched by user."""
-    tags = ["bitinglip", f"model:{model}", *(f"owner:{o}" for o in sorted(set(owners)))]
-    future = run_inference_jobs.with_options(tags=tags).delay(job_ids=job_ids, model=model, count=len(job_ids))
-    return str(future.task_run_id)

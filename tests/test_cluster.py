@@ -196,7 +196,7 @@ def test_killed_pool_worker_batch_resumes_on_the_other(cluster: Cluster) -> None
         assert time.monotonic() < deadline, str(job)[:500]
         time.sleep(0.3)
     done_at_kill = job["progress"]["chunks"]["done"]
-    holder = _pool_worker_running(cluster, job["prefect_run_id"])
+    holder = _pool_worker_running(cluster, job["worker"].removeprefix("flow-run:"))
     cluster.kill_group(holder)
     deadline = time.monotonic() + 300
     while (job := client.get(f"/api/v1/tasks/{batch.id}").json())["status"] not in ("completed", "failed"):

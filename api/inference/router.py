@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import StreamingResponse
 
 from api.deps import InferenceDep
 from api.inference.schemas import (
@@ -19,6 +17,7 @@ from api.inference.schemas import (
     TextInferenceResponse,
 )
 from api.inference.service import stream_error
+from api.sse import sse_response
 from bitinglip.errors import BitingLipError
 
 router = APIRouter(prefix="/api/v1/inference", tags=["inference"])
@@ -33,7 +32,7 @@ async def generate_text(body: TextInferenceRequest, inference: InferenceDep) -> 
     if not body.stream:
         return await inference.generate_text(body)
     model_id, events = await inference.stream_text(body)
-    return StreamingResponse(_sse(model_id, events), media_type="text/event-stream")
+    return sse_response(_chunks(model_id, events))
 
 
 @router.post("/embeddings", response_model=EmbeddingInferenceResponse)
@@ -53,10 +52,10 @@ async def generate_image(body: ImageInferenceRequest, inference: InferenceDep) -
     return ImageInferenceResponse(model=model, worker=worker, data=[GeneratedImage(**d) for d in data], timings={})
 
 
-async def _sse(model_id: str, events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+async def _chunks(model_id: str, events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """An error after the first byte can only be an event; the stream then ends normally."""
     try:
         async for event in events:
-            yield f"data: {json.dumps({'model': model_id, **event})}\n\n"
+            yield {"model": model_id, **event}
     except BitingLipError as exc:
-        yield f"data: {json.dumps(stream_error(exc))}\n\n"
-    yield "data: [DONE]\n\n"
+        yield stream_error(exc)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Discriminator, Tag
 
 from bitinglip.db.tables import Job
+from bitinglip.jobs.kinds import job_kind
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 from bitinglip.types import Priority
 
@@ -96,7 +97,7 @@ class JobView(BaseModel):
             cancel_requested=job.cancel_requested,
             prefect_run_id=job.prefect_run_id,
             prefect_url=(
-                f"{prefect_ui}/runs/{_RUN_KIND.get(job.type, 'task-run')}/{job.prefect_run_id}"
+                f"{prefect_ui}/runs/{job_kind(job.type).prefect_run_kind}/{job.prefect_run_id}"
                 if job.prefect_run_id
                 else None
             ),
@@ -120,7 +121,6 @@ def _with_file_urls(result: dict[str, Any] | None, files_url: str) -> dict[str, 
     return {**result, "images": images}
 
 
-_RUN_KIND = {"download": "flow-run", "batch": "flow-run"}  # inference jobs are background task runs
 _PRIORITY_NAMES: dict[int, PriorityName] = {
     Priority.HIGH: "high",
     Priority.NORMAL: "normal",

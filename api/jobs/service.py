@@ -51,14 +51,9 @@ class JobService:
         """The job's most possible cost is reserved from the caller's quota at acceptance (429 when it
         does not fit); the worker settles the real count when the job finishes."""
         params = request.params
-        defaults = {
-            "text": self.settings.default_text_model,
-            "embedding": self.settings.default_embedding_model,
-            "image": self.settings.default_image_model,
-        }
         params.check_limits(self.settings)  # the sync routes' own checks, at the door, not after queueing
         # a model the caller may not use is unknown to them: refused here, at acceptance
-        record = await self.models.resolve(params.model or defaults[request.type], request.type, who)
+        record = await self.models.resolve(params.model or self.settings.default_model(request.type), request.type, who)
         kind, amount = usage.estimate(params, self.settings.default_max_tokens)
         hold = await self.limiter.reserve(who, kind, amount)
         try:

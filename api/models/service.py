@@ -17,9 +17,8 @@ from bitinglip.db.tables import Job, ModelRecord
 from bitinglip.errors import Conflict, InvalidRequest, ModelNotFound
 from bitinglip.jobs.store import JobStore
 from bitinglip.models import access, registry
-from bitinglip.models.catalog import load_catalog
-from bitinglip.models.names import check_part, split_model_id
-from bitinglip.models.sources import check_allowed, parse_source
+from bitinglip.models.install_spec import resolve_install
+from bitinglip.models.names import split_model_id
 from bitinglip.models.store import ModelStore
 from bitinglip.types import Priority
 
@@ -90,26 +89,12 @@ class ModelService:
     async def download(self, request: DownloadRequest, owner: str) -> tuple[Job, bool]:
         """Accept a download durably; a second request for the same model and revision while one is
         queued or running shares it. Returns (job, created)."""
-        entry = load_catalog().get(request.name or "") if request.source is None else None
-        if request.source is None and entry is None:
-            raise InvalidRequest("give a source URI, or the name of a catalog model", param="source")
-        source = request.source or (entry.source if entry else "")
-        ref = parse_source(source)
-        check_allowed(ref, self.settings)  # refused here at once; the download flow checks again where it reads
-        name = check_part(request.name or ref.location.rstrip("/").rsplit("/", 1)[-1].split(".")[0], "name")
-        task = (
-            request.task
-            or (entry.task if entry else None)
-            or (catalog_entry.task if (catalog_entry := load_catalog().get(name)) else None)
-        )
-        if task is None:
-            raise InvalidRequest("task is required for a model outside the catalog", param="task")
-        revision = check_part(request.revision or ref.revision or (entry.revision if entry else "main"), "revision")
-        model_id = f"{name}@{revision}"
+        spec = resolve_install(self.settings, request.name, request.source, request.revision, request.task)
+        model_id = spec.model_id
         existing = await asyncio.to_thread(self.jobs.active, "download", model_id)
         if existing is not None:
             return existing, False
-        params = {"name": name, "source": source, "revision": revision, "task_type": task}
+        params = {"name": spec.name, "source": spec.source, "revision": spec.revision, "task_type": spec.task}
         job = await asyncio.to_thread(
             self.jobs.create,
             type_="download",
@@ -118,7 +103,7 @@ class ModelService:
             priority=int(Priority.NORMAL),
             owner=owner,
         )
-        audit("model_download", actor=owner, model=model_id, source=source, job_id=job.id)
+        audit("model_download", actor=owner, model=model_id, source=spec.source, job_id=job.id)
         return job, True
 
     async def delete(self, model_id: str, force: bool, actor: Principal) -> None:

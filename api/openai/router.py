@@ -3,9 +3,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import StreamingResponse
 
 from api.deps import OpenAIServingDep
+from api.sse import sse_response
 from bitinglip.serving.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -33,7 +33,7 @@ async def list_models(serving: OpenAIServingDep) -> ModelCardList:
 @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=_SSE)
 async def chat_completions(body: ChatCompletionRequest, serving: OpenAIServingDep) -> Any:
     if body.stream:
-        return StreamingResponse(await serving.chat_stream(body), media_type="text/event-stream")
+        return sse_response(await serving.chat_stream(body))
     return await serving.chat(body)
 
 
@@ -50,5 +50,5 @@ async def images(body: ImageGenerationRequest, serving: OpenAIServingDep) -> Ima
 @router.post("/completions", response_model=CompletionResponse, responses=_SSE)
 async def completions(body: CompletionRequest, serving: OpenAIServingDep) -> Any:
     if body.stream:
-        return StreamingResponse(await serving.complete_stream(body), media_type="text/event-stream")
+        return sse_response(await serving.complete_stream(body))
     return await serving.complete(body)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 
 from sqlalchemy import CursorResult, delete, select
 
@@ -25,11 +25,12 @@ class LoadedModel(TypedDict):
     running: int  # requests in the batch being computed
     load_seconds: float
     tokens_per_s: float
+    memory_bytes: NotRequired[int]  # weights and buffers it holds; absent from older workers' rows
 
 
 def loaded_model(entry: Mapping[str, Any]) -> LoadedModel:
     """A typed entry from a JSON object (the pool's report, or a row written by any version)."""
-    return LoadedModel(
+    model = LoadedModel(
         id=str(entry["id"]),
         name=str(entry.get("name") or str(entry["id"]).partition("@")[0]),
         task=str(entry.get("task", "")),
@@ -38,6 +39,9 @@ def loaded_model(entry: Mapping[str, Any]) -> LoadedModel:
         load_seconds=float(entry.get("load_seconds") or 0.0),
         tokens_per_s=float(entry.get("tokens_per_s") or 0.0),
     )
+    if entry.get("memory_bytes") is not None:
+        model["memory_bytes"] = int(entry["memory_bytes"])
+    return model
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Per-model batchers. Both share a bounded priority queue, a "batch full" wake-up and a deadline
-counted from the oldest waiting request (Ray Serve's design); one compute thread runs the work.
+"""Per-model batchers. A shared base holds what both loop strategies need: a bounded priority queue,
+a "batch full" wake-up and a deadline counted from the oldest waiting request (Ray Serve's design);
+one compute thread runs the work.
 
 - DynamicBatcher (static batches): a batch runs to its end; output count equals input count or
   every request of the batch fails with the reason.
@@ -22,6 +23,7 @@ import heapq
 import itertools
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -80,30 +82,38 @@ class BatcherStats:
     items: int
 
 
+@dataclass(frozen=True)
+class BatchKnobs:
+    """One model's batching settings (`Settings.batching_for`); `continuous` asks engines that can
+    for iteration-level batching (`Settings.text_batching`)."""
+
+    max_batch_size: int
+    max_wait_ms: float
+    max_queue: int
+    continuous: bool = False
+
+
 INTERACTIVE = 0  # Priority.SYNC: requests someone is waiting on
 
 
-class DynamicBatcher(Generic[I, R]):
+class Batcher(ABC, Generic[I, R]):
+    """The queue both loop strategies share: admission, priority order, the wait for a batch, stop.
+    A subclass supplies `_loop`, which takes requests with `_take` and settles their futures."""
+
     def __init__(
         self,
         name: str,
-        run_batch: Callable[[list[I]], Sequence[R | Exception]],
         executor: Executor,
         *,
         max_batch_size: int,
         max_wait_ms: float,
         max_queue: int,
         on_batch: Callable[[int], None] | None = None,
-        isolate: bool = True,
     ) -> None:
-        """`isolate`: when a batch raises, run its requests again one by one. Only for engines whose
-        `run_batch` has no side effects a rerun would repeat (a text batch has already streamed)."""
         self.name = name
-        self.isolate = isolate
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
-        self._run_batch = run_batch
         self._executor = executor
         self._on_batch = on_batch
         self._heap: list[_Pending[I, R]] = []
@@ -121,6 +131,9 @@ class DynamicBatcher(Generic[I, R]):
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher:{self.name}")
 
     async def stop(self) -> None:
+        """End the loop; every request waiting or being computed fails with the reason."""
+        shutting_down = Overloaded(f"model {self.name!r} is shutting down")
+        _fail(self._release_running(), shutting_down)  # first: a cancelled loop forgets its batch
         if self._task is not None:
             self._task.cancel()
             try:
@@ -128,7 +141,7 @@ class DynamicBatcher(Generic[I, R]):
             except asyncio.CancelledError:
                 pass
             self._task = None
-        _fail(self._heap, Overloaded(f"model {self.name!r} is shutting down"))
+        _fail(self._heap, shutting_down)
         self._heap.clear()
         self._room.set()
 
@@ -157,15 +170,16 @@ class DynamicBatcher(Generic[I, R]):
         self._changed.set()
         return await future
 
+    @abstractmethod
     async def _loop(self) -> None:
-        while True:
-            await self._wait_for_batch()
-            batch = self._take()
-            if not batch:
-                continue
-            await self._execute(batch)
+        """Run forever (until `stop` cancels it): take waiting requests, compute, settle them."""
+
+    @abstractmethod
+    def _release_running(self) -> list[_Pending[I, R]]:
+        """Forget the requests being computed and return them (`stop` fails them)."""
 
     async def _wait_for_batch(self) -> None:
+        """Until something waits, then until a full batch waits or the oldest has waited `max_wait`."""
         while not self._heap:
             self._changed.clear()
             await self._changed.wait()
@@ -191,6 +205,53 @@ class DynamicBatcher(Generic[I, R]):
         self._room.set()
         return batch
 
+
+class _CountMismatch(RuntimeError):
+    """The engine broke the one-result-per-request contract."""
+
+
+class DynamicBatcher(Batcher[I, R]):
+    """Static batches: `run_batch(items)` runs on the compute thread and returns one result (or the
+    exception of that item alone) per item, in order."""
+
+    def __init__(
+        self,
+        name: str,
+        run_batch: Callable[[list[I]], Sequence[R | Exception]],
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue: int,
+        on_batch: Callable[[int], None] | None = None,
+        isolate: bool = True,
+    ) -> None:
+        """`isolate`: when a batch raises, run its requests again one by one. Only for engines whose
+        `run_batch` has no side effects a rerun would repeat (a text batch has already streamed)."""
+        super().__init__(
+            name,
+            executor,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            on_batch=on_batch,
+        )
+        self.isolate = isolate
+        self._run_batch = run_batch
+        self._batch: list[_Pending[I, R]] = []  # the batch being computed
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wait_for_batch()
+            batch = self._take()
+            if not batch:
+                continue
+            await self._execute(batch)
+
+    def _release_running(self) -> list[_Pending[I, R]]:
+        batch, self._batch = self._batch, []
+        return batch
+
     async def _run(self, items: list[I]) -> Sequence[R | Exception]:
         results = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, items)
         if len(results) != len(items):
@@ -199,6 +260,7 @@ class DynamicBatcher(Generic[I, R]):
 
     async def _execute(self, batch: list[_Pending[I, R]]) -> None:
         items = [p.item for p in batch]
+        self._batch = batch
         self._running = len(batch)
         started = time.monotonic()
         try:
@@ -220,6 +282,7 @@ class DynamicBatcher(Generic[I, R]):
             for p, result in zip(batch, results, strict=True):
                 _settle(p, result)
         finally:
+            self._batch = []
             self._running = 0
             self._batches += 1
             self._items += len(items)
@@ -242,11 +305,7 @@ class DynamicBatcher(Generic[I, R]):
             _settle(p, outcome)
 
 
-class _CountMismatch(RuntimeError):
-    """The engine broke the one-result-per-request contract."""
-
-
-class ContinuousBatcher(DynamicBatcher[I, R]):
+class ContinuousBatcher(Batcher[I, R]):
     """`step(admitted)` runs on the compute thread: it adds the admitted items to the engine's running
     batch, advances everyone one iteration and returns the (item, result) pairs that finished; a result
     that is an exception fails that item alone. If `step` itself raises, the running batch's state is
@@ -266,13 +325,11 @@ class ContinuousBatcher(DynamicBatcher[I, R]):
     ) -> None:
         super().__init__(
             name,
-            lambda items: [],
             executor,
             max_batch_size=max_batch_size,
             max_wait_ms=max_wait_ms,
             max_queue=max_queue,
             on_batch=on_batch,
-            isolate=False,
         )
         self._step = step
         self._reset = reset
@@ -306,7 +363,7 @@ class ContinuousBatcher(DynamicBatcher[I, R]):
             self._batches += 1 if admitted else 0
             self._running = len(self._in_flight)
 
-    async def stop(self) -> None:
-        await super().stop()
-        _fail(self._in_flight.values(), Overloaded(f"model {self.name!r} is shutting down"))
+    def _release_running(self) -> list[_Pending[I, R]]:
+        running = list(self._in_flight.values())
         self._in_flight.clear()
+        return running

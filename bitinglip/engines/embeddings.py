@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from bitinglip.engines.batcher import Batcher, BatchKnobs, DynamicBatcher
+from bitinglip.engines.device import module_bytes, release_memory
 from bitinglip.engines.types import GenerationFailed
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,29 @@ class EmbeddingEngine:
         model.eval()
         max_length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
         return cls(name, model, tokenizer, device, max_length)
+
+    def make_batcher(
+        self, executor: Executor, knobs: BatchKnobs, on_batch: Callable[[int], None] | None
+    ) -> Batcher[EmbeddingRequest, EmbeddingResult]:
+        # A batch has no side effects, so one that raises is rerun request by request (`isolate`):
+        # only the request that also fails alone fails. (Text batches are not: they have streamed.)
+        return DynamicBatcher(
+            self.name,
+            self.run_batch,
+            executor,
+            max_batch_size=knobs.max_batch_size,
+            max_wait_ms=knobs.max_wait_ms,
+            max_queue=knobs.max_queue,
+            on_batch=on_batch,
+            isolate=True,
+        )
+
+    def memory_bytes(self) -> int:
+        return module_bytes([self.model])
+
+    def unload(self) -> None:
+        self.model = None  # the tokenizer stays: it is small, and a batch still running may use it
+        release_memory(self.device)
 
     @torch.inference_mode()
     def run_batch(self, requests: list[EmbeddingRequest]) -> list[EmbeddingResult | GenerationFailed]:

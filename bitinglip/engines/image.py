@@ -8,12 +8,16 @@ import io
 import logging
 import random
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bitinglip.engines.batcher import Batcher, BatchKnobs, DynamicBatcher
+from bitinglip.engines.device import module_bytes, release_memory
 from bitinglip.engines.types import GenerationFailed
 from bitinglip.errors import BitingLipError
 from bitinglip.schemas import ImageParams
@@ -52,6 +56,30 @@ class ImageEngine:
         pipeline.to(device)
         pipeline.set_progress_bar_config(disable=True)
         return cls(name, pipeline, device)
+
+    def make_batcher(
+        self, executor: Executor, knobs: BatchKnobs, on_batch: Callable[[int], None] | None
+    ) -> Batcher[ImageRequest, ImageResult]:
+        # A batch has no side effects, so one that raises is rerun request by request (`isolate`):
+        # only the request that also fails alone fails. (Text batches are not: they have streamed.)
+        return DynamicBatcher(
+            self.name,
+            self.run_batch,
+            executor,
+            max_batch_size=knobs.max_batch_size,
+            max_wait_ms=knobs.max_wait_ms,
+            max_queue=knobs.max_queue,
+            on_batch=on_batch,
+            isolate=True,
+        )
+
+    def memory_bytes(self) -> int:
+        """The pipeline's torch components together (UNet, VAE, text encoders)."""
+        return module_bytes(self.pipeline.components.values())
+
+    def unload(self) -> None:
+        self.pipeline = None
+        release_memory(self.device)
 
     @torch.inference_mode()
     def run_batch(self, requests: list[ImageRequest]) -> list[ImageResult | BitingLipError]:

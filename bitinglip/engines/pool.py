@@ -14,14 +14,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bitinglip import metrics
 from bitinglip.config import Settings
-from bitinglip.engines.batcher import ContinuousBatcher, DynamicBatcher
+from bitinglip.engines.batcher import Batcher, BatchKnobs
 from bitinglip.engines.device import resolve_device, resolve_dtype
 from bitinglip.engines.embeddings import EmbeddingEngine, EmbeddingRequest, EmbeddingResult
 from bitinglip.engines.image import ImageEngine, ImageRequest, ImageResult
+from bitinglip.engines.protocol import Engine, EngineLoader, Placement, TextGenerator
 from bitinglip.engines.text import TextEngine
 from bitinglip.engines.types import Priority, TextDelta, TextRequest, TextResult
 from bitinglip.errors import InvalidRequest
@@ -29,22 +31,32 @@ from bitinglip.metrics import RollingWindow
 from bitinglip.models.store import Manifest, ModelStore
 from bitinglip.schemas import ImageParams, TextGenerationParams
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 
-ENGINES: dict[str, Any] = {
-    "text": TextEngine,
-    "embedding": EmbeddingEngine,
-    "image": ImageEngine,
-}  # task -> engine class
+
+def placed(load: Callable[[str, Path, str, torch.dtype, str | None], Engine]) -> EngineLoader:
+    """An engine class's `load(name, path, device, dtype, device_map)` as a loader."""
+    return lambda model_id, path, at: load(model_id, path, at.device, at.dtype, at.device_map)
+
+
+ENGINES: dict[str, EngineLoader] = {
+    "text": placed(TextEngine.load),
+    "embedding": placed(EmbeddingEngine.load),
+    "image": placed(ImageEngine.load),
+}  # task -> how to load a model of that task
 
 
 @dataclass
 class LoadedModel:
     manifest: Manifest
-    engine: Any  # TextEngine | EmbeddingEngine, by manifest.task
-    batcher: DynamicBatcher[Any, Any]
+    engine: Engine
+    batcher: Batcher[Any, Any]  # items and results by manifest.task
     load_seconds: float
     last_used: float
+    memory_bytes: int  # measured once, at load
 
 
 class ModelPool:
@@ -54,6 +66,7 @@ class ModelPool:
         self.max_loaded = max_loaded
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.placement = Placement(self.device, self.dtype, settings.device_map)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -72,6 +85,7 @@ class ModelPool:
                 "running": m.batcher.stats.running,
                 "load_seconds": round(m.load_seconds, 3),
                 "tokens_per_s": round(self._token_rates.get(m.manifest.id, RollingWindow()).total_rate(), 2),
+                "memory_bytes": m.memory_bytes,
             }
             for m in self._models.values()
         ]
@@ -94,47 +108,32 @@ class ModelPool:
         return self._models[key]
 
     async def _load(self, manifest: Manifest) -> None:
-        engine_class = ENGINES.get(manifest.task)
-        if engine_class is None:
+        loader = ENGINES.get(manifest.task)
+        if loader is None:
             raise InvalidRequest(f"no engine serves {manifest.task} models", param="model")
+        loop = asyncio.get_running_loop()
         while len(self._models) >= self.max_loaded:
             _, evicted = self._models.popitem(last=False)
             await evicted.batcher.stop()
+            # On the compute thread, after the batch it may still be running: the load below waits
+            # there anyway, and the memory is given back before the next model takes its own.
+            await loop.run_in_executor(self.executor, evicted.engine.unload)
             log.info("unloaded %s to make room", evicted.manifest.id)
         started = time.perf_counter()
         path = self.store.path(manifest)
-        engine = await asyncio.get_running_loop().run_in_executor(
-            self.executor,
-            engine_class.load,
-            manifest.id,
-            path,
-            self.device,
-            self.dtype,
-            self.settings.device_map,
-        )
+
+        def load() -> tuple[Engine, int]:
+            engine = loader(manifest.id, path, self.placement)
+            return engine, engine.memory_bytes()
+
+        engine, memory = await loop.run_in_executor(self.executor, load)
         size, wait_ms, queue = self.settings.batching_for(manifest.name)
-        on_batch = partial(self._batch_done, manifest.id)
-        knobs: dict[str, Any] = {"max_batch_size": size, "max_wait_ms": wait_ms, "max_queue": queue}
-        batcher: DynamicBatcher[Any, Any]
-        if (
-            isinstance(engine, TextEngine)
-            and self.settings.text_batching == "continuous"
-            and engine.supports_continuous
-        ):
-            batcher = ContinuousBatcher(
-                manifest.id, engine.step, engine.reset, self.executor, on_batch=on_batch, **knobs
-            )
-        else:
-            # A text batch streams as it goes, so it is not rerun item by item when it fails (the
-            # engine isolates a failing row itself); embedding and image batches are.
-            isolate = not isinstance(engine, TextEngine)
-            batcher = DynamicBatcher(
-                manifest.id, engine.run_batch, self.executor, on_batch=on_batch, isolate=isolate, **knobs
-            )
+        knobs = BatchKnobs(size, wait_ms, queue, continuous=self.settings.text_batching == "continuous")
+        batcher = engine.make_batcher(self.executor, knobs, partial(self._batch_done, manifest.id))
         elapsed = time.perf_counter() - started
         metrics.MODEL_LOAD.labels(manifest.id).set(elapsed)
-        self._models[manifest.id] = LoadedModel(manifest, engine, batcher, elapsed, time.monotonic())
-        log.info("loaded %s on %s in %.2fs", manifest.id, self.device, elapsed)
+        self._models[manifest.id] = LoadedModel(manifest, engine, batcher, elapsed, time.monotonic(), memory)
+        log.info("loaded %s on %s in %.2fs (%.1f MB)", manifest.id, self.device, elapsed, memory / 1e6)
 
     async def _get_for(self, model_id: str, task: str) -> LoadedModel:
         loaded = await self.get(model_id)
@@ -192,6 +191,8 @@ class ModelPool:
         if sampling.max_tokens > self.settings.max_tokens_cap:
             raise InvalidRequest(f"max_tokens must be <= {self.settings.max_tokens_cap}", param="max_tokens")
         engine = loaded.engine
+        if not isinstance(engine, TextGenerator):  # a text model is served by a text engine
+            raise TypeError(f"the engine of {loaded.manifest.id!r} does not generate text")
         input_ids = engine.encode(params.prompt, params.template_messages())
         engine.check_length(input_ids, sampling.max_tokens)
         item = TextRequest(input_ids, sampling, sink)
@@ -218,10 +219,14 @@ class ModelPool:
         self._token_rates.setdefault(model_id, metrics.RollingWindow()).add(r.completion_tokens)
 
     async def close(self) -> None:
+        """Stop every batcher (their waiters are told) and unload every engine, without waiting for a
+        batch still on the compute thread: nobody waits for it, and it fails at its next model call."""
         for loaded in self._models.values():
             await loaded.batcher.stop()
-        self._models.clear()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        for loaded in self._models.values():
+            loaded.engine.unload()
+        self._models.clear()
 
 
 def _set_threads(n: int) -> None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from bitinglip.engines.batcher import Batcher, BatchKnobs, ContinuousBatcher, DynamicBatcher
+from bitinglip.engines.device import module_bytes, release_memory
 from bitinglip.engines.types import (
     FinishReason,
     GenerationFailed,
@@ -119,6 +123,42 @@ class TextEngine:
             model.to(device)  # type: ignore[arg-type]
         model.eval()
         return cls(name, model, tokenizer, device)
+
+    def make_batcher(
+        self, executor: Executor, knobs: BatchKnobs, on_batch: Callable[[int], None] | None
+    ) -> Batcher[TextRequest, TextResult]:
+        """Continuous batching when asked for and the model's cache allows it, else static batches."""
+        if knobs.continuous and self.supports_continuous:
+            return ContinuousBatcher(
+                self.name,
+                self.step,
+                self.reset,
+                executor,
+                max_batch_size=knobs.max_batch_size,
+                max_wait_ms=knobs.max_wait_ms,
+                max_queue=knobs.max_queue,
+                on_batch=on_batch,
+            )
+        # A text batch streams as it goes, so it is not rerun item by item when it fails (the engine
+        # isolates a failing row itself); embedding and image batches are.
+        return DynamicBatcher(
+            self.name,
+            self.run_batch,
+            executor,
+            max_batch_size=knobs.max_batch_size,
+            max_wait_ms=knobs.max_wait_ms,
+            max_queue=knobs.max_queue,
+            on_batch=on_batch,
+            isolate=False,
+        )
+
+    def memory_bytes(self) -> int:
+        return module_bytes([self.model])
+
+    def unload(self) -> None:
+        self._running = None
+        self.model = None  # the tokenizer stays: it is small, and a batch still running may use it
+        release_memory(self.device)
 
     # -- request preparation (cheap, runs on the caller's thread)
 

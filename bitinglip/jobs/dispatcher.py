@@ -11,11 +11,14 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
-from bitinglip.jobs.store import JobStore
+from tenacity import AsyncRetrying, RetryCallState, wait_exponential
+
+from bitinglip.jobs.kinds import JobKind, job_kind
+from bitinglip.jobs.store import Dispatched, JobStore
 
 log = logging.getLogger(__name__)
 
-SubmitRun = Callable[[str, str, list[str]], str]  # (job type, model, job ids) -> Prefect run id
+SubmitRun = Callable[[JobKind, str, list[Dispatched]], str]  # (kind, model, jobs) -> Prefect run id
 
 
 class Dispatcher:
@@ -25,14 +28,12 @@ class Dispatcher:
         submit: SubmitRun,
         *,
         jobs_per_run: int,
-        grouped_types: frozenset[str] = frozenset({"text"}),
         interval_s: float,
         redispatch_after: timedelta = timedelta(minutes=10),
     ) -> None:
         self.store = store
         self.submit = submit
         self.jobs_per_run = jobs_per_run
-        self.grouped_types = grouped_types
         self.interval_s = interval_s
         self.redispatch_after = redispatch_after
         self._wake = asyncio.Event()
@@ -51,20 +52,27 @@ class Dispatcher:
         """A job was just accepted: dispatch now instead of at the next tick."""
         self._wake.set()
 
+    def _failed(self, state: RetryCallState) -> None:
+        self.healthy = False
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "dispatch failed (%s); retrying in %.1fs", state.outcome.exception() if state.outcome else "?", wait
+        )
+
+    async def _dispatch_until_it_works(self) -> int:
+        """Retries forever with backoff (up to 5 s) while the DB or the Prefect API is away."""
+        retrying = AsyncRetrying(
+            wait=wait_exponential(multiplier=self.interval_s, min=self.interval_s, max=5.0),
+            before_sleep=self._failed,
+            reraise=True,
+        )
+        dispatched: int = await retrying(self.dispatch_once)
+        self.healthy = True
+        return dispatched
+
     async def _loop(self) -> None:
-        backoff = self.interval_s
         while True:
-            try:
-                dispatched = await self.dispatch_once()
-                self.healthy = True
-                backoff = self.interval_s
-            except Exception as exc:
-                self.healthy = False
-                log.warning("dispatch failed (%s); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            if not dispatched:
+            if not await self._dispatch_until_it_works():
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=max(self.interval_s, 0.5))
@@ -75,18 +83,18 @@ class Dispatcher:
     async def dispatch_once(self) -> int:
         groups = await asyncio.to_thread(self.store.claim_for_dispatch, self.jobs_per_run * 4, self.redispatch_after)
         runs = [
-            (key, ids[i : i + size])
-            for key, ids in groups.items()
-            for size in [self.jobs_per_run if key[0] in self.grouped_types else 1]
-            for i in range(0, len(ids), size)
+            (job_kind(type_), model, jobs[i : i + size])
+            for (type_, model), jobs in groups.items()
+            for size in [self.jobs_per_run if job_kind(type_).grouped else 1]
+            for i in range(0, len(jobs), size)
         ]
         count = 0
-        for n, ((type_, model), job_ids) in enumerate(runs):
+        for n, (kind, model, jobs) in enumerate(runs):
             try:
-                run_id = await asyncio.to_thread(self.submit, type_, model, job_ids)
+                run_id = await asyncio.to_thread(self.submit, kind, model, jobs)
             except Exception:
-                await asyncio.to_thread(self.store.release_dispatch, [j for _, ids in runs[n:] for j in ids])
+                await asyncio.to_thread(self.store.release_dispatch, [j.id for *_, rest in runs[n:] for j in rest])
                 raise
-            await asyncio.to_thread(self.store.set_run, job_ids, run_id)
-            count += len(job_ids)
+            await asyncio.to_thread(self.store.set_run, [j.id for j in jobs], run_id)
+            count += len(jobs)
         return count

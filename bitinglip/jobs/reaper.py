@@ -9,12 +9,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
+from bitinglip.jobs.kinds import types_run_by
 from bitinglip.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
-
-INFERENCE_TYPES = ("text", "embedding", "image")  # run by model workers, which heartbeat as workers
-FLOW_TYPES = ("batch", "download")  # run by flow runs, which heartbeat on the job row itself
 
 
 class Reaper:
@@ -44,10 +42,12 @@ class Reaper:
 
     async def reap_once(self) -> int:
         live = await self.live_workers()
-        count = await asyncio.to_thread(self.store.requeue_orphans, live, INFERENCE_TYPES, self.orphan_after)
+        count = await asyncio.to_thread(
+            self.store.requeue_orphans, live, types_run_by("model-worker"), self.orphan_after
+        )
         if count:
             log.warning("re-queued %d job(s) whose model worker stopped heartbeating", count)
-        silent = await asyncio.to_thread(self.store.requeue_silent, FLOW_TYPES, self.orphan_after)
+        silent = await asyncio.to_thread(self.store.requeue_silent, types_run_by("flow-run"), self.orphan_after)
         if silent:
             log.warning("re-queued %d job(s) whose flow run stopped heartbeating", silent)
         if count or silent:

@@ -20,11 +20,11 @@ from bitinglip.auth import usage
 from bitinglip.config import Settings
 from bitinglip.db.tables import Job
 from bitinglip.engines.pool import ModelPool
-from bitinglip.engines.types import Priority
 from bitinglip.errors import BitingLipError, Overloaded, error_record
 from bitinglip.jobs.store import JobStore
 from bitinglip.results import ResultStore
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
+from bitinglip.types import Priority
 
 log = logging.getLogger(__name__)
 
@@ -128,31 +128,12 @@ class JobRunner:
         log.info("job %s (request %s, %s, %s)", job.id, job.request_id, job.type, job.model)
         if job.attempts > self.settings.job_max_attempts:
             return await self._finish(job, "failed", error={"message": "too many attempts", "type": "job_error"})
+        handler = {"text": self._text, "embedding": self._embedding, "image": self._image}.get(job.type)
+        if handler is None:  # the dispatcher only sends model-worker kinds (bitinglip/jobs/kinds.py)
+            return await self._finish(job, "failed", error={"message": f"not a {job.type} worker", "type": "job_error"})
         started = time.perf_counter()
         try:
-            if job.type == "image":
-                image = await self.pool.generate_image(
-                    ImageParams.model_validate({**job.params, "model": job.model}), Priority(job.priority)
-                )
-                stored = [
-                    {
-                        "path": await asyncio.to_thread(self.results.put, f"jobs/{job.owner}/{job.id}/{i}.png", png),
-                        "seed": seed,
-                    }
-                    for i, (png, seed) in enumerate(zip(image.pngs, image.seeds, strict=True))
-                ]
-                outcome = {"images": stored, "width": image.width, "height": image.height}
-                return await self._finish(
-                    job, "completed", result=outcome, engine_seconds=time.perf_counter() - started
-                )
-            if job.type == "embedding":
-                texts = EmbeddingParams.model_validate(job.params).texts()
-                embedded = await self.pool.embed(job.model, texts, Priority(job.priority))
-                return await self._finish(
-                    job, "completed", result=embedded.as_dict(), engine_seconds=time.perf_counter() - started
-                )
-            params = TextGenerationParams.model_validate({**job.params, "model": job.model})
-            result = await self.pool.generate_text(params, Priority(job.priority), cancelled=cancelled)
+            status, result = await handler(job, cancelled)
         except Overloaded as exc:
             return await self._requeue(job, exc)
         except BitingLipError as exc:  # the request itself is wrong: retrying cannot help
@@ -160,8 +141,27 @@ class JobRunner:
         except Exception as exc:
             log.exception("job %s failed", job.id)
             return await self._requeue(job, exc)
+        return await self._finish(job, status, result=result, engine_seconds=time.perf_counter() - started)
+
+    async def _text(self, job: Job, cancelled: threading.Event) -> tuple[str, dict[str, Any]]:
+        params = TextGenerationParams.model_validate({**job.params, "model": job.model})
+        result = await self.pool.generate_text(params, Priority(job.priority), cancelled=cancelled)
         status = "cancelled" if result.finish_reason == "cancelled" or cancelled.is_set() else "completed"
-        return await self._finish(job, status, result=result.as_dict(), engine_seconds=time.perf_counter() - started)
+        return status, result.as_dict()
+
+    async def _embedding(self, job: Job, cancelled: threading.Event) -> tuple[str, dict[str, Any]]:
+        texts = EmbeddingParams.model_validate(job.params).texts()
+        return "completed", (await self.pool.embed(job.model, texts, Priority(job.priority))).as_dict()
+
+    async def _image(self, job: Job, cancelled: threading.Event) -> tuple[str, dict[str, Any]]:
+        """The PNGs go to the result store under the owner's prefix; the job's result lists their paths."""
+        params = ImageParams.model_validate({**job.params, "model": job.model})
+        image = await self.pool.generate_image(params, Priority(job.priority))
+        stored = [
+            {"path": await asyncio.to_thread(self.results.put, f"jobs/{job.owner}/{job.id}/{i}.png", png), "seed": seed}
+            for i, (png, seed) in enumerate(zip(image.pngs, image.seeds, strict=True))
+        ]
+        return "completed", {"images": stored, "width": image.width, "height": image.height}
 
     async def _finish(self, job: Job, status: str, **fields: Any) -> str:
         used = usage.job_usage(job.type, fields.get("result"))  # settled with the outcome, same round

@@ -22,6 +22,7 @@ from bitinglip.db.paging import after_cursor
 from bitinglip.db.session import Database
 from bitinglip.db.tables import Job
 from bitinglip.errors import Conflict, NotFound
+from bitinglip.jobs.kinds import types_run_by
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -34,6 +35,17 @@ def _rows(session: Session, statement: Update | Delete) -> int:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    """A job taken for dispatch: what its Prefect run is made from."""
+
+    id: str
+    type: str
+    model: str
+    owner: str
+    params: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -154,9 +166,10 @@ class JobStore:
 
     # -- dispatcher side
 
-    def claim_for_dispatch(self, limit: int, redispatch_after: timedelta) -> dict[tuple[str, str], list[str]]:
+    def claim_for_dispatch(self, limit: int, redispatch_after: timedelta) -> dict[tuple[str, str], list[Dispatched]]:
         """Queued jobs nobody dispatched (or whose dispatch went stale), best priority first, taken
-        in one atomic UPDATE ... RETURNING and grouped by (job type, model)."""
+        in one atomic UPDATE ... RETURNING with what a submitter needs (owners for the run's tags,
+        params for flows that take them), grouped by (job type, model)."""
         dispatchable = (Job.status == "queued") & (
             Job.dispatched_at.is_(None) | (Job.dispatched_at < _now() - redispatch_after)
         )
@@ -166,11 +179,11 @@ class JobStore:
                 update(Job)
                 .where(Job.id.in_(candidates.scalar_subquery()), dispatchable)
                 .values(dispatched_at=_now())
-                .returning(Job.id, Job.type, Job.model, Job.priority, Job.created_at)
+                .returning(Job.id, Job.type, Job.model, Job.owner, Job.params, Job.priority, Job.created_at)
             ).all()
-        groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for job_id, type_, model, _, _ in sorted(rows, key=lambda r: (r[3], r[4])):
-            groups[(type_, model)].append(job_id)
+        groups: dict[tuple[str, str], list[Dispatched]] = defaultdict(list)
+        for job_id, type_, model, owner, params, _, _ in sorted(rows, key=lambda r: (r[5], r[6])):
+            groups[(type_, model)].append(Dispatched(job_id, type_, model, owner, self.cipher.open_json(params)))
         return dict(groups)
 
     def set_run(self, job_ids: list[str], run_id: str) -> None:
@@ -287,13 +300,11 @@ class JobStore:
         """The inference jobs `running` on a model worker known to be gone (its process is dead, or
         it is starting again under the same id) go back to the queue; returns how many. Nothing it
         ran can still finish, so unlike `requeue_orphans` this waits for no heartbeat to go stale."""
-        from bitinglip.jobs.reaper import INFERENCE_TYPES  # the reaper imports this module
-
         with self.db.session() as s:
             return _rows(
                 s,
                 update(Job)
-                .where(Job.status == "running", Job.type.in_(INFERENCE_TYPES), Job.worker_id == worker_id)
+                .where(Job.status == "running", Job.type.in_(types_run_by("model-worker")), Job.worker_id == worker_id)
                 .values(
                     status="queued",
                     dispatched_at=None,

@@ -1,13 +1,13 @@
 """OpenAI chat/completions, embeddings, images and the model list on top of an inference backend (the
 gateway's worker-routing service online, a flow run's model pool offline): `n` choices and several
 prompts fan out as concurrent requests (the worker's batcher batches them), streams are merged into one
-SSE stream. Responses are the typed protocol models; JSON only at the edge (the router, a batch line)."""
+stream of chunks. Responses are the typed protocol models; JSON and SSE only at the edge (the router, a
+batch line)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import struct
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -221,7 +221,7 @@ class OpenAIServing:
             id=new_id("chatcmpl"), created=now(), model=req.model, choices=choices, usage=usage
         )
 
-    async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[str]:
+    async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
         self._log_ignored(req)
         chunk_id, created = new_id("chatcmpl"), now()
 
@@ -272,7 +272,7 @@ class OpenAIServing:
             )
         return CompletionResponse(id=new_id("cmpl"), created=now(), model=req.model, choices=choices, usage=usage)
 
-    async def complete_stream(self, req: CompletionRequest) -> AsyncIterator[str]:
+    async def complete_stream(self, req: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
         self._log_ignored(req)
         chunk_id, created = new_id("cmpl"), now()
 
@@ -304,12 +304,12 @@ class OpenAIServing:
         on_delta: Callable[[int, dict[str, Any]], dict[str, Any]],
         on_result: Callable[[int, dict[str, Any]], dict[str, Any]],
         usage_chunk: Callable[[Usage], dict[str, Any]],
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[dict[str, Any]]:
         """Connects every choice's stream first (so errors are plain HTTP errors), then merges them."""
         streams = [(await self.inference.stream_text(p))[1] for p in params]
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        async def merged() -> AsyncIterator[str]:
+        async def merged() -> AsyncIterator[dict[str, Any]]:
             queue: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue()
 
             async def pump(index: int, events: AsyncIterator[dict[str, Any]]) -> None:
@@ -325,7 +325,7 @@ class OpenAIServing:
             usage, open_streams = Usage(), len(tasks)
             try:
                 for c in first_chunks:
-                    yield _sse(c)
+                    yield c
                 while open_streams:
                     item = await queue.get()
                     if item is None:
@@ -333,21 +333,16 @@ class OpenAIServing:
                         continue
                     index, event = item
                     if "error" in event:
-                        yield _sse({"error": event["error"]})
+                        yield {"error": event["error"]}
                     elif "delta" in event:
-                        yield _sse(on_delta(index, event))
+                        yield on_delta(index, event)
                     elif "result" in event:
                         usage.add(event["result"]["usage"])
-                        yield _sse(on_result(index, event["result"]))
+                        yield on_result(index, event["result"])
                 if include_usage:
-                    yield _sse(usage_chunk(usage))
-                yield "data: [DONE]\n\n"
+                    yield usage_chunk(usage)
             finally:
                 for task in tasks:
                     task.cancel()
 
         return merged()
-
-
-def _sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload)}\n\n"

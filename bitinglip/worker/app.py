@@ -21,7 +21,7 @@ from bitinglip.db.session import Database
 from bitinglip.engines.pool import ModelPool
 from bitinglip.engines.types import TextDelta
 from bitinglip.errors import BitingLipError
-from bitinglip.http import RequestIdMiddleware, WorkerTokenRequired, install_error_handlers
+from bitinglip.http import WorkerTokenRequired, install_error_handlers, install_request_ids
 from bitinglip.jobs.runner import JobRunner
 from bitinglip.jobs.store import JobStore
 from bitinglip.models.store import ModelStore
@@ -102,7 +102,7 @@ def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
 
     app.mount("/metrics", make_asgi_app())
     app.add_middleware(WorkerTokenRequired, token=settings.secret("worker_token"))
-    app.add_middleware(RequestIdMiddleware)
+    install_request_ids(app)
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:

@@ -107,14 +107,14 @@ ERROR_APP = textwrap.dedent(
     from fastapi.testclient import TestClient
     from pydantic import SecretStr
     from bitinglip.config import Settings
-    from bitinglip.http import RequestIdMiddleware, install_error_handlers
+    from bitinglip.http import install_error_handlers, install_request_ids
     from bitinglip.logs import configure_logging
 
     secret, prompt = sys.argv[1], sys.argv[2]
     configure_logging(Settings(worker_token=SecretStr(secret)), "error-test")
     app = FastAPI()
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
+    install_request_ids(app)
 
     def deeper(depth, headers, prompt_text, blob):
         if depth == 0:

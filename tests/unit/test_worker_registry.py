@@ -4,22 +4,15 @@ SQLite file and a real PostgreSQL database of its own: no HTTP, no Prefect."""
 from __future__ import annotations
 
 import socket
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-from pydantic import SecretStr
-
-from bitinglip.config import Settings
 from bitinglip.crypto import Cipher
 from bitinglip.db.session import Database
 from bitinglip.db.workers import LoadedModel, WorkerRegistry, loaded_model
-from bitinglip.home_secrets import SECRETS
 from bitinglip.jobs.store import JobStore
+from tests.unit.conftest import unit_settings
 
-POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 SMOL = LoadedModel(
     id="smollm2-135m-instruct@main",
     name="smollm2-135m-instruct",
@@ -29,39 +22,6 @@ SMOL = LoadedModel(
     load_seconds=1.5,
     tokens_per_s=42.0,
 )
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'gateway.db'}"
-        return
-    psycopg = pytest.importorskip("psycopg")
-    name = f"bl_test_registry_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(f"{POSTGRES}/postgres", autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    try:
-        yield database
-    finally:
-        database.dispose()
-
-
-def _settings(tmp_path: Path, db_url: str, **overrides: object) -> Settings:
-    secrets = {name: SecretStr(make()) for name, (_, make) in SECRETS.items()}
-    return Settings(**{**secrets, "home": tmp_path, "database_url": db_url, **overrides})  # type: ignore[arg-type]
 
 
 def _beat(registry: WorkerRegistry, worker_id: str, at: datetime | None = None, queue_depth: int = 0) -> None:
@@ -159,7 +119,7 @@ def test_release_dead_worker(db: Database, db_url: str, tmp_path: Path) -> None:
     mine = _running_job(store, "w1")
     theirs = _running_job(store, "w2")
 
-    assert release_dead_worker(_settings(tmp_path, db_url), "w1") == 1
+    assert release_dead_worker(unit_settings(tmp_path, db_url), "w1") == 1
     assert [w.id for w in registry.workers()] == ["w2"]
     assert store.get(mine).status == "queued"
     assert store.get(theirs).status == "running"
@@ -176,7 +136,7 @@ async def test_worker_start_requeues_its_own_running_jobs(db: Database, db_url: 
     `running` jobs for live ones: the worker takes them back itself before it serves any job."""
     from bitinglip.worker.app import create_worker_app
 
-    settings = _settings(
+    settings = unit_settings(
         tmp_path, db_url, worker_id="w-restarted", worker_port=_free_port(), worker_models=[], device="cpu"
     )
     store = JobStore(db, Cipher([]))

@@ -1,0 +1,156 @@
+"""The job-kind table and what reads it: the dispatcher (grouping, owners and params carried to the
+submitter, release on failure), the flow-run job lifecycle, and the API's job request shapes. Real
+SQLite and PostgreSQL stores; the submitter is the dispatcher's injected dependency (Prefect's side is
+covered end to end in tests/test_jobs.py), so here it records what it was given."""
+
+from __future__ import annotations
+
+import typing
+from datetime import timedelta
+
+import pytest
+from pydantic import TypeAdapter
+
+from api.jobs.schemas import JobRequest
+from bitinglip.crypto import Cipher
+from bitinglip.db.session import Database
+from bitinglip.jobs.dispatcher import Dispatcher
+from bitinglip.jobs.flowjob import FlowJob
+from bitinglip.jobs.kinds import GROUPED_TYPES, KINDS, JobKind, job_kind, types_run_by
+from bitinglip.jobs.store import Dispatched, JobStore
+from bitinglip.types import Priority
+
+KEY = "WIZ1rLnlRZr2rPGh0X4dJ7q7wsvB9xJ9-VhVgBBAQyM="  # a Fernet key for this test only
+
+
+def test_every_kind_has_one_runner_and_the_flow_kinds_a_deployment() -> None:
+    worker, flow = types_run_by("model-worker"), types_run_by("flow-run")
+    assert sorted(worker + flow) == sorted(KINDS) and not set(worker) & set(flow)
+    for kind in KINDS.values():
+        assert (kind.deployment is not None) == (kind.runner == "flow-run"), kind
+        assert kind.prefect_run_kind == ("flow-run" if kind.deployment else "task-run")
+    assert {"text", "embedding", "image"} == GROUPED_TYPES
+    with pytest.raises(ValueError, match="unknown job type"):
+        job_kind("shell")
+
+
+def test_the_api_accepts_exactly_the_kinds_with_params_in_their_shape() -> None:
+    """`POST /api/v1/tasks` takes the kinds whose table entry has params, each with that entry's
+    params model; the others (batch, download) come from their own routes only."""
+    members = typing.get_args(typing.get_args(JobRequest)[0])
+    accepted = {}
+    for member in members:
+        model = typing.get_args(member)[0]
+        (type_,) = typing.get_args(model.model_fields["type"].annotation)
+        accepted[type_] = model.model_fields["params"].annotation
+    assert accepted == {k.type: k.params for k in KINDS.values() if k.params is not None}
+    adapter = TypeAdapter(JobRequest)
+    for hostile in ({"type": "download", "params": {}}, {"type": "batch", "params": {}}, {"type": "../x"}):
+        with pytest.raises(ValueError):
+            adapter.validate_python(hostile)
+
+
+class Recorder:
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.runs: list[tuple[str, str, list[Dispatched]]] = []
+        self.fail_after = fail_after
+
+    def __call__(self, kind: JobKind, model: str, jobs: list[Dispatched]) -> str:
+        if self.fail_after is not None and len(self.runs) >= self.fail_after:
+            raise ConnectionError("prefect is away")
+        self.runs.append((kind.type, model, jobs))
+        return f"run-{len(self.runs)}"
+
+
+def _store(db: Database) -> JobStore:
+    return JobStore(db, Cipher([KEY]))  # params sealed in the DB: the submitter still gets them in clear
+
+
+def _job(store: JobStore, type_: str, owner: str, model: str = "m@main", priority: Priority = Priority.NORMAL) -> str:
+    return store.create(type_=type_, model=model, params={"n": owner}, priority=int(priority), owner=owner).id
+
+
+async def test_dispatch_groups_by_kind_and_carries_owners_and_params(db: Database) -> None:
+    store = _store(db)
+    texts = [_job(store, "text", f"user{i}") for i in range(5)]
+    urgent = _job(store, "text", "boss", priority=Priority.HIGH)
+    downloads = [_job(store, "download", "admin", model=f"d{i}@main") for i in range(2)]
+    batch = _job(store, "batch", "carol")
+    submit = Recorder()
+    dispatcher = Dispatcher(store, submit, jobs_per_run=4, interval_s=0.01)
+
+    assert await dispatcher.dispatch_once() == 9
+    text_runs = [jobs for type_, _, jobs in submit.runs if type_ == "text"]
+    assert [len(r) for r in text_runs] == [4, 2]  # grouped up to jobs_per_run
+    assert text_runs[0][0].id == urgent  # best priority first
+    assert sorted(j.id for r in text_runs for j in r) == sorted([*texts, urgent])
+    flow_runs = [(type_, jobs) for type_, _, jobs in submit.runs if type_ != "text"]
+    assert sorted(t for t, _ in flow_runs) == ["batch", "download", "download"]
+    assert all(len(jobs) == 1 for _, jobs in flow_runs)  # one flow run per job
+    every = [j for _, _, jobs in submit.runs for j in jobs]
+    assert all(j.params == {"n": j.owner} for j in every)  # opened, owner by owner
+    assert {j.id for j in every} == {*texts, urgent, *downloads, batch}
+    assert {store.get(j.id).prefect_run_id for j in every} == {f"run-{n}" for n in range(1, 6)}
+    assert await dispatcher.dispatch_once() == 0  # nothing is dispatched twice
+
+
+async def test_a_failed_submission_releases_the_rest_for_the_next_round(db: Database) -> None:
+    store = _store(db)
+    ids = [_job(store, "download", "admin", model=f"d{i}@main") for i in range(3)]
+    dispatcher = Dispatcher(store, Recorder(fail_after=1), jobs_per_run=4, interval_s=0.01)
+    with pytest.raises(ConnectionError):
+        await dispatcher.dispatch_once()
+    states = [store.get(i) for i in ids]
+    assert sum(j.prefect_run_id is not None for j in states) == 1
+    assert sum(j.dispatched_at is None for j in states) == 2  # released: taken again next round
+    dispatcher.submit = Recorder()
+    assert await dispatcher.dispatch_once() == 2
+
+
+async def test_stale_dispatch_is_taken_again(db: Database) -> None:
+    store = _store(db)
+    job_id = _job(store, "batch", "carol")
+    dispatcher = Dispatcher(store, Recorder(), jobs_per_run=4, interval_s=0.01, redispatch_after=timedelta(0))
+    assert await dispatcher.dispatch_once() == 1
+    assert await dispatcher.dispatch_once() == 1  # never started: dispatched again
+    assert store.get(job_id).status == "queued"
+
+
+def test_flow_job_lifecycle(db: Database) -> None:
+    store = _store(db)
+    job_id = _job(store, "batch", "carol")
+    with FlowJob(store, job_id, "run-a", beat_every_s=60) as job:
+        claimed = job.claim(max_attempts=3)
+        assert claimed is not None and claimed.params == {"n": "carol"}
+        with FlowJob(store, job_id, "run-b", beat_every_s=60) as second:
+            assert second.claim(max_attempts=3) is None  # one run holds it
+            assert "no longer queued" in second.skipped
+        job.finish("completed", result={"ok": 1})
+    done = store.get(job_id)
+    assert (done.status, done.worker_id, done.result) == ("completed", "flow-run:run-a", {"ok": 1})
+
+
+def test_flow_job_failure_is_recorded_without_internals_and_raised(db: Database) -> None:
+    store = _store(db)
+    job_id = _job(store, "download", "admin")
+    with FlowJob(store, job_id, "run-a", beat_every_s=60) as job:
+        assert job.claim(max_attempts=3) is not None
+        with pytest.raises(KeyError), job.failing():
+            raise KeyError("/etc/secret-path")
+    failed = store.get(job_id)
+    assert failed.status == "failed" and failed.error is not None
+    assert "/etc/secret-path" not in str(failed.error)
+    assert failed.progress == {"phase": "failed"}
+
+
+def test_flow_job_gives_up_after_max_attempts(db: Database) -> None:
+    store = _store(db)
+    job_id = _job(store, "batch", "carol")
+    for attempt in range(1, 4):  # each run dies while running; the reaper puts the job back
+        with FlowJob(store, job_id, f"run-{attempt}", beat_every_s=60) as job:
+            assert job.claim(max_attempts=2) is not None or attempt == 3
+        if attempt < 3:
+            assert store.requeue_silent(("batch",), older_than=timedelta(seconds=-1)) == 1
+    gave_up = store.get(job_id)
+    assert (gave_up.status, gave_up.attempts) == ("failed", 3)
+    assert gave_up.error == {"message": "gave up after 2 attempts", "type": "job_error"}
