@@ -39,7 +39,7 @@ def cutoff(days: float | None, now: datetime) -> datetime | None:
 
 
 def output_prefix(job: Job) -> str:
-    """Where a job's stored outputs live (bitinglip/jobs/runner.py, flows/batch.py write them there)."""
+    """Where a job's stored outputs live (bitinglip/worker/jobs.py, flows/batch.py write them there)."""
     return f"batches/{job.id}/" if job.type == "batch" else f"jobs/{job.owner}/{job.id}/"
 
 

@@ -104,16 +104,13 @@ class Batcher(ABC, Generic[I, R]):
         self,
         name: str,
         executor: Executor,
-        *,
-        max_batch_size: int,
-        max_wait_ms: float,
-        max_queue: int,
+        knobs: BatchKnobs,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.name = name
-        self.max_batch_size = max_batch_size
-        self.max_wait = max_wait_ms / 1000.0
-        self.max_queue = max_queue
+        self.max_batch_size = knobs.max_batch_size
+        self.max_wait = knobs.max_wait_ms / 1000.0
+        self.max_queue = knobs.max_queue
         self._executor = executor
         self._on_batch = on_batch
         self._heap: list[_Pending[I, R]] = []
@@ -219,23 +216,14 @@ class DynamicBatcher(Batcher[I, R]):
         name: str,
         run_batch: Callable[[list[I]], Sequence[R | Exception]],
         executor: Executor,
-        *,
-        max_batch_size: int,
-        max_wait_ms: float,
-        max_queue: int,
+        knobs: BatchKnobs,
         on_batch: Callable[[int], None] | None = None,
+        *,
         isolate: bool = True,
     ) -> None:
         """`isolate`: when a batch raises, run its requests again one by one. Only for engines whose
         `run_batch` has no side effects a rerun would repeat (a text batch has already streamed)."""
-        super().__init__(
-            name,
-            executor,
-            max_batch_size=max_batch_size,
-            max_wait_ms=max_wait_ms,
-            max_queue=max_queue,
-            on_batch=on_batch,
-        )
+        super().__init__(name, executor, knobs, on_batch)
         self.isolate = isolate
         self._run_batch = run_batch
         self._batch: list[_Pending[I, R]] = []  # the batch being computed
@@ -317,20 +305,10 @@ class ContinuousBatcher(Batcher[I, R]):
         step: Callable[[list[I]], Sequence[tuple[I, R | Exception]]],
         reset: Callable[[], None],
         executor: Executor,
-        *,
-        max_batch_size: int,
-        max_wait_ms: float,
-        max_queue: int,
+        knobs: BatchKnobs,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
-        super().__init__(
-            name,
-            executor,
-            max_batch_size=max_batch_size,
-            max_wait_ms=max_wait_ms,
-            max_queue=max_queue,
-            on_batch=on_batch,
-        )
+        super().__init__(name, executor, knobs, on_batch)
         self._step = step
         self._reset = reset
         self._in_flight: dict[int, _Pending[I, R]] = {}

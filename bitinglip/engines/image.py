@@ -62,16 +62,7 @@ class ImageEngine:
     ) -> Batcher[ImageRequest, ImageResult]:
         # A batch has no side effects, so one that raises is rerun request by request (`isolate`):
         # only the request that also fails alone fails. (Text batches are not: they have streamed.)
-        return DynamicBatcher(
-            self.name,
-            self.run_batch,
-            executor,
-            max_batch_size=knobs.max_batch_size,
-            max_wait_ms=knobs.max_wait_ms,
-            max_queue=knobs.max_queue,
-            on_batch=on_batch,
-            isolate=True,
-        )
+        return DynamicBatcher(self.name, self.run_batch, executor, knobs, on_batch, isolate=True)
 
     def memory_bytes(self) -> int:
         """The pipeline's torch components together (UNet, VAE, text encoders)."""

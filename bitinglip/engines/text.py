@@ -129,28 +129,10 @@ class TextEngine:
     ) -> Batcher[TextRequest, TextResult]:
         """Continuous batching when asked for and the model's cache allows it, else static batches."""
         if knobs.continuous and self.supports_continuous:
-            return ContinuousBatcher(
-                self.name,
-                self.step,
-                self.reset,
-                executor,
-                max_batch_size=knobs.max_batch_size,
-                max_wait_ms=knobs.max_wait_ms,
-                max_queue=knobs.max_queue,
-                on_batch=on_batch,
-            )
+            return ContinuousBatcher(self.name, self.step, self.reset, executor, knobs, on_batch)
         # A text batch streams as it goes, so it is not rerun item by item when it fails (the engine
         # isolates a failing row itself); embedding and image batches are.
-        return DynamicBatcher(
-            self.name,
-            self.run_batch,
-            executor,
-            max_batch_size=knobs.max_batch_size,
-            max_wait_ms=knobs.max_wait_ms,
-            max_queue=knobs.max_queue,
-            on_batch=on_batch,
-            isolate=False,
-        )
+        return DynamicBatcher(self.name, self.run_batch, executor, knobs, on_batch, isolate=False)
 
     def memory_bytes(self) -> int:
         return module_bytes([self.model])

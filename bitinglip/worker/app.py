@@ -22,10 +22,10 @@ from bitinglip.engines.pool import ModelPool
 from bitinglip.engines.types import TextDelta
 from bitinglip.errors import BitingLipError
 from bitinglip.http import WorkerTokenRequired, install_error_handlers, install_request_ids
-from bitinglip.jobs.runner import JobRunner
 from bitinglip.jobs.store import JobStore
 from bitinglip.models.store import ModelStore
 from bitinglip.worker.heartbeat import Heartbeat
+from bitinglip.worker.jobs import JobRunner
 from bitinglip.worker.runtime import WorkerRuntime, set_runtime
 from bitinglip.worker.schemas import WorkerEmbeddingRequest, WorkerImageRequest, WorkerTextRequest
 

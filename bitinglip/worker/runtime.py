@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from bitinglip.config import Settings
     from bitinglip.engines.pool import ModelPool
-    from bitinglip.jobs.runner import JobRunner
+    from bitinglip.worker.jobs import JobRunner
 
 
 @dataclass

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bitinglip.engines.batcher import Batcher, ContinuousBatcher, DynamicBatcher
+from bitinglip.engines.batcher import Batcher, BatchKnobs, ContinuousBatcher, DynamicBatcher
 from bitinglip.engines.types import GenerationFailed
 from bitinglip.errors import InvalidRequest, Overloaded
 
@@ -51,14 +51,12 @@ def dynamic(
     queue: int = 16,
     isolate: bool = True,
 ) -> DynamicBatcher[str, str]:
-    return DynamicBatcher(
-        "m", run_batch, executor, max_batch_size=size, max_wait_ms=0, max_queue=queue, isolate=isolate
-    )
+    return DynamicBatcher("m", run_batch, executor, BatchKnobs(size, 0, queue), isolate=isolate)
 
 
 def test_the_base_has_no_loop_strategy_of_its_own(executor: ThreadPoolExecutor) -> None:
     with pytest.raises(TypeError):
-        Batcher("m", executor, max_batch_size=1, max_wait_ms=0, max_queue=1)  # type: ignore[abstract]
+        Batcher("m", executor, BatchKnobs(1, 0, 1))  # type: ignore[abstract]
     assert issubclass(DynamicBatcher, Batcher) and issubclass(ContinuousBatcher, Batcher)
     assert not issubclass(ContinuousBatcher, DynamicBatcher)  # it inherits nothing it does not use
 
@@ -175,7 +173,7 @@ class Countdown:
 
 
 def continuous(executor: ThreadPoolExecutor, engine: Countdown, queue: int = 16) -> ContinuousBatcher[str, str]:
-    return ContinuousBatcher("c", engine.step, engine.reset, executor, max_batch_size=2, max_wait_ms=0, max_queue=queue)
+    return ContinuousBatcher("c", engine.step, engine.reset, executor, BatchKnobs(2, 0, queue))
 
 
 async def test_continuous_requests_join_the_running_batch_between_steps(executor: ThreadPoolExecutor) -> None:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bitinglip.engines.batcher import ContinuousBatcher, DynamicBatcher
+from bitinglip.engines.batcher import BatchKnobs, ContinuousBatcher, DynamicBatcher
 from bitinglip.engines.types import GenerationFailed
 from bitinglip.errors import InvalidRequest, Overloaded
 
@@ -46,9 +46,7 @@ def make(
     queue: int = 64,
     isolate: bool = True,
 ) -> DynamicBatcher[str, str]:
-    return DynamicBatcher(
-        "test", fn, executor, max_batch_size=size, max_wait_ms=wait_ms, max_queue=queue, isolate=isolate
-    )
+    return DynamicBatcher("test", fn, executor, BatchKnobs(size, wait_ms, queue), isolate=isolate)
 
 
 async def test_concurrent_requests_are_grouped_up_to_max_batch_size(executor: ThreadPoolExecutor) -> None:
@@ -148,9 +146,7 @@ async def test_an_exception_in_a_result_slot_fails_that_request_only(executor: T
     def per_item(items: list[str]) -> list[str | Exception]:
         return [GenerationFailed() if i == "bad" else i.upper() for i in items]
 
-    batcher: DynamicBatcher[str, str] = DynamicBatcher(
-        "test", per_item, executor, max_batch_size=3, max_wait_ms=50, max_queue=8
-    )
+    batcher: DynamicBatcher[str, str] = DynamicBatcher("test", per_item, executor, BatchKnobs(3, 50, 8))
     results = await asyncio.gather(*(batcher.submit(n, 0) for n in ("x", "bad", "y")), return_exceptions=True)
     assert results[0] == "X" and results[2] == "Y" and isinstance(results[1], GenerationFailed)
     assert batcher.stats.batches == 1  # nothing was rerun
@@ -265,7 +261,7 @@ class CountdownEngine:
 
 async def test_continuous_batcher_admits_new_items_while_others_run(executor: ThreadPoolExecutor) -> None:
     engine = CountdownEngine()
-    batcher = ContinuousBatcher("c", engine.step, engine.reset, executor, max_batch_size=3, max_wait_ms=0, max_queue=16)
+    batcher = ContinuousBatcher("c", engine.step, engine.reset, executor, BatchKnobs(3, 0, 16))
     long = asyncio.ensure_future(batcher.submit("long:40", 0))
     await asyncio.sleep(0.05)
     assert not long.done()
@@ -279,9 +275,7 @@ async def test_continuous_batcher_admits_new_items_while_others_run(executor: Th
 
 async def test_continuous_batcher_fails_a_poison_item_alone(executor: ThreadPoolExecutor) -> None:
     engine = CountdownEngine()
-    batcher = ContinuousBatcher(
-        "c", engine.step, engine.reset, executor, max_batch_size=4, max_wait_ms=20, max_queue=16
-    )
+    batcher = ContinuousBatcher("c", engine.step, engine.reset, executor, BatchKnobs(4, 20, 16))
     running = asyncio.ensure_future(batcher.submit("long:20", 0))
     await asyncio.sleep(0.03)
     names = ["a:3", "poison:1", "b:5"]
@@ -293,9 +287,7 @@ async def test_continuous_batcher_fails_a_poison_item_alone(executor: ThreadPool
 
 async def test_continuous_batcher_failure_fails_everything_in_flight(executor: ThreadPoolExecutor) -> None:
     engine = CountdownEngine(fail_at_step=3)
-    batcher = ContinuousBatcher(
-        "c", engine.step, engine.reset, executor, max_batch_size=4, max_wait_ms=20, max_queue=16
-    )
+    batcher = ContinuousBatcher("c", engine.step, engine.reset, executor, BatchKnobs(4, 20, 16))
     results = await asyncio.gather(*(batcher.submit(f"x{i}:10", 0) for i in range(3)), return_exceptions=True)
     assert all(isinstance(r, RuntimeError) and "device lost" in str(r) for r in results)
     assert await batcher.submit("after:1", 0) == "done after:1"  # and it serves again
