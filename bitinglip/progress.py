@@ -7,12 +7,18 @@ from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextC
 
 from bitinglip.config import Settings
 from bitinglip.models import installer
+from bitinglip.models.backends import RequestedBackend
 
 _LABELS = {"fetch": "fetching", "convert": "converting to safetensors", "install": "verifying + installing"}
 
 
 def pull_with_progress(
-    settings: Settings, console: Console, name: str, source: str | None = None, revision: str | None = None
+    settings: Settings,
+    console: Console,
+    name: str,
+    source: str | None = None,
+    revision: str | None = None,
+    backend: RequestedBackend = "auto",
 ) -> dict[str, object]:
     from flows.download import download_model
 
@@ -30,6 +36,6 @@ def pull_with_progress(
 
         remove = installer.add_progress_listener(listener)
         try:
-            return download_model(name=name, source=source, revision=revision)
+            return download_model(name=name, source=source, revision=revision, backend=backend)
         finally:
             remove()

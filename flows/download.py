@@ -18,6 +18,7 @@ from bitinglip.errors import BitingLipError, error_record
 from bitinglip.jobs.flowjob import FlowJob
 from bitinglip.jobs.store import JobStore
 from bitinglip.models import installer, registry
+from bitinglip.models.backends import RequestedBackend
 from bitinglip.models.budget import evict_for
 from bitinglip.models.catalog import Task
 from bitinglip.models.install_spec import resolve_install
@@ -35,14 +36,14 @@ def fetch_files(source: str, dest: Path) -> None:
     installer.fetch(get_settings(), parse_source(source), dest)
 
 
-@task(task_run_name="convert")
-def convert_files(fetched: Path, out: Path) -> str | None:
-    return installer.convert(fetched, out)
+@task(task_run_name="convert for {backend}")
+def convert_files(fetched: Path, out: Path, backend: str, task_type: Task) -> installer.Prepared:
+    return installer.convert(fetched, out, backend, task_type)
 
 
 @task(task_run_name="install {name}@{revision}")
 def install_files(
-    staged: Path, name: str, revision: str, task_type: Task, source: str, converted_from: str | None
+    staged: Path, name: str, revision: str, task_type: Task, source: str, prepared: installer.Prepared
 ) -> Manifest:
     store = ModelStore(get_settings().store_dir)
     return installer.install(
@@ -52,7 +53,8 @@ def install_files(
         revision=revision,
         task=task_type,
         source=source,
-        converted_from=converted_from,
+        converted_from=prepared.converted_from,
+        backend=prepared.backend,
     )
 
 
@@ -79,19 +81,21 @@ def download_model(
     revision: str | None = None,
     task_type: Task | None = None,
     job_id: str | None = None,
+    backend: RequestedBackend = "auto",
 ) -> dict[str, object]:
     """Fetch, convert, verify and install one model; the store is unchanged unless it all succeeds.
+    `backend`: auto (llama.cpp for a GGUF when installed, else transformers), transformers or llama.cpp.
     With `job_id` (API downloads) the job record follows the run: running, then completed/failed."""
     settings = get_settings()
     db = Database(settings.gateway_db_url)
     try:
         if job_id is None:
-            return _install(settings, db, name, source, revision, task_type)
+            return _install(settings, db, name, source, revision, task_type, backend)
         with FlowJob(JobStore(db), job_id, str(flow_run.get_id()), settings.worker_heartbeat_s) as job:
             if job.claim(settings.job_max_attempts) is None:
                 return {"skipped": job.skipped}
             with job.failing():
-                outcome = _install(settings, db, name, source, revision, task_type)
+                outcome = _install(settings, db, name, source, revision, task_type, backend)
             job.finish("completed", result=outcome)
             return outcome
     finally:
@@ -99,11 +103,17 @@ def download_model(
 
 
 def _install(
-    settings: Settings, db: Database, name: str, source: str | None, revision: str | None, task_type: Task | None
+    settings: Settings,
+    db: Database,
+    name: str,
+    source: str | None,
+    revision: str | None,
+    task_type: Task | None,
+    backend: str,
 ) -> dict[str, object]:
     # the same rule as the API (a run started by hand gets what the API would have given); the fetch
     # task checks the source again file by file where it reads (sources.py)
-    spec = resolve_install(settings, name, source, revision, task_type)
+    spec = resolve_install(settings, name, source, revision, task_type, backend)
     name, source, revision, task_type = spec.name, spec.source, spec.revision, spec.task
     store = ModelStore(settings.store_dir)
     registry.mark_downloading(db, name, revision, task_type, source)
@@ -111,9 +121,9 @@ def _install(
     try:
         with store.staging() as staging:
             fetch_files(source, staging / "fetched")
-            converted_from = convert_files(staging / "fetched", staging / "model")
+            prepared = convert_files(staging / "fetched", staging / "model", spec.backend, task_type)
             make_room(settings, db, store, staging / "model", f"{name}@{revision}")
-            manifest = install_files(staging / "model", name, revision, task_type, source, converted_from)
+            manifest = install_files(staging / "model", name, revision, task_type, source, prepared)
         registry.mark_ready(db, manifest, store)
     except Exception as exc:
         registry.mark_failed(db, f"{name}@{revision}", error_record(exc)["message"])
@@ -122,12 +132,18 @@ def _install(
         remove_listener()
     create_markdown_artifact(
         f"## Installed `{manifest.id}`\n\n| | |\n|---|---|\n| task | {manifest.task} |\n"
+        f"| backend | {manifest.backend} |\n"
         f"| source | `{manifest.source}` |\n| files | {len(manifest.files)} |\n"
         f"| size | {manifest.size_bytes / 1e6:.1f} MB |\n| sha256 | `{manifest.sha256[:16]}...` |\n"
         f"| converted from | {manifest.converted_from or '-'} |\n",
         description=f"install {manifest.id}",
     )
-    return {"id": manifest.id, "size_bytes": manifest.size_bytes, "sha256": manifest.sha256}
+    return {
+        "id": manifest.id,
+        "backend": manifest.backend,
+        "size_bytes": manifest.size_bytes,
+        "sha256": manifest.sha256,
+    }
 
 
 def make_room(settings: Settings, db: Database, store: ModelStore, staged: Path, model_id: str) -> None:

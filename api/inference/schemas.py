@@ -1,9 +1,17 @@
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal, Self
 
 from pydantic import BaseModel
 
+from bitinglip.outputs import (
+    Embeddings,
+    EmbeddingTimings,
+    GeneratedImage,
+    ImageGeneration,
+    PromptUsage,
+    TextGeneration,
+)
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 
 
@@ -25,18 +33,12 @@ class EmbeddingInferenceResponse(BaseModel):
     worker: str
     data: list[Embedding]
     dimensions: int
-    usage: dict[str, int]
-    timings: dict[str, float | int]
+    usage: PromptUsage
+    timings: EmbeddingTimings
 
 
 class ImageInferenceRequest(ImageParams):
     response_format: Literal["b64_json", "url"] = "b64_json"
-
-
-class GeneratedImage(BaseModel):
-    seed: int
-    b64_json: str | None = None
-    url: str | None = None
 
 
 class ImageInferenceResponse(BaseModel):
@@ -46,17 +48,26 @@ class ImageInferenceResponse(BaseModel):
     timings: dict[str, float | int]
 
 
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+class Routed(BaseModel):
+    """Which model and worker served a worker's answer: the gateway adds them when it relays it."""
 
-
-class TextInferenceResponse(BaseModel):
     model: str
     worker: str
-    text: str
-    finish_reason: str
-    usage: Usage
-    logprobs: list[dict[str, Any]] | None = None
-    timings: dict[str, float | int]
+
+    @classmethod
+    def of(cls, model: str, worker: str, result: BaseModel) -> Self:
+        """`result`'s fields (the worker's answer, already validated) under the routing."""
+        return cls(model=model, worker=worker, **dict(result))
+
+
+# Routed last among the bases, so `model` and `worker` come first in the JSON, as they always have.
+class TextInferenceResponse(TextGeneration, Routed):
+    pass
+
+
+class RoutedEmbeddings(Embeddings, Routed):
+    pass
+
+
+class RoutedImages(ImageGeneration, Routed):
+    pass

@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from bitinglip.db.tables import ModelRecord
 from bitinglip.models.access import AccessRule
+from bitinglip.models.backends import RequestedBackend
 from bitinglip.models.catalog import Task
 
 
@@ -15,6 +16,7 @@ class ModelView(BaseModel):
     name: str
     revision: str
     task: str
+    backend: str = Field(description="What serves it: transformers or llama.cpp (chosen at install).")
     source: str | None = Field(description="Where it was installed from; admins only (paths, buckets).")
     status: str
     error: str | None
@@ -35,6 +37,7 @@ class ModelView(BaseModel):
             name=r.name,
             revision=r.revision,
             task=r.task,
+            backend=r.backend,
             source=r.source if admin else None,
             status=r.status,
             error=r.error if admin else None,
@@ -62,6 +65,12 @@ class DownloadRequest(BaseModel):
     )
     revision: str | None = None
     task: Task | None = Field(default=None, description="text, image or embedding; default: from the catalog.")
+    backend: RequestedBackend = Field(
+        default="auto",
+        description="What serves the model: llama.cpp runs a GGUF as it is; transformers converts a GGUF to "
+        "safetensors. auto: the catalog entry's choice, else llama.cpp when the source holds a GGUF of a text "
+        "model and llama-cpp-python is installed, else transformers.",
+    )
 
 
 Principals = Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=64)]], Field(max_length=1000)]

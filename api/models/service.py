@@ -89,12 +89,20 @@ class ModelService:
     async def download(self, request: DownloadRequest, owner: str) -> tuple[Job, bool]:
         """Accept a download durably; a second request for the same model and revision while one is
         queued or running shares it. Returns (job, created)."""
-        spec = resolve_install(self.settings, request.name, request.source, request.revision, request.task)
+        spec = resolve_install(
+            self.settings, request.name, request.source, request.revision, request.task, request.backend
+        )
         model_id = spec.model_id
         existing = await asyncio.to_thread(self.jobs.active, "download", model_id)
         if existing is not None:
             return existing, False
-        params = {"name": spec.name, "source": spec.source, "revision": spec.revision, "task_type": spec.task}
+        params = {
+            "name": spec.name,
+            "source": spec.source,
+            "revision": spec.revision,
+            "task_type": spec.task,
+            "backend": spec.backend,
+        }
         job = await asyncio.to_thread(
             self.jobs.create,
             type_="download",
@@ -103,7 +111,7 @@ class ModelService:
             priority=int(Priority.NORMAL),
             owner=owner,
         )
-        audit("model_download", actor=owner, model=model_id, source=spec.source, job_id=job.id)
+        audit("model_download", actor=owner, model=model_id, source=spec.source, backend=spec.backend, job_id=job.id)
         return job, True
 
     async def delete(self, model_id: str, force: bool, actor: Principal) -> None:

@@ -1,16 +1,20 @@
-"""HTTP client from the gateway to model workers: keep-alive, errors relayed in our envelope."""
+"""HTTP client from the gateway to model workers: keep-alive, errors relayed in our envelope, answers
+validated into the typed outputs (`bitinglip.outputs`) as they arrive."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from bitinglip.db.workers import WorkerInfo
 from bitinglip.errors import RemoteError, ServiceUnavailable
 from bitinglip.http import REQUEST_ID, worker_auth_header
+from bitinglip.outputs import STREAM_EVENT, TextStreamEvent
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -32,6 +36,12 @@ async def _raise_for(response: httpx.Response) -> None:
     raise RemoteError(response.status_code, body, _retry_after(response))
 
 
+def _malformed(worker: WorkerInfo) -> RemoteError:
+    """A worker answer that does not fit its shape (a version skew): the caller's 502, never a 500."""
+    message = f"model worker {worker.id} sent a malformed answer"
+    return RemoteError(502, {"error": {"message": message, "type": "upstream_error"}})
+
+
 def _forwarded() -> dict[str, str]:
     request_id = REQUEST_ID.get()
     return {"X-Request-ID": request_id} if request_id else {}
@@ -48,18 +58,21 @@ class WorkerClient:
     async def close(self) -> None:
         await self._http.aclose()
 
-    async def call(self, worker: WorkerInfo, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    async def call(self, worker: WorkerInfo, path: str, payload: dict[str, Any], answer: type[M]) -> M:
+        """The worker's answer to `payload`, as `answer`."""
         try:
             response = await self._http.post(f"{worker.url}{path}", json=payload, headers=_forwarded())
         except httpx.TransportError as exc:
             raise ServiceUnavailable(f"model worker {worker.id} unreachable", retry_after=2) from exc
         await _raise_for(response)
-        result: dict[str, Any] = response.json()
-        return result
+        try:
+            return answer.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise _malformed(worker) from exc
 
-    async def stream_text(self, worker: WorkerInfo, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream_text(self, worker: WorkerInfo, payload: dict[str, Any]) -> AsyncIterator[TextStreamEvent]:
         """Yields the worker's NDJSON events; errors before the first byte raise, later ones arrive
-        as an `error` event."""
+        as an error event."""
         try:
             async with self._http.stream(
                 "POST", f"{worker.url}/internal/v1/text", json={**payload, "stream": True}, headers=_forwarded()
@@ -67,6 +80,10 @@ class WorkerClient:
                 await _raise_for(response)
                 async for line in response.aiter_lines():
                     if line:
-                        yield json.loads(line)
+                        try:
+                            event = STREAM_EVENT.validate_json(line)
+                        except ValidationError as exc:
+                            raise _malformed(worker) from exc
+                        yield event
         except httpx.TransportError as exc:
             raise ServiceUnavailable(f"model worker {worker.id} unreachable", retry_after=2) from exc

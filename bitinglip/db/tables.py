@@ -146,6 +146,8 @@ class ModelRecord(Base):
     name: Mapped[str] = mapped_column(String(200))
     revision: Mapped[str] = mapped_column(String(100))
     task: Mapped[str] = mapped_column(String(16))
+    # transformers | llama.cpp; the server default covers rows from before it and an older release's inserts
+    backend: Mapped[str] = mapped_column(String(16), default="transformers", server_default="transformers")
     source: Mapped[str] = mapped_column(Text)
     path: Mapped[str | None] = mapped_column(Text, nullable=True)
     files: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -20,6 +20,7 @@ from transformers import AutoModel, AutoTokenizer
 from bitinglip.engines.batcher import Batcher, BatchKnobs, DynamicBatcher
 from bitinglip.engines.device import module_bytes, release_memory
 from bitinglip.engines.types import GenerationFailed
+from bitinglip.outputs import Embeddings, EmbeddingTimings, PromptUsage
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,12 @@ class EmbeddingResult:
     total_seconds: float
     batch_size: int
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "data": self.vectors,
-            "usage": {"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens},
-            "timings": {"total_seconds": round(self.total_seconds, 5), "batch_size": self.batch_size},
-        }
+    def to_output(self) -> Embeddings:
+        return Embeddings(
+            data=self.vectors,
+            usage=PromptUsage(prompt_tokens=self.prompt_tokens, total_tokens=self.prompt_tokens),
+            timings=EmbeddingTimings(total_seconds=round(self.total_seconds, 5), batch_size=self.batch_size),
+        )
 
 
 class EmbeddingEngine:

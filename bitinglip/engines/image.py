@@ -4,6 +4,7 @@ Requests run one pipeline call each, so one that raises fails alone (`Generation
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import random
@@ -20,6 +21,7 @@ from bitinglip.engines.batcher import Batcher, BatchKnobs, DynamicBatcher
 from bitinglip.engines.device import module_bytes, release_memory
 from bitinglip.engines.types import GenerationFailed
 from bitinglip.errors import BitingLipError
+from bitinglip.outputs import ImageGeneration, ImageTimings
 from bitinglip.schemas import ImageParams
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,14 @@ class ImageResult:
     width: int
     height: int
     total_seconds: float
+
+    def to_output(self) -> ImageGeneration:
+        """The PNGs as base64, for JSON."""
+        return ImageGeneration(
+            images=[base64.b64encode(png).decode() for png in self.pngs],
+            seeds=self.seeds,
+            timings=ImageTimings(total_seconds=round(self.total_seconds, 5)),
+        )
 
 
 class ImageEngine:

@@ -28,6 +28,7 @@ from bitinglip.engines.text import TextEngine
 from bitinglip.engines.types import Priority, TextDelta, TextRequest, TextResult
 from bitinglip.errors import InvalidRequest
 from bitinglip.metrics import RollingWindow
+from bitinglip.models.backends import Backend
 from bitinglip.models.store import Manifest, ModelStore
 from bitinglip.schemas import ImageParams, TextGenerationParams
 
@@ -42,11 +43,19 @@ def placed(load: Callable[[str, Path, str, torch.dtype, str | None], Engine]) ->
     return lambda model_id, path, at: load(model_id, path, at.device, at.dtype, at.device_map)
 
 
-ENGINES: dict[str, EngineLoader] = {
-    "text": placed(TextEngine.load),
-    "embedding": placed(EmbeddingEngine.load),
-    "image": placed(ImageEngine.load),
-}  # task -> how to load a model of that task
+def lazy_llama(model_id: str, path: Path, at: Placement) -> Engine:
+    """Imported here, so a machine without llama-cpp-python still runs every other engine."""
+    from bitinglip.engines.llama import load_llama
+
+    return load_llama(model_id, path, at)
+
+
+ENGINES: dict[tuple[str, Backend], EngineLoader] = {
+    ("text", "transformers"): placed(TextEngine.load),
+    ("embedding", "transformers"): placed(EmbeddingEngine.load),
+    ("image", "transformers"): placed(ImageEngine.load),
+    ("text", "llama.cpp"): lazy_llama,
+}  # (task, backend) -> how to load a model of that task installed for that backend
 
 
 @dataclass
@@ -66,7 +75,9 @@ class ModelPool:
         self.max_loaded = max_loaded
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
-        self.placement = Placement(self.device, self.dtype, settings.device_map)
+        self.placement = Placement(
+            self.device, self.dtype, settings.device_map, settings.torch_threads, settings.llama_kv_tokens
+        )
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -108,9 +119,9 @@ class ModelPool:
         return self._models[key]
 
     async def _load(self, manifest: Manifest) -> None:
-        loader = ENGINES.get(manifest.task)
+        loader = ENGINES.get((manifest.task, manifest.backend))
         if loader is None:
-            raise InvalidRequest(f"no engine serves {manifest.task} models", param="model")
+            raise InvalidRequest(f"no engine serves {manifest.task} models on {manifest.backend}", param="model")
         loop = asyncio.get_running_loop()
         while len(self._models) >= self.max_loaded:
             _, evicted = self._models.popitem(last=False)
@@ -122,14 +133,12 @@ class ModelPool:
         started = time.perf_counter()
         path = self.store.path(manifest)
 
-        def load() -> tuple[Engine, int]:
-            engine = loader(manifest.id, path, self.placement)
-            return engine, engine.memory_bytes()
-
-        engine, memory = await loop.run_in_executor(self.executor, load)
+        engine = await loop.run_in_executor(self.executor, loader, manifest.id, path, self.placement)
         size, wait_ms, queue = self.settings.batching_for(manifest.name)
         knobs = BatchKnobs(size, wait_ms, queue, continuous=self.settings.text_batching == "continuous")
         batcher = engine.make_batcher(self.executor, knobs, partial(self._batch_done, manifest.id))
+        # after the batcher: an engine may allocate its working memory there (llama.cpp's KV cache)
+        memory = await loop.run_in_executor(self.executor, engine.memory_bytes)
         elapsed = time.perf_counter() - started
         metrics.MODEL_LOAD.labels(manifest.id).set(elapsed)
         self._models[manifest.id] = LoadedModel(manifest, engine, batcher, elapsed, time.monotonic(), memory)

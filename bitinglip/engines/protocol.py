@@ -20,11 +20,13 @@ OnBatch = Callable[[int], None]  # told the size of each batch the batcher runs
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a model's weights go, resolved once from settings (`device.resolve_*`)."""
+    """Where a model's weights go and what it may use there, resolved once from settings."""
 
     device: str
     dtype: torch.dtype
     device_map: str | None = None
+    threads: int | None = None  # compute threads (None: the library's choice; llama.cpp: every core)
+    kv_tokens: int = 16384  # llama.cpp: KV cache cells shared by a model's running requests
 
 
 @runtime_checkable

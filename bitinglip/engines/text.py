@@ -27,11 +27,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bitinglip.engines.batcher import Batcher, BatchKnobs, ContinuousBatcher, DynamicBatcher
 from bitinglip.engines.device import module_bytes, release_memory
+from bitinglip.engines.rows import MIN_LOGPROB, Row
 from bitinglip.engines.types import (
-    FinishReason,
     GenerationFailed,
     SamplingParams,
-    TextDelta,
     TextRequest,
     TextResult,
     TokenLogprob,
@@ -43,24 +42,11 @@ log = logging.getLogger(__name__)
 # Sampling at T above this is as good as uniform (logits span far less than T); capping keeps the divisor
 # finite (float32(1e300) is inf, and -inf / inf is NaN).
 MAX_TEMPERATURE = 1e4
-# What a logprob of -inf is reported as (OpenAI's convention): JSON has no -Infinity.
-MIN_LOGPROB = -9999.0
 
 
 @dataclass
-class _Row:
-    request: TextRequest
-    generator: torch.Generator | None
-    tokens: list[int] = field(default_factory=list)
-    text: str = ""
-    emitted: int = 0
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    emitted_logprobs: int = 0
-    finish: FinishReason | None = None
-    error: GenerationFailed | None = None  # this row failed alone; the rest of the batch goes on
-    eos: bool = False
-    started_at: float = field(default_factory=time.perf_counter)
-    first_token_at: float = 0.0
+class _Row(Row):
+    generator: torch.Generator | None = None
 
 
 @dataclass
@@ -172,7 +158,7 @@ class TextEngine:
 
     def _prefill(self, requests: list[TextRequest]) -> _Running:
         """Left-padded forward over the new prompts; samples each one's first token."""
-        rows = [_Row(r, self._generator(r.sampling)) for r in requests]
+        rows = [_Row(r, generator=self._generator(r.sampling)) for r in requests]
         width = max(len(r.input_ids) for r in requests)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -198,7 +184,7 @@ class TextEngine:
         except Exception:
             if len(requests) == 1:
                 log.exception("prefill failed for one request on %s", self.name)
-                return [], [_Row(requests[0], None, error=GenerationFailed())]
+                return [], [_Row(requests[0], error=GenerationFailed())]
             log.warning("prefill of %d requests failed on %s; retrying one by one", len(requests), self.name)
         parts: list[_Running] = []
         failed: list[_Row] = []
@@ -260,23 +246,6 @@ class TextEngine:
             return done
         return []
 
-    def _result(self, row: _Row, batch_size: int) -> TextResult | GenerationFailed:
-        """The row's result, or its failure (which fails that request only)."""
-        if row.error is not None:
-            return row.error
-        request = row.request
-        return TextResult(
-            text=row.text,
-            finish_reason=row.finish or "length",
-            prompt_tokens=len(request.input_ids),
-            completion_tokens=len(row.tokens) + (1 if row.eos else 0),
-            logprobs=row.logprobs if request.sampling.logprobs is not None else None,
-            queue_seconds=row.started_at - request.enqueued_at,
-            first_token_seconds=row.first_token_at - request.enqueued_at,
-            total_seconds=time.perf_counter() - request.enqueued_at,
-            batch_size=batch_size,
-        )
-
     @torch.inference_mode()
     def run_batch(self, requests: list[TextRequest]) -> list[TextResult | GenerationFailed]:
         """Static batching: the batch runs until its last request finishes. A request that fails on
@@ -285,7 +254,7 @@ class TextEngine:
         results: dict[int, TextResult | GenerationFailed] = {}
         while True:
             for row in done:
-                results[id(row.request)] = self._result(row, len(requests))
+                results[id(row.request)] = row.result(len(requests))
             if running is None or not running.rows:
                 break
             done = self._decode(running)
@@ -317,7 +286,7 @@ class TextEngine:
         size = len(self._running.rows) if self._running else 0
         if self._running is not None and not self._running.rows:
             self._running = None
-        return [(row.request, self._result(row, size + len(done))) for row in done]
+        return [(row.request, row.result(size + len(done))) for row in done]
 
     def running_requests(self) -> list[TextRequest]:
         return [row.request for row in self._running.rows] if self._running else []
@@ -370,24 +339,13 @@ class TextEngine:
         return chosen, usable
 
     def _advance(self, row: _Row, token: int, logits: torch.Tensor) -> None:
-        params = row.request.sampling
-        if params.logprobs is not None:
-            row.logprobs.append(self._logprob(token, logits, params.logprobs))
-        if token in self.eos_ids:
-            row.finish = "stop"
-            row.eos = True
-        else:
-            row.tokens.append(token)
-            row.text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
-            stop_at = min((p for s in params.stop if (p := row.text.find(s)) >= 0), default=-1)
-            if stop_at >= 0:
-                row.text = row.text[:stop_at]
-                row.finish = "stop"
-            elif len(row.tokens) >= params.max_tokens:
-                row.finish = "length"
-        if row.finish is None and row.request.cancelled.is_set():
-            row.finish = "cancelled"
-        self._emit(row)
+        top = row.request.sampling.logprobs
+        row.advance(
+            token,
+            eos=token in self.eos_ids,
+            decode=lambda tokens: str(self.tokenizer.decode(tokens, skip_special_tokens=True)),
+            logprob=None if top is None else self._logprob(token, logits, top),
+        )
 
     def _logprob(self, token: int, logits: torch.Tensor, top: int) -> TokenLogprob:
         logp = torch.log_softmax(logits, dim=-1).clamp(min=MIN_LOGPROB)
@@ -398,24 +356,3 @@ class TextEngine:
                 (self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(values, indices, strict=True)
             )
         return TokenLogprob(self.tokenizer.decode([token]), float(logp[token]), alternatives)
-
-    @staticmethod
-    def _emit(row: _Row) -> None:
-        """Send the new, stable part of the text: hold back a partial UTF-8 character and any tail
-        that could still grow into a stop string, so streamed text always equals the final text."""
-        if row.request.sink is None:
-            return
-        safe = len(row.text)
-        if row.finish is None:
-            if row.text.endswith("\ufffd"):
-                safe -= 1
-            for stop in row.request.sampling.stop:
-                for k in range(min(len(stop) - 1, safe), 0, -1):
-                    if row.text[:safe].endswith(stop[:k]):
-                        safe -= k
-                        break
-        if safe > row.emitted or row.finish is not None:
-            new_logprobs = row.logprobs[row.emitted_logprobs :]
-            row.emitted_logprobs = len(row.logprobs)
-            row.request.sink(TextDelta(row.text[row.emitted : safe], new_logprobs))
-            row.emitted = max(row.emitted, safe)

@@ -7,9 +7,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from bitinglip.errors import BitingLipError
+from bitinglip.outputs import Logprob, TextGeneration, TextStreamDelta, TextTimings, TextUsage
 from bitinglip.types import MIN_TEMPERATURE as MIN_TEMPERATURE  # re-exported for engine code
 from bitinglip.types import FinishReason as FinishReason
 from bitinglip.types import Priority as Priority
@@ -32,6 +32,12 @@ class GenerationFailed(BitingLipError):
 class TextDelta:
     text: str
     logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    def to_output(self) -> TextStreamDelta | None:
+        """The stream event for this piece; None when there is nothing to send."""
+        if not self.text and not self.logprobs:
+            return None
+        return TextStreamDelta(delta=self.text, logprobs=[Logprob.of(lp) for lp in self.logprobs] or None)
 
 
 @dataclass
@@ -57,25 +63,21 @@ class TextResult:
     total_seconds: float = 0.0
     batch_size: int = 1
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "finish_reason": self.finish_reason,
-            "usage": {
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens,
-            },
-            "logprobs": None
-            if self.logprobs is None
-            else [
-                {"token": lp.token, "logprob": lp.logprob, "top_logprobs": [list(t) for t in lp.top]}
-                for lp in self.logprobs
-            ],
-            "timings": {
-                "queue_seconds": round(self.queue_seconds, 5),
-                "first_token_seconds": round(self.first_token_seconds, 5),
-                "total_seconds": round(self.total_seconds, 5),
-                "batch_size": self.batch_size,
-            },
-        }
+    def to_output(self) -> TextGeneration:
+        """The result as it leaves the worker (timings rounded to 10 µs)."""
+        return TextGeneration(
+            text=self.text,
+            finish_reason=self.finish_reason,
+            usage=TextUsage(
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+                total_tokens=self.prompt_tokens + self.completion_tokens,
+            ),
+            logprobs=None if self.logprobs is None else [Logprob.of(lp) for lp in self.logprobs],
+            timings=TextTimings(
+                queue_seconds=round(self.queue_seconds, 5),
+                first_token_seconds=round(self.first_token_seconds, 5),
+                total_seconds=round(self.total_seconds, 5),
+                batch_size=self.batch_size,
+            ),
+        )

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from bitinglip.models.backends import Backend
+
 Task = Literal["text", "image", "embedding"]
 
 
@@ -18,6 +20,7 @@ class CatalogEntry(BaseModel):
     source: str
     revision: str = "main"
     description: str = ""
+    backend: Backend | None = None  # None: chosen at install from the files ("auto")
 
 
 @lru_cache(maxsize=1)

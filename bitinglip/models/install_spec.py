@@ -1,4 +1,4 @@
-"""What to install, from what a caller gave: one rule for the catalog name, source, task and revision,
+"""What to install, from what a caller gave: one rule for the catalog name, source, task, revision and backend,
 read by the gateway when it accepts a download and by the download flow when it runs one (a flow run
 started by hand from the Prefect UI gets the same answer the API would have given)."""
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from bitinglip.config import Settings
 from bitinglip.errors import InvalidRequest
+from bitinglip.models.backends import RequestedBackend, check_backend
 from bitinglip.models.catalog import Task, load_catalog
 from bitinglip.models.names import check_part
 from bitinglip.models.sources import check_allowed, parse_source
@@ -19,6 +20,7 @@ class InstallSpec:
     source: str
     revision: str
     task: Task
+    backend: RequestedBackend = "auto"  # the files decide at install (backends.choose_backend)
 
     @property
     def model_id(self) -> str:
@@ -31,11 +33,14 @@ def resolve_install(
     source: str | None = None,
     revision: str | None = None,
     task: Task | None = None,
+    backend: str | None = None,
 ) -> InstallSpec:
-    """Precedence, field by field: what the caller gave; then the source URI (its `@revision`, its last
-    path part as the name); then the catalog entry of that name (its source, task, and its revision
-    when its own source is used); then revision `main`. A malformed or forbidden source, or an unsafe
-    name or revision, is refused here, before anything is recorded."""
+    """Precedence, field by field: what the caller gave (`auto` counts as not given for the backend);
+    then the source URI (its `@revision`, its last path part as the name); then the catalog entry of
+    that name (its source, task, and its revision and backend when its own source is used); then
+    revision `main`, backend `auto`. A malformed or forbidden source, an unsafe name or revision, or an
+    unknown backend is refused here, before anything is recorded."""
+    requested = check_backend("auto" if backend is None else backend)
     catalog = load_catalog()
     entry = catalog.get(name) if name else None
     if source is None and entry is None:
@@ -50,4 +55,6 @@ def resolve_install(
         raise InvalidRequest("task is required for a model outside the catalog", param="task")
     catalog_revision = entry.revision if entry and entry.source == source else None
     revision = check_part(revision or ref.revision or catalog_revision or "main", "revision")
-    return InstallSpec(name=name, source=source, revision=revision, task=task)
+    if requested == "auto" and entry is not None and entry.source == source and entry.backend is not None:
+        requested = entry.backend
+    return InstallSpec(name=name, source=source, revision=revision, task=task, backend=requested)

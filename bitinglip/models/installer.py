@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from bitinglip.config import Settings
 from bitinglip.errors import InvalidRequest
+from bitinglip.models.backends import Backend, choose_backend, find_gguf
 from bitinglip.models.catalog import Task
 from bitinglip.models.convert import convert_gguf, gguf_file
 from bitinglip.models.sources import SourceRef, make_source
@@ -58,27 +60,51 @@ def verify_checksums(folder: Path) -> None:
             raise ChecksumMismatch(f"checksum mismatch for {rel}: the source file is corrupted", param="source")
 
 
-def convert(fetched: Path, out: Path) -> str | None:
-    """Returns the converted file's name, or None when the fetched files are used as they are."""
+class Prepared(NamedTuple):
+    """What `convert` laid out: the backend that will serve it, and the GGUF it was converted from."""
+
+    backend: Backend
+    converted_from: str | None
+
+
+def convert(fetched: Path, out: Path, backend: str = "auto", task: Task = "text") -> Prepared:
+    """Lay out in `out` what the chosen backend serves (backends.py decides which): llama.cpp keeps
+    the GGUF file as it is and nothing else; transformers converts a GGUF to safetensors, or takes
+    the fetched files as they are."""
+    chosen = choose_backend(backend, fetched, task)
+    if chosen == "llama.cpp":
+        gguf = find_gguf(fetched)
+        if gguf is None:  # choose_backend saw one
+            raise InvalidRequest("the source has no .gguf file", param="backend")
+        out.mkdir(parents=True)
+        gguf.rename(out / gguf.name)
+        return Prepared("llama.cpp", None)
     gguf = gguf_file(fetched)
     if gguf is None:
         fetched.rename(out)
-        return None
+        return Prepared("transformers", None)
     report("convert", 0, 1)
     convert_gguf(gguf.parent, gguf, out)
     report("convert", 1, 1)
-    return gguf.name
+    return Prepared("transformers", gguf.name)
 
 
 def install_from(
-    settings: Settings, store: ModelStore, source: str, *, name: str, revision: str, task: Task
+    settings: Settings,
+    store: ModelStore,
+    source: str,
+    *,
+    name: str,
+    revision: str,
+    task: Task,
+    backend: str = "auto",
 ) -> Manifest:
     """All steps in this process (tests, benchmarks); the download flow runs them as tracked tasks."""
     from bitinglip.models.sources import parse_source
 
     with store.staging() as staging:
         fetch(settings, parse_source(source), staging / "fetched")
-        converted_from = convert(staging / "fetched", staging / "model")
+        prepared = convert(staging / "fetched", staging / "model", backend, task)
         return install(
             store,
             staging / "model",
@@ -86,7 +112,8 @@ def install_from(
             revision=revision,
             task=task,
             source=source,
-            converted_from=converted_from,
+            converted_from=prepared.converted_from,
+            backend=prepared.backend,
         )
 
 
@@ -99,10 +126,17 @@ def install(
     task: Task,
     source: str,
     converted_from: str | None,
+    backend: Backend,
 ) -> Manifest:
     report("install", 0, 1)
     manifest = store.install(
-        staged, name=name, revision=revision, task=task, source=source, converted_from=converted_from
+        staged,
+        name=name,
+        revision=revision,
+        task=task,
+        source=source,
+        converted_from=converted_from,
+        backend=backend,
     )
     report("install", 1, 1)
     return manifest

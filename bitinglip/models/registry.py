@@ -30,6 +30,7 @@ def mark_ready(db: Database, manifest: Manifest, store: ModelStore) -> None:
             id=manifest.id, name=manifest.name, revision=manifest.revision
         )
         record.task = manifest.task
+        record.backend = manifest.backend
         record.source = manifest.source
         record.path = str(store.path(manifest))
         record.files = {p: f.model_dump() for p, f in manifest.files.items()}

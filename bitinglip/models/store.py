@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from bitinglip.errors import InvalidRequest, ModelNotFound
+from bitinglip.models.backends import Backend
 from bitinglip.models.catalog import Task
 from bitinglip.models.names import check_part, split_model_id
 
@@ -41,6 +42,7 @@ class Manifest(BaseModel):
     source: str
     files: dict[str, FileEntry]
     converted_from: str | None = None
+    backend: Backend = "transformers"  # what serves it; manifests from before backends read as this
     installed_at: datetime
 
     @property
@@ -132,6 +134,7 @@ class ModelStore:
         task: Task,
         source: str,
         converted_from: str | None = None,
+        backend: Backend = "transformers",
     ) -> Manifest:
         files = hash_tree(staged)
         if not files:
@@ -143,6 +146,7 @@ class ModelStore:
             source=source,
             files=files,
             converted_from=converted_from,
+            backend=backend,
             installed_at=datetime.now(UTC),
         )
         (staged / MANIFEST).write_text(manifest.model_dump_json(indent=2))

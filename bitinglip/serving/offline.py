@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from bitinglip.errors import InvalidRequest
 from bitinglip.http import validation_message
+from bitinglip.outputs import Embeddings, GeneratedImage, TextGeneration, TextStreamEvent
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 from bitinglip.serving.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from bitinglip.serving.serving import OpenAIServing
@@ -44,16 +45,16 @@ class PoolInference:
     def __init__(self, pool: ModelPool) -> None:
         self.pool = pool
 
-    async def generate_text(self, params: TextGenerationParams) -> dict[str, Any]:
-        return (await self.pool.generate_text(params, Priority.BATCH)).as_dict()
+    async def generate_text(self, params: TextGenerationParams) -> TextGeneration:
+        return (await self.pool.generate_text(params, Priority.BATCH)).to_output()
 
-    async def embed(self, params: EmbeddingParams) -> dict[str, Any]:
-        return (await self.pool.embed(params.model, params.texts(), Priority.BATCH)).as_dict()
+    async def embed(self, params: EmbeddingParams) -> Embeddings:
+        return (await self.pool.embed(params.model, params.texts(), Priority.BATCH)).to_output()
 
-    async def stream_text(self, params: TextGenerationParams) -> tuple[str, AsyncIterator[dict[str, Any]]]:
+    async def stream_text(self, params: TextGenerationParams) -> tuple[str, AsyncIterator[TextStreamEvent]]:
         raise InvalidRequest("stream is not supported in batches", param="stream")
 
-    async def images(self, params: ImageParams, response_format: str) -> tuple[str, str, list[dict[str, Any]]]:
+    async def images(self, params: ImageParams, response_format: str) -> tuple[str, str, list[GeneratedImage]]:
         raise InvalidRequest("images are not supported in batches", param="url")
 
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from bitinglip.outputs import TextUsage
 from bitinglip.schemas import MAX_SEED, ChatMessage, UnicodeRequest
 
 
@@ -137,10 +138,10 @@ class Usage(BaseModel):
     completion_tokens: int = 0
     total_tokens: int = 0
 
-    def add(self, usage: dict[str, int]) -> None:
-        self.prompt_tokens += usage["prompt_tokens"]
-        self.completion_tokens += usage["completion_tokens"]
-        self.total_tokens += usage["total_tokens"]
+    def add(self, usage: TextUsage) -> None:
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.total_tokens += usage.total_tokens
 
 
 class ModelCard(BaseModel):

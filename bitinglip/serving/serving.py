@@ -18,6 +18,15 @@ from pydantic import ValidationError
 
 from bitinglip.errors import BitingLipError, InvalidRequest
 from bitinglip.http import validation_message
+from bitinglip.outputs import (
+    Embeddings,
+    GeneratedImage,
+    Logprob,
+    TextGeneration,
+    TextStreamDelta,
+    TextStreamError,
+    TextStreamEvent,
+)
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 from bitinglip.serving.protocol import (
     ChatChoice,
@@ -62,33 +71,33 @@ def _params(req: SamplingFields, index: int, **fields: Any) -> TextGenerationPar
         raise InvalidRequest(message, param=param) from exc
 
 
-def _chat_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+def _chat_logprobs(entries: list[Logprob] | None) -> dict[str, Any] | None:
     if entries is None:
         return None
     return {
         "content": [
             {
-                "token": e["token"],
-                "logprob": e["logprob"],
-                "bytes": list(e["token"].encode()),
-                "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in e["top_logprobs"]],
+                "token": e.token,
+                "logprob": e.logprob,
+                "bytes": list(e.token.encode()),
+                "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in e.top_logprobs],
             }
             for e in entries
         ]
     }
 
 
-def _completion_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+def _completion_logprobs(entries: list[Logprob] | None) -> dict[str, Any] | None:
     if entries is None:
         return None
     offsets, offset = [], 0
     for e in entries:
         offsets.append(offset)
-        offset += len(e["token"])
+        offset += len(e.token)
     return {
-        "tokens": [e["token"] for e in entries],
-        "token_logprobs": [e["logprob"] for e in entries],
-        "top_logprobs": [dict(e["top_logprobs"]) for e in entries],
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [dict(e.top_logprobs) for e in entries],
         "text_offset": offsets,
     }
 
@@ -97,13 +106,13 @@ class InferenceBackend(Protocol):
     """What the OpenAI layer needs underneath: the gateway's worker-routing InferenceService online,
     a flow run's own model pool offline (batches)."""
 
-    async def generate_text(self, params: TextGenerationParams) -> dict[str, Any]: ...
+    async def generate_text(self, params: TextGenerationParams) -> TextGeneration: ...
 
-    async def embed(self, params: EmbeddingParams) -> dict[str, Any]: ...
+    async def embed(self, params: EmbeddingParams) -> Embeddings: ...
 
-    async def stream_text(self, params: TextGenerationParams) -> tuple[str, AsyncIterator[dict[str, Any]]]: ...
+    async def stream_text(self, params: TextGenerationParams) -> tuple[str, AsyncIterator[TextStreamEvent]]: ...
 
-    async def images(self, params: ImageParams, response_format: str) -> tuple[str, str, list[dict[str, Any]]]: ...
+    async def images(self, params: ImageParams, response_format: str) -> tuple[str, str, list[GeneratedImage]]: ...
 
 
 class ModelEntry(Protocol):
@@ -142,7 +151,7 @@ class OpenAIServing:
         if ignored := req.ignored_fields():
             log.info("ignoring unsupported OpenAI fields: %s", ", ".join(ignored))
         result = await self.inference.embed(EmbeddingParams(model=req.model, input=req.input))
-        vectors: list[list[float]] = result["data"]
+        vectors = result.data
         if req.dimensions is not None and vectors and req.dimensions != len(vectors[0]):
             raise InvalidRequest(
                 f"model {req.model!r} produces {len(vectors[0])} dimensions; it cannot give {req.dimensions}",
@@ -157,7 +166,7 @@ class OpenAIServing:
         return EmbeddingResponse(
             data=[EmbeddingData(index=i, embedding=encode(v)) for i, v in enumerate(vectors)],
             model=req.model,
-            usage=EmbeddingUsage(**result["usage"]),
+            usage=EmbeddingUsage(prompt_tokens=result.usage.prompt_tokens, total_tokens=result.usage.total_tokens),
         )
 
     async def images(self, req: ImageGenerationRequest) -> ImageGenerationResponse:
@@ -180,9 +189,7 @@ class OpenAIServing:
             message, param = validation_message(list(exc.errors()))
             raise InvalidRequest(message, param="size" if param in ("width", "height", None) else param) from exc
         _, _, data = await self.inference.images(params, req.response_format)
-        return ImageGenerationResponse(
-            created=now(), data=[ImageObject(b64_json=d.get("b64_json"), url=d.get("url")) for d in data]
-        )
+        return ImageGenerationResponse(created=now(), data=[ImageObject(b64_json=d.b64_json, url=d.url) for d in data])
 
     async def list_models(self) -> ModelCardList:
         """The ready models the caller may use: the model service filters by the caller bound for this
@@ -208,13 +215,13 @@ class OpenAIServing:
         usage = Usage()
         choices = []
         for i, r in enumerate(results):
-            usage.add(r["usage"])
+            usage.add(r.usage)
             choices.append(
                 ChatChoice(
                     index=i,
-                    message=ChatMessageOut(content=r["text"]),
-                    finish_reason=_FINISH[r["finish_reason"]],
-                    logprobs=_chat_logprobs(r["logprobs"]),
+                    message=ChatMessageOut(content=r.text),
+                    finish_reason=_FINISH[r.finish_reason],
+                    logprobs=_chat_logprobs(r.logprobs),
                 )
             )
         return ChatCompletionResponse(
@@ -230,11 +237,11 @@ class OpenAIServing:
             return {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": req.model,
                     "choices": [choice]}  # fmt: skip
 
-        def on_delta(index: int, event: dict[str, Any]) -> dict[str, Any]:
-            return chunk(index, {"content": event["delta"]}, logprobs=_chat_logprobs(event.get("logprobs")))
+        def on_delta(index: int, event: TextStreamDelta) -> dict[str, Any]:
+            return chunk(index, {"content": event.delta}, logprobs=_chat_logprobs(event.logprobs))
 
-        def on_result(index: int, result: dict[str, Any]) -> dict[str, Any]:
-            return chunk(index, {}, _FINISH[result["finish_reason"]])
+        def on_result(index: int, result: TextGeneration) -> dict[str, Any]:
+            return chunk(index, {}, _FINISH[result.finish_reason])
 
         def usage_chunk(usage: Usage) -> dict[str, Any]:
             return {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": req.model,
@@ -260,14 +267,14 @@ class OpenAIServing:
         usage = Usage()
         choices = []
         for i, (p, r) in enumerate(zip(params, results, strict=True)):
-            usage.add(r["usage"])
-            text = (p.prompt or "") + r["text"] if req.echo else r["text"]
+            usage.add(r.usage)
+            text = (p.prompt or "") + r.text if req.echo else r.text
             choices.append(
                 CompletionChoice(
                     index=i,
                     text=text,
-                    finish_reason=_FINISH[r["finish_reason"]],
-                    logprobs=_completion_logprobs(r["logprobs"]),
+                    finish_reason=_FINISH[r.finish_reason],
+                    logprobs=_completion_logprobs(r.logprobs),
                 )
             )
         return CompletionResponse(id=new_id("cmpl"), created=now(), model=req.model, choices=choices, usage=usage)
@@ -289,8 +296,8 @@ class OpenAIServing:
             req,
             self._completion_requests(req),
             [],
-            lambda i, e: chunk(i, e["delta"], logprobs=_completion_logprobs(e.get("logprobs"))),
-            lambda i, r: chunk(i, "", _FINISH[r["finish_reason"]]),
+            lambda i, e: chunk(i, e.delta, logprobs=_completion_logprobs(e.logprobs)),
+            lambda i, r: chunk(i, "", _FINISH[r.finish_reason]),
             usage_chunk,
         )
 
@@ -301,8 +308,8 @@ class OpenAIServing:
         req: SamplingFields,
         params: list[TextGenerationParams],
         first_chunks: list[dict[str, Any]],
-        on_delta: Callable[[int, dict[str, Any]], dict[str, Any]],
-        on_result: Callable[[int, dict[str, Any]], dict[str, Any]],
+        on_delta: Callable[[int, TextStreamDelta], dict[str, Any]],
+        on_result: Callable[[int, TextGeneration], dict[str, Any]],
         usage_chunk: Callable[[Usage], dict[str, Any]],
     ) -> AsyncIterator[dict[str, Any]]:
         """Connects every choice's stream first (so errors are plain HTTP errors), then merges them."""
@@ -310,14 +317,14 @@ class OpenAIServing:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         async def merged() -> AsyncIterator[dict[str, Any]]:
-            queue: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue()
+            queue: asyncio.Queue[tuple[int, TextStreamEvent] | None] = asyncio.Queue()
 
-            async def pump(index: int, events: AsyncIterator[dict[str, Any]]) -> None:
+            async def pump(index: int, events: AsyncIterator[TextStreamEvent]) -> None:
                 try:
                     async for event in events:
                         await queue.put((index, event))
                 except BitingLipError as exc:
-                    await queue.put((index, exc.body()))
+                    await queue.put((index, TextStreamError.of(exc)))
                 finally:
                     await queue.put(None)
 
@@ -332,13 +339,13 @@ class OpenAIServing:
                         open_streams -= 1
                         continue
                     index, event = item
-                    if "error" in event:
-                        yield {"error": event["error"]}
-                    elif "delta" in event:
+                    if isinstance(event, TextStreamError):
+                        yield {"error": event.error.model_dump()}
+                    elif isinstance(event, TextStreamDelta):
                         yield on_delta(index, event)
-                    elif "result" in event:
-                        usage.add(event["result"]["usage"])
-                        yield on_result(index, event["result"])
+                    else:
+                        usage.add(event.result.usage)
+                        yield on_result(index, event.result)
                 if include_usage:
                     yield usage_chunk(usage)
             finally:

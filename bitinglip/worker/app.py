@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import signal
@@ -24,6 +23,7 @@ from bitinglip.errors import BitingLipError
 from bitinglip.http import WorkerTokenRequired, install_error_handlers, install_request_ids
 from bitinglip.jobs.store import JobStore
 from bitinglip.models.store import ModelStore
+from bitinglip.outputs import TextStreamError, TextStreamEvent, TextStreamResult
 from bitinglip.worker.heartbeat import Heartbeat
 from bitinglip.worker.jobs import JobRunner
 from bitinglip.worker.runtime import WorkerRuntime, set_runtime
@@ -120,24 +120,20 @@ def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
         pool: ModelPool = request.app.state.pool
         if not body.stream:
             result = await pool.generate_text(body, body.priority)
-            return result.as_dict()
+            return result.to_output().model_dump(mode="json")
         return StreamingResponse(_stream(pool, body), media_type="application/x-ndjson")
 
     @app.post("/internal/v1/embeddings")
     async def embed(body: WorkerEmbeddingRequest, request: Request) -> dict[str, Any]:
         pool: ModelPool = request.app.state.pool
         result = await pool.embed(body.model, body.texts(), body.priority)
-        return result.as_dict()
+        return result.to_output().model_dump(mode="json")
 
     @app.post("/internal/v1/images")
     async def images(body: WorkerImageRequest, request: Request) -> dict[str, Any]:
         pool: ModelPool = request.app.state.pool
         result = await pool.generate_image(body, body.priority)
-        return {
-            "images": [base64.b64encode(png).decode() for png in result.pngs],
-            "seeds": result.seeds,
-            "timings": {"total_seconds": round(result.total_seconds, 5)},
-        }
+        return result.to_output().model_dump(mode="json")
 
     return app
 
@@ -165,9 +161,9 @@ async def _stream(pool: ModelPool, body: WorkerTextRequest) -> AsyncIterator[byt
                 if line := _delta_line(deltas.get_nowait()):
                     yield line
             try:
-                yield _line({"result": generation.result().as_dict()})
+                yield _line(TextStreamResult(result=generation.result().to_output()))
             except BitingLipError as exc:
-                yield _line({**exc.body(), "status_code": exc.status_code})
+                yield _line(TextStreamError.of(exc))
             return
     finally:
         if not generation.done():
@@ -183,11 +179,9 @@ def _gpu_memory() -> int | None:
 
 
 def _delta_line(delta: TextDelta) -> bytes | None:
-    if not delta.text and not delta.logprobs:
-        return None
-    logprobs = [{"token": lp.token, "logprob": lp.logprob, "top_logprobs": lp.top} for lp in delta.logprobs]
-    return _line({"delta": delta.text, "logprobs": logprobs or None})
+    event = delta.to_output()
+    return None if event is None else _line(event)
 
 
-def _line(payload: dict[str, Any]) -> bytes:
-    return (json.dumps(payload, default=str) + "\n").encode()
+def _line(event: TextStreamEvent) -> bytes:
+    return (json.dumps(event.model_dump(mode="json")) + "\n").encode()

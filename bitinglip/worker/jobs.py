@@ -147,11 +147,12 @@ class JobRunner:
         params = TextGenerationParams.model_validate({**job.params, "model": job.model})
         result = await self.pool.generate_text(params, Priority(job.priority), cancelled=cancelled)
         status = "cancelled" if result.finish_reason == "cancelled" or cancelled.is_set() else "completed"
-        return status, result.as_dict()
+        return status, result.to_output().model_dump(mode="json")
 
     async def _embedding(self, job: Job, cancelled: threading.Event) -> tuple[str, dict[str, Any]]:
         texts = EmbeddingParams.model_validate(job.params).texts()
-        return "completed", (await self.pool.embed(job.model, texts, Priority(job.priority))).as_dict()
+        result = await self.pool.embed(job.model, texts, Priority(job.priority))
+        return "completed", result.to_output().model_dump(mode="json")
 
     async def _image(self, job: Job, cancelled: threading.Event) -> tuple[str, dict[str, Any]]:
         """The PNGs go to the result store under the owner's prefix; the job's result lists their paths."""

@@ -29,7 +29,7 @@ KNOBS = BatchKnobs(max_batch_size=4, max_wait_ms=5, max_queue=8)
 
 def load(store: ModelStore, name: str) -> Engine:
     manifest = store.resolve(name)
-    loader: EngineLoader = ENGINES[manifest.task]
+    loader: EngineLoader = ENGINES[(manifest.task, manifest.backend)]
     return loader(manifest.id, store.path(manifest), CPU)
 
 

@@ -1,5 +1,6 @@
 """One rule for what a download installs (bitinglip/models/install_spec.py), read by the gateway and by
-the download flow alike; hostile names, revisions and sources are refused before anything is recorded."""
+the download flow alike; hostile names, revisions, sources and backends are refused before anything is
+recorded."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 
 from bitinglip.config import Settings
 from bitinglip.errors import InvalidRequest
+from bitinglip.models import install_spec
+from bitinglip.models.catalog import CatalogEntry, load_catalog
 from bitinglip.models.install_spec import resolve_install
 from bitinglip.models.sources import SourceNotAllowed
 
@@ -27,6 +30,30 @@ def test_a_catalog_name_alone(settings: Settings) -> None:
         "text",
     )
     assert spec.model_id == "smollm2-135m-instruct@q4_1"
+    assert spec.backend == "auto"  # the catalog leaves it to the files
+
+
+def test_the_backend_the_caller_asks_for_else_the_catalogs(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert resolve_install(settings, "smollm2-135m-instruct", backend="llama.cpp").backend == "llama.cpp"
+    assert resolve_install(settings, "smollm2-135m-instruct", backend="transformers").backend == "transformers"
+    entry = load_catalog()["smollm2-135m-instruct"]
+    pinned = {entry.name: CatalogEntry.model_validate({**entry.model_dump(), "backend": "transformers"})}
+    monkeypatch.setattr(install_spec, "load_catalog", lambda: pinned)
+    assert resolve_install(settings, entry.name).backend == "transformers"
+    assert resolve_install(settings, entry.name, backend="auto").backend == "transformers"  # auto: not given
+    assert resolve_install(settings, entry.name, backend="llama.cpp").backend == "llama.cpp"
+    # with another source the catalog's choice, made for its own files, does not apply
+    other = resolve_install(settings, entry.name, f"file://{tmp_path / 'local' / 'x'}")
+    assert other.backend == "auto"
+
+
+@pytest.mark.parametrize("backend", ["", "vllm", "LLAMA.CPP", "llama.cpp; rm -rf /"])
+def test_unknown_backends(settings: Settings, backend: str) -> None:
+    with pytest.raises(InvalidRequest, match="backend must be one of") as refused:
+        resolve_install(settings, "smollm2-135m-instruct", backend=backend)
+    assert refused.value.param == "backend"
 
 
 def test_the_caller_wins_then_the_source_then_the_catalog(settings: Settings, tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """Schema migrations (bitinglip/db/migrations), on a real SQLite file and on the machine's real
 PostgreSQL (a database of this test's own, created and dropped here): a database of the previous
 release (the first wave, revision 0001), with rows in it, opened by today's `Database` keeps every
-row and gains today's tables; so does a pre-Alembic one made by that release's create_all; a fresh
-one is migrated to exactly today's models; processes opening a fresh database together don't race."""
+row and gains today's tables and columns (with their defaults); so does a pre-Alembic one made by that
+release's create_all; a fresh one is migrated to exactly today's models; processes opening a fresh
+database together don't race."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, inspect, select, text
+from sqlalchemy import Engine, MetaData, Table, create_engine, insert, inspect, select, text
 
 from bitinglip.auth.usage import UsageLedger
 from bitinglip.db.migrations import FIRST_WAVE, SECURITY, VERSION_TABLE, alembic_config
@@ -74,10 +75,17 @@ def upgrade_to(engine: Engine, revision: str) -> None:
         command.upgrade(config, revision)
 
 
+# Columns later revisions added to first-wave tables, with what old rows read there.
+ADDED_COLUMNS: dict[str, dict[str, Any]] = {"models": {"backend": "transformers"}}  # 0003
+
+
 def old_create_all(engine: Engine) -> None:
-    """What the previous release did at start-up: create_all of its tables, no version table. Its
-    table definitions are today's first-wave ones unchanged (0002 only added tables)."""
-    Base.metadata.create_all(engine, tables=[Base.metadata.tables[name] for name in sorted(FIRST_WAVE)])
+    """What the previous release did at start-up: create_all of its tables, no version table. Revision
+    0001 was written from those tables, so: 0001, then its version table dropped (today's models have
+    columns that release lacked, ADDED_COLUMNS)."""
+    upgrade_to(engine, "0001_first_wave")
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {VERSION_TABLE}"))
 
 
 T0 = datetime(2025, 3, 1, 12, 30, 45, 123456, tzinfo=UTC)
@@ -149,33 +157,61 @@ def write_first_wave_rows(engine: Engine) -> None:
                     created_at=T0,
                 ),
                 Worker(id="w1", url="http://127.0.0.1:9001", device="cpu", models=["tiny@main"], queue_depth=2),
-                ModelRecord(
-                    id="tiny@main",
-                    name="tiny",
-                    revision="main",
-                    task="text",
-                    source="hf:sshleifer/tiny-gpt2",
-                    path="/models/tiny",
-                    files={"config.json": "sha256:00"},
-                    size_bytes=2**31 - 1,
-                    status="ready",
-                    pinned=True,
-                    last_used_at=T0,
-                ),
-                ModelRecord(id="sd@main", name="sd", revision="main", task="image", source="hf:x/y", error="disk full"),
             ]
         )
+    write_first_wave_models(engine)
 
 
-def snapshot(engine: Engine, tables: frozenset[str] = FIRST_WAVE) -> dict[str, list[dict[str, Any]]]:
-    """Every row of every table, typed through today's models (aware datetimes, decoded JSON)."""
+def write_first_wave_models(engine: Engine) -> None:
+    """Today's ModelRecord writes columns the first wave's table lacks (ADDED_COLUMNS), so its rows go
+    in as that release's ORM wrote them: every column it had, named, into the table the database has."""
+    made = {"path": None, "files": {}, "size_bytes": 0, "status": "downloading", "error": None, "pinned": False}
+    made |= {"created_at": T0, "updated_at": T0, "last_used_at": None}
+    rows = [
+        made
+        | {
+            "id": "tiny@main",
+            "name": "tiny",
+            "revision": "main",
+            "task": "text",
+            "source": "hf:sshleifer/tiny-gpt2",
+            "path": "/models/tiny",
+            "files": {"config.json": "sha256:00"},
+            "size_bytes": 2**31 - 1,
+            "status": "ready",
+            "pinned": True,
+            "last_used_at": T0,
+        },
+        made | {"id": "sd@main", "name": "sd", "revision": "main", "task": "image", "source": "hf:x/y"},
+    ]
+    rows[1]["error"] = "disk full"
+    with engine.begin() as conn:
+        conn.execute(insert(Table("models", MetaData(), autoload_with=conn)), rows)
+
+
+def snapshot(
+    engine: Engine, tables: frozenset[str] = FIRST_WAVE, *, skip_added: bool = False
+) -> dict[str, list[dict[str, Any]]]:
+    """Every row of every table, typed through today's models (aware datetimes, decoded JSON): the
+    columns the database has, less those added since the first wave with `skip_added`."""
     out: dict[str, list[dict[str, Any]]] = {}
     with engine.connect() as conn:
         for name in sorted(tables):
             table = Base.metadata.tables[name]
-            rows = conn.execute(select(table).order_by(*table.primary_key.columns)).mappings()
+            present = {c["name"] for c in inspect(conn).get_columns(name)}
+            skipped = ADDED_COLUMNS.get(name, {}) if skip_added else {}
+            columns = [c for c in table.columns if c.name in present and c.name not in skipped]
+            rows = conn.execute(select(*columns).order_by(*table.primary_key.columns)).mappings()
             out[name] = [dict(row) for row in rows]
     return out
+
+
+def assert_added_columns_hold_defaults(engine: Engine) -> None:
+    """Rows written before a column existed read its server default."""
+    now = snapshot(engine)
+    for table, defaults in ADDED_COLUMNS.items():
+        for column, default in defaults.items():
+            assert now[table] and {row[column] for row in now[table]} == {default}
 
 
 def schema_diff(engine: Engine) -> list[Any]:
@@ -192,8 +228,15 @@ def assert_today_and_usable(db: Database) -> None:
     """Today's schema, exactly, and today's code works on it: limits, the usage ledger, access rules."""
     assert tables_of(db.engine) == SECURITY | {VERSION_TABLE}
     with db.engine.connect() as conn:
-        assert schema_revision(conn) == schema_head() == "0002_security"
+        assert schema_revision(conn) == schema_head() == "0003_model_backend"
     assert schema_diff(db.engine) == []  # what autogenerate would write: nothing
+
+    with db.session() as s:
+        s.add(ModelRecord(id="q@gguf", name="q", revision="gguf", task="text", source="hf:q", backend="llama.cpp"))
+    with db.session() as s:
+        added = s.get(ModelRecord, "q@gguf")
+        assert added is not None and added.backend == "llama.cpp"
+        s.delete(added)
 
     with db.session() as s:
         s.add(UserLimits(username="carol", tokens_per_day=100, updated_by="admin"))
@@ -217,7 +260,8 @@ def test_previous_release_database_keeps_every_row(url: str, raw: Engine) -> Non
 
     db = Database(url)  # what every process does at start
     try:
-        assert snapshot(db.engine) == before
+        assert snapshot(db.engine, skip_added=True) == before
+        assert_added_columns_hold_defaults(db.engine)
         with db.session() as s:  # spot checks through the ORM: types survive, not only equality
             job = s.get(Job, str(uuid.UUID(int=2)))
             assert job is not None and job.finished_at == T0 + timedelta(seconds=30)
@@ -226,8 +270,9 @@ def test_previous_release_database_keeps_every_row(url: str, raw: Engine) -> Non
             assert carol is not None and carol.disabled and carol.password_hash is None and carol.created_at == T0
             model = s.get(ModelRecord, "tiny@main")
             assert model is not None and model.pinned and model.files == {"config.json": "sha256:00"}
+            assert model.backend == "transformers"  # installed before backends: served by transformers
         assert_today_and_usable(db)
-        assert snapshot(db.engine) == before  # using the new tables touched no old row
+        assert snapshot(db.engine, skip_added=True) == before  # using the new tables touched no old row
     finally:
         db.dispose()
 
@@ -240,14 +285,16 @@ def test_pre_alembic_database_is_stamped_and_upgraded(url: str, raw: Engine) -> 
 
     db = Database(url)
     try:
-        assert snapshot(db.engine) == before
+        assert snapshot(db.engine, skip_added=True) == before
+        assert_added_columns_hold_defaults(db.engine)
         assert_today_and_usable(db)
     finally:
         db.dispose()
 
 
 def test_pre_alembic_database_of_todays_tables_is_stamped_head(url: str, raw: Engine) -> None:
-    """A home made by create_all of today's models before migrations existed: nothing to create."""
+    """A home made by create_all of today's models before migrations existed: stamped with the newest
+    revision whose tables it holds; the later revisions find their columns there already."""
     Base.metadata.create_all(raw)
     write_first_wave_rows(raw)
     with raw.begin() as conn:
@@ -260,7 +307,8 @@ def test_pre_alembic_database_of_todays_tables_is_stamped_head(url: str, raw: En
     try:
         assert snapshot(db.engine, SECURITY) == before
         with db.engine.connect() as conn:
-            assert schema_revision(conn) == "0002_security"
+            assert schema_revision(conn) == schema_head()
+        assert schema_diff(db.engine) == []
     finally:
         db.dispose()
 
@@ -315,7 +363,7 @@ def test_threads_opening_a_fresh_database_together(url: str) -> None:
             db.dispose()
 
     with ThreadPoolExecutor(8) as pool:
-        assert list(pool.map(one, range(8))) == ["0002_security"] * 8
+        assert list(pool.map(one, range(8))) == [schema_head()] * 8
 
 
 def test_processes_opening_a_fresh_database_together(url: str) -> None:

@@ -14,6 +14,19 @@ import pytest
 from pydantic import ValidationError
 
 from bitinglip.errors import InvalidRequest
+from bitinglip.outputs import (
+    Embeddings,
+    EmbeddingTimings,
+    GeneratedImage,
+    Logprob,
+    PromptUsage,
+    TextGeneration,
+    TextStreamDelta,
+    TextStreamEvent,
+    TextStreamResult,
+    TextTimings,
+    TextUsage,
+)
 from bitinglip.schemas import MAX_SEED, EmbeddingParams, ImageParams, TextGenerationParams
 from bitinglip.serving.offline import OfflineOpenAI, PoolInference, check_body
 from bitinglip.serving.protocol import (
@@ -24,17 +37,27 @@ from bitinglip.serving.protocol import (
     ImageGenerationRequest,
 )
 from bitinglip.serving.serving import OpenAIServing
+from bitinglip.types import FinishReason
 
 USER = [{"role": "user", "content": "hi"}]
 
 
-def _result(text: str, finish: str = "stop", logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {
-        "text": text,
-        "finish_reason": finish,
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-        "logprobs": logprobs,
-    }
+def _result(text: str, finish: FinishReason = "stop", logprobs: list[Logprob] | None = None) -> TextGeneration:
+    return TextGeneration(
+        text=text,
+        finish_reason=finish,
+        usage=TextUsage(prompt_tokens=3, completion_tokens=2, total_tokens=5),
+        logprobs=logprobs,
+        timings=TextTimings(queue_seconds=0.0, first_token_seconds=0.1, total_seconds=0.2, batch_size=1),
+    )
+
+
+def _embeddings(vectors: list[list[float]]) -> Embeddings:
+    return Embeddings(
+        data=vectors,
+        usage=PromptUsage(prompt_tokens=4, total_tokens=4),
+        timings=EmbeddingTimings(total_seconds=0.1, batch_size=1),
+    )
 
 
 @dataclass
@@ -42,29 +65,29 @@ class FakeBackend:
     """Records every engine call; answers with canned results."""
 
     texts: list[TextGenerationParams] = field(default_factory=list)
-    finish: str = "stop"
-    logprobs: list[dict[str, Any]] | None = None
+    finish: FinishReason = "stop"
+    logprobs: list[Logprob] | None = None
     vectors: list[list[float]] = field(default_factory=lambda: [[0.5, -1.0, 2.0]])
 
-    async def generate_text(self, params: TextGenerationParams) -> dict[str, Any]:
+    async def generate_text(self, params: TextGenerationParams) -> TextGeneration:
         self.texts.append(params)
         return _result(f"out{len(self.texts) - 1}", self.finish, self.logprobs)
 
-    async def embed(self, params: EmbeddingParams) -> dict[str, Any]:
-        return {"data": self.vectors, "usage": {"prompt_tokens": 4, "total_tokens": 4}}
+    async def embed(self, params: EmbeddingParams) -> Embeddings:
+        return _embeddings(self.vectors)
 
-    async def stream_text(self, params: TextGenerationParams) -> tuple[str, AsyncIterator[dict[str, Any]]]:
+    async def stream_text(self, params: TextGenerationParams) -> tuple[str, AsyncIterator[TextStreamEvent]]:
         self.texts.append(params)
 
-        async def events() -> AsyncIterator[dict[str, Any]]:
-            yield {"delta": "Pa"}
-            yield {"delta": "ris"}
-            yield {"result": _result("Paris", "length")}
+        async def events() -> AsyncIterator[TextStreamEvent]:
+            yield TextStreamDelta(delta="Pa")
+            yield TextStreamDelta(delta="ris")
+            yield TextStreamResult(result=_result("Paris", "length"))
 
         return "m@1", events()
 
-    async def images(self, params: ImageParams, response_format: str) -> tuple[str, str, list[dict[str, Any]]]:
-        return "img@1", "w1", [{"seed": 1, "b64_json": "AAAA"}] * params.n
+    async def images(self, params: ImageParams, response_format: str) -> tuple[str, str, list[GeneratedImage]]:
+        return "img@1", "w1", [GeneratedImage(seed=1, b64_json="AAAA")] * params.n
 
 
 @dataclass
@@ -133,7 +156,7 @@ async def test_chat_fans_out_n_choices_with_consecutive_seeds_and_sums_usage() -
 
 
 async def test_chat_logprobs_take_the_openai_shape() -> None:
-    backend = FakeBackend(logprobs=[{"token": "é", "logprob": -0.5, "top_logprobs": [("é", -0.5), ("e", -1.0)]}])
+    backend = FakeBackend(logprobs=[Logprob(token="é", logprob=-0.5, top_logprobs=[("é", -0.5), ("e", -1.0)])])
     req = ChatCompletionRequest(model="m", messages=USER, logprobs=True, top_logprobs=2)  # type: ignore[arg-type]
     response = await OpenAIServing(backend).chat(req)
     assert backend.texts[0].logprobs == 2
@@ -154,8 +177,8 @@ async def test_chat_logprobs_take_the_openai_shape() -> None:
 
 async def test_completion_echo_and_logprob_offsets() -> None:
     entries = [
-        {"token": "ab", "logprob": -0.1, "top_logprobs": [("ab", -0.1)]},
-        {"token": "c", "logprob": -0.2, "top_logprobs": [("c", -0.2)]},
+        Logprob(token="ab", logprob=-0.1, top_logprobs=[("ab", -0.1)]),
+        Logprob(token="c", logprob=-0.2, top_logprobs=[("c", -0.2)]),
     ]
     backend = FakeBackend(finish="length", logprobs=entries)
     req = CompletionRequest(model="m", prompt=["p0", "p1"], n=2, echo=True, logprobs=1)
@@ -218,10 +241,12 @@ async def test_chat_stream_is_role_deltas_finish_usage() -> None:
 
 @dataclass
 class _Result:
-    body: dict[str, Any]
+    """Stands in for an engine's result dataclass."""
 
-    def as_dict(self) -> dict[str, Any]:
-        return self.body
+    output: TextGeneration | Embeddings
+
+    def to_output(self) -> TextGeneration | Embeddings:
+        return self.output
 
 
 class FakePool:
@@ -229,7 +254,7 @@ class FakePool:
         return _Result(_result("offline"))
 
     async def embed(self, model: str, texts: list[str], priority: Any) -> _Result:
-        return _Result({"data": [[1.0]] * len(texts), "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+        return _Result(_embeddings([[1.0]] * len(texts)))
 
 
 async def test_offline_runner_returns_the_online_body() -> None:

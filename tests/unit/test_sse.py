@@ -12,6 +12,7 @@ from starlette.types import Message
 from api.inference.router import _chunks
 from api.sse import sse_response
 from bitinglip.errors import Overloaded
+from bitinglip.outputs import TextStreamDelta, TextStreamEvent
 from tests.unit.asgi import call
 
 
@@ -28,13 +29,13 @@ async def test_events_are_data_lines_then_done_with_plain_newlines() -> None:
 
 
 async def test_an_error_mid_stream_is_an_event_and_the_stream_still_ends() -> None:
-    async def events() -> AsyncIterator[dict[str, Any]]:
-        yield {"delta": "Hi"}
+    async def events() -> AsyncIterator[TextStreamEvent]:
+        yield TextStreamDelta(delta="Hi")
         raise Overloaded("the model's queue is full", retry_after=2)
 
     _, _, body, _ = await call(sse_response(_chunks("m@1", events())), "/")
     frames = body.decode().split("\n\n")
-    assert frames[0] == 'data: {"model": "m@1", "delta": "Hi"}'
+    assert frames[0] == 'data: {"model": "m@1", "delta": "Hi", "logprobs": null}'
     assert frames[1].startswith('data: {"error": {"message": "the model\'s queue is full", "type": ')
     assert frames[1].endswith('"status_code": 503}')
     assert frames[2:] == ["data: [DONE]", ""]

