@@ -12,6 +12,7 @@ from api.batches.service import BatchService
 from api.files.service import FileService
 from api.inference.metered import MeteredInference
 from api.jobs.service import JobService
+from api.models.memory import ModelMemoryService
 from api.models.service import ModelService
 from api.state import GatewayState
 from api.usage.service import UsageService
@@ -73,6 +74,10 @@ def _models(state: StateDep) -> ModelService:
     return state.models
 
 
+def _memory(state: StateDep) -> ModelMemoryService:
+    return ModelMemoryService(state.models, state.workers, state.worker_client)
+
+
 def _workers(state: StateDep) -> WorkerDirectory:
     return state.workers
 
@@ -101,6 +106,7 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 InferenceDep = Annotated[MeteredInference, Depends(_metered)]
 JobServiceDep = Annotated[JobService, Depends(_jobs)]
 ModelServiceDep = Annotated[ModelService, Depends(_models)]
+ModelMemoryDep = Annotated[ModelMemoryService, Depends(_memory)]
 WorkerDirectoryDep = Annotated[WorkerDirectory, Depends(_workers)]
 OpenAIServingDep = Annotated[OpenAIServing, Depends(_openai)]
 FileServiceDep = Annotated[FileService, Depends(_files)]

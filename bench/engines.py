@@ -153,13 +153,14 @@ def plain_llama(store: ModelStore) -> Level:
 
 COLD_START = """
 import sys, time, torch
-started = time.perf_counter()
 from bitinglip.engines.pool import ENGINES
 from bitinglip.engines.protocol import Placement
 from bitinglip.engines.batcher import BatchKnobs
 from bitinglip.engines.types import SamplingParams, TextRequest
 from bitinglip.models.store import ModelStore
-store = ModelStore(sys.argv[1]); manifest = store.resolve(sys.argv[2])
+from pathlib import Path
+started = time.perf_counter()  # a worker has its libraries imported already: from here on is the load
+store = ModelStore(Path(sys.argv[1])); manifest = store.resolve(sys.argv[2])
 engine = ENGINES[("text", manifest.backend)](manifest.id, store.path(manifest), Placement("cpu", torch.float32))
 engine.make_batcher(None, BatchKnobs(8, 5, 64, continuous=False), None)
 first = []
@@ -171,19 +172,20 @@ print(first[0] - started)
 
 
 def cold_start(store: ModelStore, name: str) -> float:
-    """A fresh process: import, load, first token of a chat reply (what `models load` then a request costs)."""
-    out = subprocess.run(
-        [sys.executable, "-c", COLD_START, str(store.root), name], capture_output=True, text=True, check=True
-    )
+    """A fresh process, libraries imported: load, then the first token of a chat reply (what a request
+    to a model that is not loaded costs a running worker)."""
+    out = subprocess.run([sys.executable, "-c", COLD_START, str(store.root), name], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"cold start of {name} failed: {out.stderr[-2000:]}")
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bitinglip-bench-store-") as root:
         store = install_both(Path(root))
+        cold = {backend: cold_start(store, name) for backend, name in BACKENDS.items()}
         ceiling = plain_llama(store)
         levels, memory = through_gateway(store)
-        cold = {backend: cold_start(store, name) for backend, name in BACKENDS.items()}
     a, b = levels["llama.cpp"], levels["transformers"]
     print(f"{CATALOG_MODEL}, streamed chat, {TOKENS} max tokens, greedy, {SECONDS:.0f} s per level")
     for backend, by_clients in levels.items():

@@ -165,7 +165,7 @@ def _credentials(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def _gateway(method: str, path: str, **kwargs: object) -> dict[str, Any]:
+def _gateway(method: str, path: str, timeout: float = 30, **kwargs: object) -> dict[str, Any]:
     """Calls the running gateway; prints its error envelope and exits non-zero on failure."""
     import httpx
 
@@ -174,7 +174,7 @@ def _gateway(method: str, path: str, **kwargs: object) -> dict[str, Any]:
         response = httpx.request(
             method,
             f"{settings.gateway_url}{path}",
-            timeout=30,
+            timeout=timeout,
             headers=_credentials(settings),
             **kwargs,  # type: ignore[arg-type]
         )
@@ -216,9 +216,96 @@ def models_rm(model: str, force: Annotated[bool, typer.Option(help="Even if a wo
 
 @models_app.command("pin")
 def models_pin(model: str, off: Annotated[bool, typer.Option("--off", help="Unpin instead.")] = False) -> None:
-    """Protect a model from disk-budget eviction (or lift the protection with --off)."""
+    """Protect a model from disk-budget eviction and from workers unloading it on their own (keep-alive,
+    memory budget); lift the protection with --off."""
     _gateway("POST", f"/api/v1/models/{model}/{'unpin' if off else 'pin'}")
     console.print(f"{model} {'unpinned' if off else 'pinned'}")
+
+
+WorkerOption = Annotated[str | None, typer.Option(help="One model worker's id (default: every healthy one).")]
+
+
+@models_app.command("load")
+def models_load(
+    model: str,
+    keep_alive: Annotated[
+        str | None,
+        typer.Option(help="Stay loaded this long after the last request: 30s, 10m, 1h; 0; -1 forever."),
+    ] = None,
+    worker: WorkerOption = None,
+) -> None:
+    """Load a model on the model workers now (unloading idle ones to make room within their budget)."""
+    body = {} if keep_alive is None else {"keep_alive": keep_alive}
+    params = {} if worker is None else {"worker": worker}
+    answer = _gateway("POST", f"/api/v1/models/{model}/load", timeout=900, json=body, params=params)
+    for outcome in answer["workers"]:
+        loaded = outcome.get("model") or {}
+        size = _megabytes(loaded.get("memory_bytes"))
+        console.print(f"{answer['model']} loaded on {outcome['worker']} ({size}, keep-alive {_keep(loaded)})")
+
+
+@models_app.command("unload")
+def models_unload(
+    model: str,
+    force: Annotated[bool, typer.Option(help="Even with requests running (they fail).")] = False,
+    worker: WorkerOption = None,
+) -> None:
+    """Unload a model from the model workers (409 while it serves requests, unless --force)."""
+    params = {"force": str(force).lower(), **({} if worker is None else {"worker": worker})}
+    answer = _gateway("POST", f"/api/v1/models/{model}/unload", timeout=120, params=params)
+    for outcome in answer["workers"]:
+        what = "unloaded from" if outcome["status"] == "unloaded" else "was not loaded on"
+        console.print(f"{answer['model']} {what} {outcome['worker']}")
+
+
+@app.command()
+def ps() -> None:
+    """What is loaded where: memory against each worker's budget, idle time, when an idle model is
+    unloaded, requests (as of each worker's last heartbeat)."""
+    body = _gateway("GET", "/api/v1/workers")
+    table = Table("worker", "model", "backend", "memory", "idle", "expires in", "requests")
+    for w in body["model_workers"]:
+        budget = w.get("memory_budget_bytes")
+        used = _megabytes(w.get("memory_used_bytes")) + (f" of {_megabytes(budget)}" if budget else " (no budget)")
+        table.add_row(w["id"], f"{len(w['models'])} loaded", "", used, "", "", "")
+        for m in w["models"]:
+            table.add_row(
+                "",
+                m["id"] + (" (pinned)" if m.get("pinned") else ""),
+                m.get("backend", ""),
+                _megabytes(m.get("memory_bytes")),
+                _seconds(m.get("idle_s")),
+                _expires(m),
+                f"{m['running']} running, {m['waiting']} waiting",
+            )
+        table.add_section()
+    console.print(table)
+
+
+def _megabytes(n: object) -> str:
+    return "?" if not isinstance(n, int | float) else f"{n / 1e6:,.0f} MB"
+
+
+def _seconds(s: object) -> str:
+    from bitinglip.keep_alive import describe
+
+    return "" if not isinstance(s, int | float) else describe(float(s))
+
+
+def _keep(m: dict[str, Any]) -> str:
+    from bitinglip.keep_alive import describe
+
+    return describe(m.get("keep_alive_s"))
+
+
+def _expires(m: dict[str, Any]) -> str:
+    """When an idle model is unloaded: never (pinned, or keep-alive -1), or in so long."""
+    if m.get("pinned"):
+        return "never (pinned)"
+    if "expires_in_s" not in m:
+        return "?"  # a worker from before keep-alive
+    expires = m["expires_in_s"]
+    return "never" if expires is None else f"{_seconds(expires)} (keep-alive {_keep(m)})"
 
 
 @batch_app.command("submit")

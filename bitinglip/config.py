@@ -6,9 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bitinglip import keep_alive
 from bitinglip.home_secrets import HomeSecretsSource
 
 
@@ -110,6 +111,21 @@ class Settings(BaseSettings):
     worker_stale_after_s: float = 10.0
     worker_request_timeout_s: float = 600.0
     task_worker_limit: int = Field(default=16, ge=1, description="Concurrent job runs per model worker.")
+    worker_memory_budget_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Bytes of models one worker may hold loaded; least recently used idle, unpinned models "
+        "are unloaded to make room, and a load that cannot fit is refused (503). Unset: no byte limit.",
+    )
+    max_loaded_models: int = Field(
+        default=4, ge=1, description="Most models one worker holds loaded, whatever their size (LRU out first)."
+    )
+    model_keep_alive: str | None = Field(
+        default="30m",
+        description="How long a model stays loaded after its last request when the request gives no "
+        "keep_alive (30s, 5m, 1h; 0: unload right after; -1 or unset: forever). The worker's own "
+        "BITINGLIP_WORKER_MODELS stay loaded unless a request says otherwise.",
+    )
 
     # -- engines
     device: str = Field(default="auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
@@ -209,6 +225,13 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(default=100_000_000, ge=1, description="Largest upload to /v1/files.")
     max_batch_lines: int = Field(default=50_000, ge=1, description="Most requests in one batch input file.")
 
+    @field_validator("model_keep_alive")
+    @classmethod
+    def _keep_alive_is_a_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            keep_alive.parse(value)  # refused at start, not at the first request
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -294,6 +317,13 @@ class Settings(BaseSettings):
             "image": self.default_image_model,
         }
         return defaults[task]
+
+    def keep_alive_for(self, name: str, model_id: str) -> float:
+        """Seconds a model stays loaded after a request that gives no keep_alive (keep_alive.FOREVER:
+        until evicted). The worker's own models stay warm: the operator asked this worker to serve them."""
+        if self.model_keep_alive is None or name in self.worker_models or model_id in self.worker_models:
+            return keep_alive.FOREVER
+        return keep_alive.parse(self.model_keep_alive)
 
     def batching_for(self, model: str) -> tuple[int, float, int]:
         """(max_batch_size, max_wait_ms, max_queue) for one model, overrides applied."""

@@ -110,6 +110,13 @@ class Overloaded(BitingLipError):
     code = "queue_full"
 
 
+class NoRoomToLoad(Overloaded):
+    """A worker cannot load a model within its memory budget (or model count) because what holds the
+    memory is pinned or busy. An Overloaded: busy models go idle, so an async job re-queues and retries."""
+
+    code = "memory_budget"
+
+
 class ServiceUnavailable(BitingLipError):
     status_code = 503
     type = "service_unavailable"

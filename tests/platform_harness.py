@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +115,25 @@ class Platform:
         url = f"http://127.0.0.1:{port}"
         self.sup.wait_http(f"{url}/health", timeout=60, ok=(200, 503))
         return url
+
+    def start_extra_worker(self, name: str, env: dict[str, str] | None = None) -> str:
+        """Another model worker on its own port (id `name`, same DB and Prefect), preloading nothing
+        unless `env` says so; returns its id once its heartbeat is in the registry (stop it with
+        `stop(name)`, which deregisters it)."""
+        port = free_port()
+        self.children[name] = self.sup.start(
+            name,
+            [sys.executable, "-m", "bitinglip.cli", "worker"],
+            cwd=PROJECT_DIR,
+            env={"BITINGLIP_WORKER_PORT": str(port), "BITINGLIP_WORKER_ID": name, "BITINGLIP_WORKER_MODELS": "[]"}
+            | (env or {}),
+        )
+        self.sup.wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
+        deadline = time.monotonic() + 30
+        while not any(w["id"] == name for w in self.client().get("/api/v1/workers").json()["model_workers"]):
+            assert time.monotonic() < deadline, f"worker {name} never sent a heartbeat"
+            time.sleep(0.2)
+        return name
 
     def deploy(self) -> None:
         """Work pools from work-pools/*.json and the deployments in prefect.yaml, as `up` does."""

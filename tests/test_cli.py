@@ -58,3 +58,21 @@ def test_batch_submit_watch_writes_results_next_to_the_input(platform: Platform,
     assert sorted(o["custom_id"] for o in outputs) == [f"w-{i}" for i in range(5)]
     errors = (tmp_path / "colours.errors.jsonl").read_text().splitlines()
     assert len(errors) == 1 and json.loads(errors[0])["error"]["code"] == "invalid_json"
+
+
+def test_models_load_unload_and_ps(platform: Platform) -> None:
+    unloaded = cli(platform, "models", "unload", EMBEDDING_MODEL)
+    assert unloaded.returncode == 0, unloaded.stdout + unloaded.stderr
+    assert f"{EMBEDDING_MODEL}@main unloaded from {platform.settings.worker_name}" in unloaded.stdout
+    loaded = cli(platform, "models", "load", EMBEDDING_MODEL, "--keep-alive", "10m")
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    assert "loaded on" in loaded.stdout and "keep-alive 10m" in loaded.stdout
+    shown = cli(platform, "ps")
+    assert shown.returncode == 0, shown.stderr
+    for expected in (platform.settings.worker_name, f"{EMBEDDING_MODEL}@main", "smollm2-135m-instruct@q4_1", "MB"):
+        assert expected in shown.stdout
+    assert "(keep-alive 10m)" in shown.stdout and "no budget" in shown.stdout and "0 running" in shown.stdout
+    forever = cli(platform, "models", "load", EMBEDDING_MODEL, "--keep-alive=-1")  # as the session found it
+    assert forever.returncode == 0 and "keep-alive forever" in forever.stdout
+    hostile = cli(platform, "models", "load", EMBEDDING_MODEL, "--keep-alive=-5m")
+    assert hostile.returncode == 1 and "400" in hostile.stdout and "keep_alive" in hostile.stdout

@@ -67,6 +67,8 @@ class InferenceService:
         record = await self.models.resolve(params.model or self.settings.default_embedding_model, "embedding")
         params.check_limits(self.settings)
         payload = {"model": record.id, "input": params.texts(), "priority": int(Priority.SYNC)}
+        if params.keep_alive is not None:
+            payload["keep_alive"] = params.keep_alive
         result, worker = await self._call(record.id, "/internal/v1/embeddings", payload, Embeddings)
         return RoutedEmbeddings.of(record.id, worker, result)
 

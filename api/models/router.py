@@ -1,10 +1,20 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Query, Response
 
-from api.deps import AdminDep, JobServiceDep, ModelServiceDep, PrincipalDep
+from api.deps import AdminDep, JobServiceDep, ModelMemoryDep, ModelServiceDep, PrincipalDep
 from api.jobs.schemas import JobView
-from api.models.schemas import DownloadRequest, ModelAccessRequest, ModelAccessView, ModelList, ModelView
+from api.models.schemas import (
+    DownloadRequest,
+    LoadRequest,
+    ModelAccessRequest,
+    ModelAccessView,
+    ModelList,
+    ModelMemoryView,
+    ModelView,
+)
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
 
@@ -51,6 +61,38 @@ async def pin_model(model_id: str, models: ModelServiceDep, admin: AdminDep) -> 
 @router.post("/{model_id}/unpin", response_model=ModelView)
 async def unpin_model(model_id: str, models: ModelServiceDep, admin: AdminDep) -> ModelView:
     return await models.pin(model_id, False, admin)
+
+
+WorkerParam = Annotated[
+    str | None, Query(max_length=200, description="One model worker's id; default: every healthy one.")
+]
+
+
+@router.post("/{model_id}/load", response_model=ModelMemoryView)
+async def load_model(
+    model_id: str,
+    memory: ModelMemoryDep,
+    admin: AdminDep,
+    body: LoadRequest | None = None,
+    worker: WorkerParam = None,
+) -> ModelMemoryView:
+    """(admin) Load the model now and keep it loaded for `keep_alive` after its last request; least
+    recently used idle, unpinned models are unloaded to make room. 503 when a worker's memory budget
+    cannot fit it (pinned or busy models hold the rest)."""
+    return await memory.load(model_id, body.keep_alive if body else None, worker, admin)
+
+
+@router.post("/{model_id}/unload", response_model=ModelMemoryView)
+async def unload_model(
+    model_id: str,
+    memory: ModelMemoryDep,
+    admin: AdminDep,
+    force: bool = Query(default=False, description="Even with requests waiting or running (they fail)."),
+    worker: WorkerParam = None,
+) -> ModelMemoryView:
+    """(admin) Unload the model (NAME: every revision loaded); 409 while it has requests waiting or
+    running, unless `force`."""
+    return await memory.unload(model_id, force, worker, admin)
 
 
 @router.get("/{model_id}/access", response_model=ModelAccessView)

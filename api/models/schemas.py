@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
 from bitinglip.db.tables import ModelRecord
+from bitinglip.keep_alive import KeepAlive
 from bitinglip.models.access import AccessRule
 from bitinglip.models.backends import RequestedBackend
 from bitinglip.models.catalog import Task
+from bitinglip.schemas import KEEP_ALIVE_HELP
 
 
 class ModelView(BaseModel):
@@ -102,3 +104,22 @@ class ModelAccessView(BaseModel):
             updated_by=rule.updated_by,
             updated_at=rule.updated_at,
         )
+
+
+class LoadRequest(BaseModel):
+    keep_alive: KeepAlive | None = Field(default=None, description=KEEP_ALIVE_HELP)
+
+
+class WorkerOutcome(BaseModel):
+    worker: str
+    status: Literal["loaded", "unloaded", "not_loaded"]
+    model: dict[str, Any] | None = Field(
+        default=None, description="After a load: the model as the worker reports it (bytes, keep-alive, ...)."
+    )
+
+
+class ModelMemoryView(BaseModel):
+    """What a load or unload did, worker by worker."""
+
+    model: str
+    workers: list[WorkerOutcome]

@@ -75,6 +75,11 @@ class ModelService:
         loaded = [w.id for w in workers if w.has_model(record.id)]
         return ModelView.from_record(record, loaded, with_files=True, admin=who.is_admin)
 
+    async def record(self, model_id: str, who: Principal) -> ModelRecord:
+        """The registry row of NAME (its newest revision) or NAME@REVISION that `who` may see, in any
+        status; else a 404."""
+        return await self._record(model_id, who)
+
     async def _record(self, model_id: str, who: Principal) -> ModelRecord:
         name, revision = split_model_id(model_id)
         records = [

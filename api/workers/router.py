@@ -13,7 +13,8 @@ log = logging.getLogger(__name__)
 
 @router.get("")
 async def list_workers(workers: WorkerDirectoryDep, settings: SettingsDep, admin: AdminDep) -> dict[str, Any]:
-    """Model workers from their heartbeats (stale ones are marked and get no traffic) and the
+    """Model workers from their heartbeats (stale ones are marked and get no traffic): what each holds
+    loaded, its bytes against the worker's budget, keep-alive and idle time (`bitinglip ps`); and the
     Prefect work-pool workers from the Prefect API."""
     model_workers = [
         {
@@ -23,6 +24,8 @@ async def list_workers(workers: WorkerDirectoryDep, settings: SettingsDep, admin
             "healthy": w.healthy,
             "heartbeat_age_s": round(w.heartbeat_age_s, 2),
             "queue_depth": w.queue_depth,
+            "memory_budget_bytes": w.memory_budget_bytes,
+            "memory_used_bytes": w.memory_used_bytes,
             "models": w.models,
         }
         for w in await workers.workers(fresh=True)

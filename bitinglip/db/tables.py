@@ -133,6 +133,7 @@ class Worker(Base):
     device: Mapped[str] = mapped_column(String(50))
     models: Mapped[list[Any]] = mapped_column(JSON, default=list)
     queue_depth: Mapped[int] = mapped_column(Integer, default=0)
+    memory_budget_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # None: no byte limit
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
 

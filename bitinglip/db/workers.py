@@ -25,7 +25,14 @@ class LoadedModel(TypedDict):
     running: int  # requests in the batch being computed
     load_seconds: float
     tokens_per_s: float
-    memory_bytes: NotRequired[int]  # weights and buffers it holds; absent from older workers' rows
+    # Absent from older workers' rows:
+    memory_bytes: NotRequired[int]  # weights and buffers it holds
+    backend: NotRequired[str]  # what serves it (transformers, llama.cpp)
+    pinned: NotRequired[bool]  # never unloaded to make room for another model
+    keep_alive_s: NotRequired[float]  # stays loaded this long after its last request; -1: forever
+    expires_in_s: NotRequired[float | None]  # when idle, unloaded after this; None: never
+    idle_s: NotRequired[float]  # since its last request ended (0 while busy)
+    last_used: NotRequired[str]  # ISO 8601 UTC time of its last request
 
 
 def loaded_model(entry: Mapping[str, Any]) -> LoadedModel:
@@ -41,6 +48,19 @@ def loaded_model(entry: Mapping[str, Any]) -> LoadedModel:
     )
     if entry.get("memory_bytes") is not None:
         model["memory_bytes"] = int(entry["memory_bytes"])
+    if entry.get("backend") is not None:
+        model["backend"] = str(entry["backend"])
+    if entry.get("pinned") is not None:
+        model["pinned"] = bool(entry["pinned"])
+    if entry.get("keep_alive_s") is not None:
+        model["keep_alive_s"] = float(entry["keep_alive_s"])
+    if entry.get("idle_s") is not None:
+        model["idle_s"] = float(entry["idle_s"])
+    if "expires_in_s" in entry:
+        expires = entry["expires_in_s"]
+        model["expires_in_s"] = None if expires is None else float(expires)
+    if entry.get("last_used") is not None:
+        model["last_used"] = str(entry["last_used"])
     return model
 
 
@@ -53,6 +73,12 @@ class WorkerInfo:
     queue_depth: int
     heartbeat_age_s: float
     healthy: bool  # heartbeat fresh: the worker gets traffic and keeps its jobs
+    memory_budget_bytes: int | None = None  # what its models may hold; None: no byte limit
+
+    @property
+    def memory_used_bytes(self) -> int:
+        """What its loaded models hold, as their last heartbeat measured it."""
+        return sum(m.get("memory_bytes", 0) for m in self.models)
 
     def has_model(self, model_id: str) -> bool:
         """Warm under this id (NAME@REVISION) or name."""
@@ -76,6 +102,7 @@ class WorkerRegistry:
         queue_depth: int,
         started_at: datetime,
         at: datetime | None = None,
+        memory_budget_bytes: int | None = None,
     ) -> None:
         """Register the worker, or refresh its row: where it is, what it holds, how busy it is."""
         with self.db.session() as s:
@@ -86,6 +113,7 @@ class WorkerRegistry:
                     device=device,
                     models=[dict(m) for m in models],
                     queue_depth=queue_depth,
+                    memory_budget_bytes=memory_budget_bytes,
                     started_at=started_at,
                     heartbeat_at=at or datetime.now(UTC),
                 )
@@ -115,6 +143,7 @@ class WorkerRegistry:
                     queue_depth=w.queue_depth,
                     heartbeat_age_s=age,
                     healthy=age <= self.stale_after_s,
+                    memory_budget_bytes=w.memory_budget_bytes,
                 )
             )
         return infos

@@ -122,13 +122,16 @@ class Batcher(ABC, Generic[I, R]):
         self._items = 0
         self._last_batch_seconds = 1.0
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher:{self.name}")
 
     async def stop(self) -> None:
-        """End the loop; every request waiting or being computed fails with the reason."""
+        """End the loop for good; every request waiting or being computed fails with the reason, and so
+        does any later submit (the engine behind it may be unloaded next)."""
+        self._closed = True
         shutting_down = Overloaded(f"model {self.name!r} is shutting down")
         _fail(self._release_running(), shutting_down)  # first: a cancelled loop forgets its batch
         if self._task is not None:
@@ -158,9 +161,11 @@ class Batcher(ABC, Generic[I, R]):
                     retry_after=self._last_batch_seconds,
                 )
         else:
-            while len(self._heap) >= self.max_queue:
+            while len(self._heap) >= self.max_queue and not self._closed:
                 self._room.clear()
                 await self._room.wait()
+        if self._closed:  # stopped while this one waited for room: never start a loop on it again
+            raise Overloaded(f"model {self.name!r} is shutting down")
         self.start()
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._heap, _Pending(priority, next(self._seq), time.monotonic(), item, future))

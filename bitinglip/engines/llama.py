@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -25,18 +26,19 @@ from typing import Any, cast
 
 import llama_cpp
 import numpy as np
+from jinja2 import TemplateError
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from bitinglip.engines.batcher import Batcher, BatchKnobs, ContinuousBatcher, DynamicBatcher
 from bitinglip.engines.protocol import Placement
-from bitinglip.engines.rows import MIN_LOGPROB, Row
+from bitinglip.engines.rows import MAX_TEMPERATURE, MIN_LOGPROB, Row, check_context
 from bitinglip.engines.types import GenerationFailed, TextRequest, TextResult, TokenLogprob
-from bitinglip.errors import ContextLengthExceeded, InvalidRequest
+from bitinglip.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-MAX_TEMPERATURE = 1e4  # as in the transformers engine: above this, sampling is as good as uniform
 PROMPT_CHUNK = 512  # tokens per llama_decode call while prefilling (llama.cpp's n_batch)
+HEAD_OF_LINE_S = 2.0  # how long a request that does not fit yet lets smaller ones pass it
 
 
 @llama_cpp.llama_log_callback
@@ -97,7 +99,11 @@ class LlamaEngine:
         model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), params)
         if not model:
             raise RuntimeError(f"llama.cpp could not load {gguf.name}")
-        return cls(name, model, placement.threads or os.cpu_count() or 1, placement.kv_tokens)
+        try:
+            return cls(name, model, placement.threads or os.cpu_count() or 1, placement.kv_tokens)
+        except BaseException:
+            llama_cpp.llama_model_free(model)
+            raise
 
     # -- the Engine protocol
 
@@ -114,9 +120,13 @@ class LlamaEngine:
         """Weights plus the KV cache (f16 keys and values for every cell of every layer)."""
         model = self.model
         n_layer = llama_cpp.llama_model_n_layer(model)
-        head_dim = llama_cpp.llama_model_n_embd(model) // max(llama_cpp.llama_model_n_head(model), 1)
-        kv_width = head_dim * llama_cpp.llama_model_n_head_kv(model)
-        cache = 2 * n_layer * kv_width * 2 * self.kv_tokens if self._ctx is not None else 0
+        n_head_kv = llama_cpp.llama_model_n_head_kv(model)
+        default_dim = llama_cpp.llama_model_n_embd(model) // max(llama_cpp.llama_model_n_head(model), 1)
+        arch = self._meta("general.architecture") or ""
+        key_dim = int(self._meta(f"{arch}.attention.key_length") or default_dim)  # set where it differs
+        value_dim = int(self._meta(f"{arch}.attention.value_length") or default_dim)
+        per_cell = n_layer * n_head_kv * (key_dim + value_dim) * 2  # f16 keys and values
+        cache = per_cell * self.kv_tokens if self._ctx is not None else 0
         return int(llama_cpp.llama_model_size(model)) + cache
 
     def unload(self) -> None:
@@ -163,6 +173,9 @@ class LlamaEngine:
     def _meta(self, key: str) -> str | None:
         buffer = ctypes.create_string_buffer(1 << 16)
         n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buffer, len(buffer))
+        if n >= len(buffer):  # a longer value (a big chat template): n is its length
+            buffer = ctypes.create_string_buffer(n + 1)
+            n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buffer, len(buffer))
         return buffer.value.decode(errors="replace") if n >= 0 else None
 
     def _token_text(self, token: int) -> str:
@@ -176,31 +189,34 @@ class LlamaEngine:
                 raise InvalidRequest("messages must not be empty", param="messages")
             if self._chat is None:
                 raise InvalidRequest(f"model {self.name!r} has no chat template; send a prompt", param="messages")
-            return self._tokenize(self._chat(messages=cast(Any, messages)).prompt)  # OpenAI-shaped dicts
+            try:
+                rendered = self._chat(messages=cast(Any, messages))  # OpenAI-shaped dicts
+            except (TemplateError, ValueError) as exc:  # the template's own checks (e.g. roles must alternate)
+                raise InvalidRequest(
+                    f"the model's chat template refused these messages: {exc}", param="messages"
+                ) from exc
+            # a template that writes the BOS token itself must not get a second one from the tokenizer
+            return self._tokenize(rendered.prompt, add_special=not rendered.added_special)
         if prompt is None:
             raise InvalidRequest("either prompt or messages is required", param="prompt")
         return self._tokenize(prompt)
 
-    def _tokenize(self, text: str) -> list[int]:
+    def _tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Special tokens written in the text are parsed as such, as transformers' tokenizers do."""
         data = text.encode()
         size = len(data) + 8
         tokens = (llama_cpp.llama_token * size)()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, size, True, True)
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, size, add_special, True)
         if n < 0:  # the buffer was too small: -n is what it needs
             size = -n
             tokens = (llama_cpp.llama_token * size)()
-            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, size, True, True)
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, size, add_special, True)
+        if n < 0:
+            raise InvalidRequest("the prompt could not be tokenized", param="prompt")
         return list(tokens[:n])
 
     def check_length(self, input_ids: list[int], max_tokens: int) -> None:
-        if not input_ids:
-            raise InvalidRequest("prompt is empty", param="prompt")
-        if len(input_ids) + max_tokens > self.context_length:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.context_length} tokens; the prompt has "
-                f"{len(input_ids)} tokens and max_tokens is {max_tokens}.",
-                param="max_tokens" if len(input_ids) < self.context_length else "prompt",
-            )
+        check_context(input_ids, max_tokens, self.context_length)
 
     # -- decoding (the compute thread)
 
@@ -218,27 +234,37 @@ class LlamaEngine:
     def _decode_text(self, tokens: list[int]) -> str:
         return b"".join(self._piece(t) for t in tokens).decode(errors="replace")
 
-    def _admit(self) -> list[_Seq]:
-        """Waiting requests that fit, oldest first, each in a free slot with its cells reserved."""
+    def _admit(self) -> tuple[list[_Seq], list[_Seq]]:
+        """Waiting requests that fit, each in a free slot with its cells reserved, and the waiting ones
+        cancelled meanwhile (ended without running). One that does not fit lets smaller ones behind it
+        pass, until it has waited HEAD_OF_LINE_S: then nobody passes it and the batch drains for it."""
         admitted: list[_Seq] = []
+        cancelled: list[_Seq] = []
         reserved = sum(row.reserved for row in self._running)
-        while self._waiting and self._free:
-            request = self._waiting[0]
+        now = time.perf_counter()
+        for request in list(self._waiting):
+            if request.cancelled.is_set():
+                self._waiting.remove(request)
+                cancelled.append(_Seq(request, finish="cancelled"))
+                continue
+            if not self._free:
+                continue
             need = len(request.input_ids) + request.sampling.max_tokens
             if (self._running or admitted) and reserved + need > self.kv_tokens:
-                break  # it waits for a running row to finish and give its cells back
-            self._waiting.popleft()
+                if now - request.enqueued_at > HEAD_OF_LINE_S:
+                    break
+                continue
+            self._waiting.remove(request)
             seed = request.sampling.seed
-            row = _Seq(request, slot=self._free.pop(), reserved=need, rng=np.random.default_rng(seed))
-            admitted.append(row)
+            admitted.append(_Seq(request, slot=self._free.pop(), reserved=need, rng=np.random.default_rng(seed)))
             reserved += need
-        return admitted
+        return admitted, cancelled
 
     def step(self, admitted: list[TextRequest]) -> list[tuple[TextRequest, TextResult | GenerationFailed]]:
         """Continuous batching, one iteration: one token for every running row, the whole prompt of
         every newly admitted one, in as few `llama_decode` calls as the batch size allows."""
         self._waiting.extend(admitted)
-        fresh = self._admit()
+        fresh, cancelled = self._admit()
         work: list[tuple[int, int, _Seq, bool]] = [(row.pending, row.position, row, True) for row in self._running]
         for row in self._running:
             row.position += 1
@@ -261,7 +287,7 @@ class LlamaEngine:
                 self._free.append(row.slot)
             self._running = [row for row in self._running if not row.done]
         size = len(self._running) + len(done)
-        return [(row.request, row.result(size)) for row in done]
+        return [(row.request, row.result(size)) for row in done + cancelled]
 
     def _decode(self, work: list[tuple[int, int, _Seq, bool]]) -> None:
         batch = self._batch

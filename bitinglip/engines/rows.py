@@ -9,9 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bitinglip.engines.types import FinishReason, GenerationFailed, TextDelta, TextRequest, TextResult, TokenLogprob
+from bitinglip.errors import ContextLengthExceeded, InvalidRequest
 
 # What a logprob of -inf is reported as (OpenAI's convention): JSON has no -Infinity.
 MIN_LOGPROB = -9999.0
+# Sampling at T above this is as good as uniform (logits span far less than T); capping keeps the divisor
+# finite (float32(1e300) is inf, and -inf / inf is NaN).
+MAX_TEMPERATURE = 1e4
 
 
 @dataclass
@@ -94,3 +98,21 @@ class Row:
             total_seconds=time.perf_counter() - request.enqueued_at,
             batch_size=batch_size,
         )
+
+
+def check_context(input_ids: list[int], max_tokens: int, context_length: int) -> None:
+    """Refused before queueing, in OpenAI's words, whichever backend serves the model."""
+    if not input_ids:
+        raise InvalidRequest("prompt is empty", param="prompt")
+    if len(input_ids) + max_tokens > context_length:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {context_length} tokens; the prompt has "
+            f"{len(input_ids)} tokens and max_tokens is {max_tokens}.",
+            param="max_tokens" if len(input_ids) < context_length else "prompt",
+        )
+
+
+def template_refused(exc: Exception) -> InvalidRequest:
+    """A chat template's own check failed (`raise_exception`, say "roles must alternate"): its message is
+    written for the caller, so it is passed on as a 400, not a 500."""
+    return InvalidRequest(f"the model's chat template refused these messages: {exc}", param="messages")

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bitinglip.engines.batcher import Batcher, BatchKnobs, ContinuousBatcher, DynamicBatcher
 from bitinglip.engines.device import module_bytes, release_memory
-from bitinglip.engines.rows import MIN_LOGPROB, Row
+from bitinglip.engines.rows import MAX_TEMPERATURE, MIN_LOGPROB, Row, check_context
 from bitinglip.engines.types import (
     GenerationFailed,
     SamplingParams,
@@ -35,13 +36,9 @@ from bitinglip.engines.types import (
     TextResult,
     TokenLogprob,
 )
-from bitinglip.errors import ContextLengthExceeded, InvalidRequest
+from bitinglip.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
-
-# Sampling at T above this is as good as uniform (logits span far less than T); capping keeps the divisor
-# finite (float32(1e300) is inf, and -inf / inf is NaN).
-MAX_TEMPERATURE = 1e4
 
 
 @dataclass
@@ -136,7 +133,12 @@ class TextEngine:
                 raise InvalidRequest("messages must not be empty", param="messages")
             if getattr(self.tokenizer, "chat_template", None) is None:
                 raise InvalidRequest(f"model {self.name!r} has no chat template; send a prompt", param="messages")
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            try:
+                ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            except (TemplateError, ValueError) as exc:  # the template's own checks (e.g. roles must alternate)
+                raise InvalidRequest(
+                    f"the model's chat template refused these messages: {exc}", param="messages"
+                ) from exc
             if isinstance(ids, dict) or hasattr(ids, "keys"):
                 ids = ids["input_ids"]
             return list(ids)
@@ -145,14 +147,7 @@ class TextEngine:
         return list(self.tokenizer(prompt)["input_ids"])
 
     def check_length(self, input_ids: list[int], max_tokens: int) -> None:
-        if not input_ids:
-            raise InvalidRequest("prompt is empty", param="prompt")
-        if len(input_ids) + max_tokens > self.context_length:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.context_length} tokens; the prompt has "
-                f"{len(input_ids)} tokens and max_tokens is {max_tokens}.",
-                param="max_tokens" if len(input_ids) < self.context_length else "prompt",
-            )
+        check_context(input_ids, max_tokens, self.context_length)
 
     # -- decoding
 

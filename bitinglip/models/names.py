@@ -10,7 +10,7 @@ _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def check_part(value: str, what: str) -> str:
-    if not _SAFE.match(value) or ".." in value:
+    if not _SAFE.fullmatch(value) or ".." in value:  # fullmatch: `$` would let a trailing newline in
         raise InvalidRequest(
             f"invalid {what} {value!r}: use letters, digits, '.', '_' and '-' (no path separators)",
             param=what,

@@ -63,6 +63,12 @@ def set_pinned(db: Database, model_id: str, pinned: bool) -> ModelRecord | None:
         return record
 
 
+def pinned_ids(db: Database) -> frozenset[str]:
+    """Ids of the pinned models: the store never evicts them, and workers never unload them on their own."""
+    with db.session() as s:
+        return frozenset(s.scalars(select(ModelRecord.id).where(ModelRecord.pinned.is_(True))))
+
+
 def touch(db: Database, *model_ids: str) -> None:
     """Mark models as used now: the store's LRU eviction reads `last_used_at`."""
     if not model_ids:

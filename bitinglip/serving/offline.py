@@ -49,7 +49,7 @@ class PoolInference:
         return (await self.pool.generate_text(params, Priority.BATCH)).to_output()
 
     async def embed(self, params: EmbeddingParams) -> Embeddings:
-        return (await self.pool.embed(params.model, params.texts(), Priority.BATCH)).to_output()
+        return (await self.pool.embed(params.model, params.texts(), Priority.BATCH, params.keep_alive)).to_output()
 
     async def stream_text(self, params: TextGenerationParams) -> tuple[str, AsyncIterator[TextStreamEvent]]:
         raise InvalidRequest("stream is not supported in batches", param="stream")

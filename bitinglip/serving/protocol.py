@@ -9,8 +9,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from bitinglip.keep_alive import KeepAlive
 from bitinglip.outputs import TextUsage
-from bitinglip.schemas import MAX_SEED, ChatMessage, UnicodeRequest
+from bitinglip.schemas import KEEP_ALIVE_HELP, MAX_SEED, ChatMessage, UnicodeRequest
 
 
 class OpenAIBase(UnicodeRequest):
@@ -35,6 +36,7 @@ class SamplingFields(OpenAIBase):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    keep_alive: KeepAlive | None = Field(default=None, description=KEEP_ALIVE_HELP)  # extension
 
     @field_validator("seed")
     @classmethod
@@ -49,8 +51,8 @@ class SamplingFields(OpenAIBase):
     @classmethod
     def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
         stops = [value] if isinstance(value, str) else value or []
-        if len(stops) > 8 or any(not s for s in stops):
-            raise ValueError("stop takes up to 8 non-empty strings")
+        if len(stops) > 8 or any(not s or len(s) > 256 for s in stops):
+            raise ValueError("stop takes up to 8 non-empty strings of up to 256 characters")
         return value
 
 
@@ -90,6 +92,7 @@ class EmbeddingRequest(OpenAIBase):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
+    keep_alive: KeepAlive | None = Field(default=None, description=KEEP_ALIVE_HELP)  # extension
 
 
 class EmbeddingData(BaseModel):

@@ -64,7 +64,13 @@ def _params(req: SamplingFields, index: int, **fields: Any) -> TextGenerationPar
     stop = [req.stop] if isinstance(req.stop, str) else req.stop
     try:
         return TextGenerationParams(
-            model=req.model, temperature=req.temperature, top_p=req.top_p, seed=seed, stop=stop, **fields
+            model=req.model,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=seed,
+            stop=stop,
+            keep_alive=req.keep_alive,
+            **fields,
         )
     except ValidationError as exc:
         message, param = validation_message(list(exc.errors()))
@@ -150,7 +156,9 @@ class OpenAIServing:
     async def embeddings(self, req: EmbeddingRequest) -> EmbeddingResponse:
         if ignored := req.ignored_fields():
             log.info("ignoring unsupported OpenAI fields: %s", ", ".join(ignored))
-        result = await self.inference.embed(EmbeddingParams(model=req.model, input=req.input))
+        result = await self.inference.embed(
+            EmbeddingParams(model=req.model, input=req.input, keep_alive=req.keep_alive)
+        )
         vectors = result.data
         if req.dimensions is not None and vectors and req.dimensions != len(vectors[0]):
             raise InvalidRequest(

@@ -22,12 +22,19 @@ from bitinglip.engines.types import TextDelta
 from bitinglip.errors import BitingLipError
 from bitinglip.http import WorkerTokenRequired, install_error_handlers, install_request_ids
 from bitinglip.jobs.store import JobStore
+from bitinglip.models import registry
 from bitinglip.models.store import ModelStore
-from bitinglip.outputs import TextStreamError, TextStreamEvent, TextStreamResult
+from bitinglip.outputs import ModelLoaded, ModelsUnloaded, TextStreamError, TextStreamEvent, TextStreamResult
 from bitinglip.worker.heartbeat import Heartbeat
 from bitinglip.worker.jobs import JobRunner
 from bitinglip.worker.runtime import WorkerRuntime, set_runtime
-from bitinglip.worker.schemas import WorkerEmbeddingRequest, WorkerImageRequest, WorkerTextRequest
+from bitinglip.worker.schemas import (
+    WorkerEmbeddingRequest,
+    WorkerImageRequest,
+    WorkerLoadRequest,
+    WorkerTextRequest,
+    WorkerUnloadRequest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,8 @@ def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
         if requeued := await asyncio.to_thread(jobs.requeue_worker, settings.worker_name):
             log.warning("%d job(s) left running by this worker's previous run went back to the queue", requeued)
         pool = ModelPool(settings, ModelStore(settings.store_dir))
+        with suppress(Exception):  # the DB may be briefly away: the heartbeat tells the pins soon
+            pool.pinned = await asyncio.to_thread(registry.pinned_ids, db)
         for model in settings.worker_models:
             try:
                 await pool.get(model)
@@ -78,10 +87,14 @@ def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
         runner = JobRunner(settings, pool, jobs, settings.worker_name)
         set_runtime(WorkerRuntime(settings, pool, runner))
         heartbeat = Heartbeat(settings, db, pool)
-        background = [asyncio.create_task(heartbeat.run(), name="heartbeat")]
+        background = [
+            asyncio.create_task(heartbeat.run(), name="heartbeat"),
+            asyncio.create_task(pool.run_expiry(), name="keep-alive"),
+        ]
         if serve_jobs:
             background.append(asyncio.create_task(_serve_prefect_tasks(settings), name="task-worker"))
         app.state.pool = pool
+        app.state.heartbeat = heartbeat
         unregister = metrics.register_pool(metrics.PoolCollector(pool.snapshot, _gpu_memory))
         log.info("worker %s ready on %s (%s)", settings.worker_name, settings.worker_url, pool.device)
         try:
@@ -115,6 +128,25 @@ def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
             "queue_depth": pool.queue_depth,
         }
 
+    @app.post("/internal/v1/models/{model_id}/load")
+    async def load_model(model_id: str, body: WorkerLoadRequest, request: Request) -> dict[str, Any]:
+        """Load (or keep) the model with this keep-alive; answers it as the heartbeat reports it."""
+        pool: ModelPool = request.app.state.pool
+        try:
+            loaded = await pool.load(model_id, body.keep_alive)
+            [entry] = [m for m in pool.loaded() if m["id"] == loaded.manifest.id]  # before an await: keep_alive 0
+        finally:  # a refused load may have unloaded others to make room first
+            await _beat_now(request.app)
+        return ModelLoaded(model=entry).model_dump(mode="json")
+
+    @app.post("/internal/v1/models/{model_id}/unload")
+    async def unload_model(model_id: str, body: WorkerUnloadRequest, request: Request) -> dict[str, Any]:
+        """409 while it has requests waiting or running, unless `force`."""
+        pool: ModelPool = request.app.state.pool
+        unloaded = await pool.unload(model_id, force=body.force)
+        await _beat_now(request.app)
+        return ModelsUnloaded(unloaded=unloaded).model_dump(mode="json")
+
     @app.post("/internal/v1/text", response_model=None)
     async def generate_text(body: WorkerTextRequest, request: Request) -> dict[str, Any] | StreamingResponse:
         pool: ModelPool = request.app.state.pool
@@ -126,7 +158,7 @@ def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
     @app.post("/internal/v1/embeddings")
     async def embed(body: WorkerEmbeddingRequest, request: Request) -> dict[str, Any]:
         pool: ModelPool = request.app.state.pool
-        result = await pool.embed(body.model, body.texts(), body.priority)
+        result = await pool.embed(body.model, body.texts(), body.priority, body.keep_alive)
         return result.to_output().model_dump(mode="json")
 
     @app.post("/internal/v1/images")
@@ -136,6 +168,15 @@ def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
         return result.to_output().model_dump(mode="json")
 
     return app
+
+
+async def _beat_now(app: FastAPI) -> None:
+    """After a load or unload, so the gateway's next read of the registry shows it."""
+    heartbeat: Heartbeat = app.state.heartbeat
+    try:
+        await heartbeat.beat_now()
+    except Exception as exc:  # the regular beat follows within BITINGLIP_WORKER_HEARTBEAT_S
+        log.warning("heartbeat after a load or unload failed: %s", exc)
 
 
 async def _stream(pool: ModelPool, body: WorkerTextRequest) -> AsyncIterator[bytes]:

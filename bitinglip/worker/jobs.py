@@ -150,8 +150,8 @@ class JobRunner:
         return status, result.to_output().model_dump(mode="json")
 
     async def _embedding(self, job: Job, cancelled: threading.Event) -> tuple[str, dict[str, Any]]:
-        texts = EmbeddingParams.model_validate(job.params).texts()
-        result = await self.pool.embed(job.model, texts, Priority(job.priority))
+        params = EmbeddingParams.model_validate(job.params)
+        result = await self.pool.embed(job.model, params.texts(), Priority(job.priority), params.keep_alive)
         return "completed", result.to_output().model_dump(mode="json")
 
     async def _image(self, job: Job, cancelled: threading.Event) -> tuple[str, dict[str, Any]]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from bitinglip.engines.types import Priority
-from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
+from bitinglip.keep_alive import KeepAlive
+from bitinglip.schemas import KEEP_ALIVE_HELP, EmbeddingParams, ImageParams, TextGenerationParams
 
 
 class WorkerImageRequest(ImageParams):
@@ -19,3 +20,11 @@ class WorkerEmbeddingRequest(EmbeddingParams):
 class WorkerTextRequest(TextGenerationParams):
     stream: bool = False
     priority: Priority = Field(default=Priority.SYNC)
+
+
+class WorkerLoadRequest(BaseModel):
+    keep_alive: KeepAlive | None = Field(default=None, description=KEEP_ALIVE_HELP)
+
+
+class WorkerUnloadRequest(BaseModel):
+    force: bool = Field(default=False, description="Even with requests waiting or running: they fail.")

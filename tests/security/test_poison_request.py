@@ -17,7 +17,7 @@ from tests.conftest import TEXT_MODEL
 from tests.platform_harness import Platform
 from tests.security.conftest import envelope
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION = [{"role": "user", "content": "Which city is the capital of France?"}]
 NORMAL: dict[str, Any] = {"model": TEXT_MODEL, "messages": QUESTION, "max_tokens": 10, "temperature": 0}
 GREEDY_POISON: list[dict[str, Any]] = [  # tiny temperatures: the same answer as temperature 0
     {"temperature": 1e-300},

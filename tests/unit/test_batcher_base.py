@@ -228,3 +228,24 @@ async def test_stop_fails_waiting_and_in_flight_requests_of_a_continuous_batcher
     results = await asyncio.gather(*in_flight, waiting, return_exceptions=True)
     assert all(isinstance(r, Overloaded) and "shutting down" in str(r) for r in results)
     assert batcher.stats.waiting == 0
+
+
+async def test_a_stopped_batcher_never_runs_again(executor: ThreadPoolExecutor) -> None:
+    """A background request waiting for queue room when the model is unloaded must not start a new
+    loop on the engine that is about to be freed: it fails like the rest, and so does any later one."""
+    engine = Gated()
+    batcher = dynamic(executor, engine, size=1, queue=1)
+    running = asyncio.ensure_future(batcher.submit("running", 0))
+    await until(lambda: batcher.stats.running == 1)
+    queued = asyncio.ensure_future(batcher.submit("queued", 3))
+    await until(lambda: batcher.stats.waiting == 1)
+    waiting_for_room = asyncio.ensure_future(batcher.submit("late", 3))
+    await asyncio.sleep(0.05)
+    await batcher.stop()
+    engine.gate.set()
+    for outcome in await asyncio.gather(running, queued, waiting_for_room, return_exceptions=True):
+        assert isinstance(outcome, Overloaded) and "shutting down" in str(outcome)
+    with pytest.raises(Overloaded):
+        await batcher.submit("after", 0)
+    await asyncio.sleep(0.05)
+    assert batcher._task is None and engine.batches in ([], [["running"]])  # nothing ran after the stop

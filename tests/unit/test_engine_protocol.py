@@ -21,7 +21,7 @@ from bitinglip.engines.protocol import Engine, EngineLoader, Placement, TextGene
 from bitinglip.engines.text import TextEngine
 from bitinglip.engines.types import Priority
 from bitinglip.models.store import ModelStore
-from tests.conftest import EMBEDDING_MODEL, IMAGE_MODEL, TEXT_MODEL
+from tests.conftest import EMBEDDING_MODEL, IMAGE_MODEL, TEXT_MODEL_FP32
 
 CPU = Placement("cpu", torch.float32)
 KNOBS = BatchKnobs(max_batch_size=4, max_wait_ms=5, max_queue=8)
@@ -35,7 +35,7 @@ def load(store: ModelStore, name: str) -> Engine:
 
 @pytest.fixture(scope="module")
 def engines(model_store: ModelStore) -> dict[str, Engine]:
-    return {name: load(model_store, name) for name in (TEXT_MODEL, EMBEDDING_MODEL, IMAGE_MODEL)}
+    return {name: load(model_store, name) for name in (TEXT_MODEL_FP32, EMBEDDING_MODEL, IMAGE_MODEL)}
 
 
 @pytest.fixture()
@@ -45,7 +45,7 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 
 
 def test_the_table_loads_each_task_with_its_engine(engines: dict[str, Engine]) -> None:
-    assert isinstance(engines[TEXT_MODEL], TextEngine)
+    assert isinstance(engines[TEXT_MODEL_FP32], TextEngine)
     assert isinstance(engines[EMBEDDING_MODEL], EmbeddingEngine)
     assert isinstance(engines[IMAGE_MODEL], ImageEngine)
     assert all(isinstance(e, Engine) for e in engines.values())
@@ -53,13 +53,13 @@ def test_the_table_loads_each_task_with_its_engine(engines: dict[str, Engine]) -
 
 
 def test_only_the_text_engine_generates_text(engines: dict[str, Engine]) -> None:
-    assert isinstance(engines[TEXT_MODEL], TextGenerator)
+    assert isinstance(engines[TEXT_MODEL_FP32], TextGenerator)
     assert not isinstance(engines[EMBEDDING_MODEL], TextGenerator)
     assert not isinstance(engines[IMAGE_MODEL], TextGenerator)
 
 
 def test_memory_is_the_weights_and_buffers_held(engines: dict[str, Engine]) -> None:
-    text = engines[TEXT_MODEL]
+    text = engines[TEXT_MODEL_FP32]
     assert isinstance(text, TextEngine)
     params = sum(p.numel() for p in text.model.parameters())
     assert text.memory_bytes() >= params * 4  # float32 weights, plus buffers (rotary tables)
@@ -71,7 +71,7 @@ def test_memory_is_the_weights_and_buffers_held(engines: dict[str, Engine]) -> N
 
 
 def test_each_engine_picks_its_batching_strategy(engines: dict[str, Engine], executor: ThreadPoolExecutor) -> None:
-    text = engines[TEXT_MODEL]
+    text = engines[TEXT_MODEL_FP32]
     continuous = text.make_batcher(executor, BatchKnobs(4, 5, 8, continuous=True), None)
     static = text.make_batcher(executor, KNOBS, None)
     assert isinstance(continuous, ContinuousBatcher)
@@ -98,7 +98,7 @@ async def test_pool_reports_memory_and_unloads_what_it_evicts(model_store: Model
         assert loaded_model(entry)["memory_bytes"] == entry["memory_bytes"]  # as the heartbeat stores it
         result = await pool.embed(EMBEDDING_MODEL, ["hello"], Priority.SYNC)
         assert len(result.vectors) == 1
-        await pool.get(TEXT_MODEL)  # no room: the embedding model goes
+        await pool.get(TEXT_MODEL_FP32)  # no room: the embedding model goes
         assert first.engine.memory_bytes() == 0
         assert [m["task"] for m in pool.loaded()] == ["text"]
     finally:

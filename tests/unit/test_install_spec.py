@@ -74,7 +74,14 @@ def test_what_cannot_be_resolved_says_what_to_give(settings: Settings, tmp_path:
 
 @pytest.mark.parametrize(
     ("name", "revision", "param"),
-    [("../escape", None, "name"), ("a/b", None, "name"), ("ok", "../../etc", "revision"), ("ok", "a b", "revision")],
+    [
+        ("../escape", None, "name"),
+        ("trailing\n", None, "name"),
+        ("ok", "v1\n", "revision"),
+        ("a/b", None, "name"),
+        ("ok", "../../etc", "revision"),
+        ("ok", "a b", "revision"),
+    ],
 )
 def test_hostile_names_and_revisions(
     settings: Settings, tmp_path: Path, name: str, revision: str | None, param: str

@@ -177,3 +177,41 @@ def test_it_serves_through_the_continuous_batcher(engine: LlamaEngine) -> None:
             return list(results)
 
     assert all(r.completion_tokens <= 8 for r in asyncio.run(main()))
+
+
+def test_a_template_that_refuses_the_messages_is_a_400(engine: LlamaEngine) -> None:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    own = engine._chat
+    engine._chat = Jinja2ChatFormatter(
+        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('roles must start with user') }}{% endif %}"
+        "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}",
+        eos_token="<|im_end|>",
+        bos_token="<|im_start|>",
+    )
+    try:
+        with pytest.raises(InvalidRequest, match="roles must start with user") as refused:
+            engine.encode(None, [{"role": "assistant", "content": "hi"}])
+        assert refused.value.param == "messages"
+        ids = engine.encode(None, [{"role": "user", "content": "hi"}])
+        assert ids.count(1) == 1 and ids[0] == 1  # the template's BOS, and no second one from the tokenizer
+    finally:
+        engine._chat = own
+
+
+def test_small_requests_pass_one_that_waits_for_room_and_cancelled_waiters_end() -> None:
+    small = _engine(slots=4, kv_tokens=256)
+    try:
+        prompt = small.encode("Once upon a time", None)
+        first = TextRequest(prompt, greedy(max_tokens=150))
+        big = TextRequest(prompt, greedy(max_tokens=200))  # does not fit beside the first
+        tiny = TextRequest(prompt, greedy(max_tokens=4))  # fits: passes the big one
+        gone = TextRequest(prompt, greedy(max_tokens=4))
+        small.step([first])
+        gone.cancelled.set()
+        ended = {id(r): ok(res) for r, res in small.step([big, tiny, gone])}
+        assert ended[id(gone)].finish_reason == "cancelled" and ended[id(gone)].completion_tokens == 0
+        assert {row.request.sampling.max_tokens for row in small._running} == {150, 4}
+        assert big in small.running_requests()  # still waiting, inside the engine
+    finally:
+        small.unload()

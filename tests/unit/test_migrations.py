@@ -37,7 +37,6 @@ from bitinglip.db.tables import (
     ModelRecord,
     User,
     UserLimits,
-    Worker,
 )
 from bitinglip.models.access import get_rule, set_rule
 
@@ -76,7 +75,10 @@ def upgrade_to(engine: Engine, revision: str) -> None:
 
 
 # Columns later revisions added to first-wave tables, with what old rows read there.
-ADDED_COLUMNS: dict[str, dict[str, Any]] = {"models": {"backend": "transformers"}}  # 0003
+ADDED_COLUMNS: dict[str, dict[str, Any]] = {
+    "models": {"backend": "transformers"},  # 0003
+    "workers": {"memory_budget_bytes": None},  # 0004
+}
 
 
 def old_create_all(engine: Engine) -> None:
@@ -156,10 +158,18 @@ def write_first_wave_rows(engine: Engine) -> None:
                     line_count=7,
                     created_at=T0,
                 ),
-                Worker(id="w1", url="http://127.0.0.1:9001", device="cpu", models=["tiny@main"], queue_depth=2),
             ]
         )
     write_first_wave_models(engine)
+    write_first_wave_workers(engine)
+
+
+def write_first_wave_workers(engine: Engine) -> None:
+    """Like the models: today's Worker has a column the first wave's table lacks (ADDED_COLUMNS)."""
+    row = {"id": "w1", "url": "http://127.0.0.1:9001", "device": "cpu", "models": ["tiny@main"], "queue_depth": 2}
+    row |= {"started_at": T0, "heartbeat_at": T0}
+    with engine.begin() as conn:
+        conn.execute(insert(Table("workers", MetaData(), autoload_with=conn)), [row])
 
 
 def write_first_wave_models(engine: Engine) -> None:
@@ -228,7 +238,7 @@ def assert_today_and_usable(db: Database) -> None:
     """Today's schema, exactly, and today's code works on it: limits, the usage ledger, access rules."""
     assert tables_of(db.engine) == SECURITY | {VERSION_TABLE}
     with db.engine.connect() as conn:
-        assert schema_revision(conn) == schema_head() == "0003_model_backend"
+        assert schema_revision(conn) == schema_head() == "0004_worker_memory"
     assert schema_diff(db.engine) == []  # what autogenerate would write: nothing
 
     with db.session() as s:

@@ -113,10 +113,14 @@ def test_seed_must_leave_room_for_n_choices() -> None:
         ChatCompletionRequest(model="m", messages=USER, n=2, seed=MAX_SEED)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("stop", [[""], ["x"] * 9])
-def test_stop_takes_up_to_eight_non_empty_strings(stop: list[str]) -> None:
+@pytest.mark.parametrize("stop", [[""], ["x"] * 9, "y" * 257, ["ok", "z" * 10_000]])
+def test_stop_takes_up_to_eight_short_non_empty_strings(stop: str | list[str]) -> None:
+    """Every token checks every stop string on the one compute thread: a huge one would slow everyone."""
     with pytest.raises(ValidationError, match="stop takes up to 8"):
         CompletionRequest(model="m", prompt="p", stop=stop)
+    if isinstance(stop, list) and len(stop) <= 8 and all(stop):
+        with pytest.raises(ValidationError):
+            TextGenerationParams(prompt="p", stop=stop)
 
 
 def test_completion_prompts_times_n_is_bounded() -> None:
@@ -253,7 +257,7 @@ class FakePool:
     async def generate_text(self, params: TextGenerationParams, priority: Any) -> _Result:
         return _Result(_result("offline"))
 
-    async def embed(self, model: str, texts: list[str], priority: Any) -> _Result:
+    async def embed(self, model: str, texts: list[str], priority: Any, keep_alive: Any = None) -> _Result:
         return _Result(_embeddings([[1.0]] * len(texts)))
 
 
