@@ -32,7 +32,7 @@ def test_status_shows_every_component(platform: Platform) -> None:
 def test_models_show_and_errors(platform: Platform) -> None:
     shown = cli(platform, "models", "show", "smollm2-135m-instruct")
     assert shown.returncode == 0, shown.stderr
-    assert "model.safetensors" in shown.stdout and "ready" in shown.stdout
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in shown.stdout and "ready" in shown.stdout  # served as installed
     missing = cli(platform, "models", "rm", "no-such-model")
     assert missing.returncode == 1 and "404" in missing.stdout
     loaded = cli(platform, "models", "rm", "smollm2-135m-instruct")

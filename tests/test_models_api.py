@@ -97,7 +97,8 @@ def test_a_llama_cpp_download_installs_the_gguf_as_it_is(platform: Platform) -> 
     assert model["backend"] == "llama.cpp" and list(model["files"]) == [GGUF]
     listed = {m["id"]: m["backend"] for m in client.get("/api/v1/models").json()["data"]}
     assert listed["smollm2-gguf@main"] == "llama.cpp"
-    assert listed["smollm2-135m-instruct@q4_1"] == "transformers"  # the session's store, converted
+    assert listed["smollm2-135m-instruct@q4_1"] == "llama.cpp"  # the session's store: auto picked it
+    assert listed["smollm2-135m-fp32@q4_1"] == "transformers"  # and the copy converted on purpose
     assert client.delete("/api/v1/models/smollm2-gguf@main").status_code == 204
 
 

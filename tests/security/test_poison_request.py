@@ -2,7 +2,10 @@
 which once turned sampling into NaN and failed the whole continuous batch, tiny top_p, logprobs) sent
 concurrently with normal chat requests to the running platform. Every normal request answers 200 with
 its usual answer; no poison request gets a 500: tiny temperatures decode greedily, out-of-range values
-are refused with 400."""
+are refused with 400. On both text backends: transformers gives the same greedy answer in any batch, so
+there every answer must equal the lone one; llama.cpp's batched kernels round differently with the batch's
+shape, so a greedy answer may change with its neighbours there, and the test asks every answer to be a
+real one (200, no error event, not empty) instead."""
 
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.conftest import TEXT_MODEL
+from tests.conftest import TEXT_MODEL, TEXT_MODEL_FP32
 from tests.platform_harness import Platform
 from tests.security.conftest import envelope
 
@@ -57,10 +61,15 @@ def _streamed(client: httpx.Client, body: dict[str, Any]) -> tuple[int, str, lis
     return 200, text, errors
 
 
-def test_poison_requests_fail_nobody_else(platform: Platform) -> None:
+@pytest.mark.parametrize(("model", "batch_invariant"), [(TEXT_MODEL_FP32, True), (TEXT_MODEL, False)])
+def test_poison_requests_fail_nobody_else(platform: Platform, model: str, batch_invariant: bool) -> None:
+    normal_body = {**NORMAL, "model": model}
     with platform.client() as client:
-        expected = _content(client.post("/v1/chat/completions", json=NORMAL))  # alone, before the storm
+        expected = _content(client.post("/v1/chat/completions", json=normal_body))  # alone, before the storm
     assert "Paris" in expected
+
+    def same(answer: str) -> bool:
+        return answer == expected if batch_invariant else bool(answer.strip())
 
     local = threading.local()
     clients: list[httpx.Client] = []
@@ -69,7 +78,7 @@ def test_poison_requests_fail_nobody_else(platform: Platform) -> None:
         if not hasattr(local, "client"):
             local.client = platform.client(timeout=540)  # a shared CPU box can be slow; a hang still fails
             clients.append(local.client)
-        body = NORMAL if extra is None else {**NORMAL, **extra}
+        body = normal_body if extra is None else {**normal_body, **extra}
         if stream:
             return _streamed(local.client, body)
         return local.client.post("/v1/chat/completions", json=body)
@@ -85,10 +94,10 @@ def test_poison_requests_fail_nobody_else(platform: Platform) -> None:
         client.close()
 
     for future in normal:
-        assert _content(future.result()) == expected  # a neighbour's poison changes nothing
+        assert same(_content(future.result()))  # a neighbour's poison changes nothing
     for future, extra in zip((*greedy, *nucleus), GREEDY_POISON + NUCLEUS_POISON, strict=True):
-        assert _content(future.result()) == expected, extra  # decoded greedily, not a 500
+        assert same(_content(future.result())), extra  # decoded greedily, not a 500
     for future in refused:
         envelope(future.result(), 400, "invalid_request_error")
     status, text, errors = streamed.result()
-    assert (status, errors) == (200, []) and text == expected
+    assert (status, errors) == (200, []) and same(text)
