@@ -123,8 +123,8 @@ class Settings(BaseSettings):
     model_keep_alive: str | None = Field(
         default="30m",
         description="How long a model stays loaded after its last request when the request gives no "
-        "keep_alive (30s, 5m, 1h; 0: unload right after; -1 or unset: forever). The worker's own "
-        "BITINGLIP_WORKER_MODELS stay loaded unless a request says otherwise.",
+        "keep_alive (30s, 5m, 1h; 0: unload right after; -1: forever). A request may lengthen a loaded "
+        "model's keep-alive, never shorten it; the worker's own BITINGLIP_WORKER_MODELS stay loaded.",
     )
 
     # -- engines

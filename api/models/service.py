@@ -100,6 +100,12 @@ class ModelService:
         model_id = spec.model_id
         existing = await asyncio.to_thread(self.jobs.active, "download", model_id)
         if existing is not None:
+            if existing.params.get("backend", "auto") != spec.backend:  # not the same download: say so
+                raise Conflict(
+                    f"{model_id} is being installed for backend {existing.params.get('backend', 'auto')!r}; "
+                    "wait for it, then delete it to install it for another backend",
+                    param="backend",
+                )
             return existing, False
         params = {
             "name": spec.name,

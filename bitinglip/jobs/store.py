@@ -22,7 +22,7 @@ from bitinglip.db.paging import after_cursor
 from bitinglip.db.session import Database
 from bitinglip.db.tables import Job
 from bitinglip.errors import Conflict, NotFound
-from bitinglip.jobs.kinds import types_run_by
+from bitinglip.jobs.kinds import job_kind, types_run_by
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -169,7 +169,7 @@ class JobStore:
     def claim_for_dispatch(self, limit: int, redispatch_after: timedelta) -> dict[tuple[str, str], list[Dispatched]]:
         """Queued jobs nobody dispatched (or whose dispatch went stale), best priority first, taken
         in one atomic UPDATE ... RETURNING with what a submitter needs (owners for the run's tags,
-        params for flows that take them), grouped by (job type, model)."""
+        params for flows that take them, empty for the others), grouped by (job type, model)."""
         dispatchable = (Job.status == "queued") & (
             Job.dispatched_at.is_(None) | (Job.dispatched_at < _now() - redispatch_after)
         )
@@ -183,7 +183,9 @@ class JobStore:
             ).all()
         groups: dict[tuple[str, str], list[Dispatched]] = defaultdict(list)
         for job_id, type_, model, owner, params, _, _ in sorted(rows, key=lambda r: (r[5], r[6])):
-            groups[(type_, model)].append(Dispatched(job_id, type_, model, owner, self.cipher.open_json(params)))
+            # only a flow that shows its params gets them: prompts are not opened just to be dispatched
+            opened = self.cipher.open_json(params) if job_kind(type_).flow_takes_params else {}
+            groups[(type_, model)].append(Dispatched(job_id, type_, model, owner, opened))
         return dict(groups)
 
     def set_run(self, job_ids: list[str], run_id: str) -> None:
