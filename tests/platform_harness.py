@@ -4,6 +4,7 @@ process on free ports under a throwaway BITINGLIP_HOME, supervised like `bitingl
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -169,7 +170,11 @@ class Platform:
         from bitinglip.supervisor import _signal_group
 
         _signal_group(child.process, signal.SIGTERM)
-        child.process.wait(30)
+        try:
+            child.process.wait(30)
+        except subprocess.TimeoutExpired:  # a Prefect pool worker can sit on SIGTERM (issue #19): end it
+            _signal_group(child.process, signal.SIGKILL)
+            child.process.wait(10)
 
     def kill(self, name: str) -> None:
         child = self.children.pop(name)

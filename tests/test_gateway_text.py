@@ -27,7 +27,8 @@ def test_health_reports_every_component(platform: Platform) -> None:
     assert body["prefect"]["status"] == "ok"
     (worker,) = body["workers"]
     assert worker["healthy"]
-    assert sorted(worker["models"]) == ["all-minilm-l6-v2@main", "smollm2-135m-instruct@q4_1", "tiny-sd-test@v1"]
+    # the worker's own models, warm (other tests of the session may have loaded more on demand)
+    assert {"all-minilm-l6-v2@main", "smollm2-135m-instruct@q4_1", "tiny-sd-test@v1"} <= set(worker["models"])
 
 
 def test_models_lists_the_installed_text_model(platform: Platform) -> None:

@@ -88,6 +88,9 @@ def test_load_and_unload_by_hand_show_in_the_workers_view(platform: Platform, ma
 
 def test_a_requests_keep_alive_unloads_the_idle_model(platform: Platform, main_worker: str) -> None:
     client = platform.client()
+    # a request sets the keep-alive of a model it loads (on a loaded one it may only lengthen it)
+    assert client.post(f"/api/v1/models/{EMBEDDING_MODEL}/unload").status_code == 200
+    eventually(lambda: EMBEDDING_MODEL not in worker_view(platform, main_worker)[0])
     answered = client.post("/api/v1/inference/embeddings", json={"input": "tea", "keep_alive": "1s"})
     assert answered.status_code == 200, answered.text
     eventually(lambda: EMBEDDING_MODEL not in worker_view(platform, main_worker)[0])

@@ -286,6 +286,10 @@ class LlamaEngine:
                 llama_cpp.llama_memory_seq_rm(memory, row.slot, -1, -1)
                 self._free.append(row.slot)
             self._running = [row for row in self._running if not row.done]
+        if not self._running and not self._waiting:
+            # an idle engine starts again from an empty cache: the same request then lands in the same
+            # cells, so the same seed gives the same sampled text (cell placement changes the rounding)
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
         size = len(self._running) + len(done)
         return [(row.request, row.result(size)) for row in done + cancelled]
 
