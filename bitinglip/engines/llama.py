@@ -17,7 +17,6 @@ import ctypes
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -87,7 +86,7 @@ class LlamaEngine:
         self._slots = 0
         self._free: list[int] = []
         self._running: list[_Seq] = []
-        self._waiting: deque[TextRequest] = deque()
+        self._waiting: list[TextRequest] = []  # admitted by the batcher, waiting for KV room here
 
     @classmethod
     def load(cls, name: str, path: Path, placement: Placement) -> LlamaEngine:

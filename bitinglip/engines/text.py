@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -214,12 +213,9 @@ class TextEngine:
     def _advance_all(self, running: _Running, logits: torch.Tensor) -> list[_Row]:
         """Sample, append, stream; then drop finished and failed rows from the batch and its cache."""
         chosen, usable = self._sample(logits, running.rows)
-        now = time.perf_counter()
         keep: list[int] = []
         finished: list[int] = []
         for b, row in enumerate(running.rows):
-            if not row.tokens and not row.first_token_at:
-                row.first_token_at = now
             if not usable[b]:
                 log.warning("non-finite logits for one row on %s; that request fails alone", self.name)
                 row.error = GenerationFailed()
