@@ -36,10 +36,15 @@ class Logprob(BaseModel):
         return cls(token=lp.token, logprob=lp.logprob, top_logprobs=list(lp.top))
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0  # prompt tokens whose KV came from the engine's prefix cache
+
+
 class TextUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
 
 class TextTimings(BaseModel):

@@ -2,7 +2,7 @@
 loaded where in /api/v1/workers (what `bitinglip ps` shows), a request's keep_alive (native and OpenAI
 routes) unloading an idle model, 409 for unloading a busy model unless forced, hostile names and
 keep_alive values, and a second model worker with a small memory budget answering 503 when a model
-cannot fit next to a pinned one."""
+cannot fit next to a pinned one, from which the gateway sends requests on to a worker with room."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EMBEDDING_MODEL, IMAGE_MODEL, TEXT_MODEL
+from tests.conftest import EMBEDDING_MODEL, IMAGE_MODEL, TEXT_MODEL, TEXT_MODEL_FP32
 from tests.platform_harness import Platform
 from tests.test_gateway_text import assert_envelope
 
@@ -219,3 +219,36 @@ def test_a_worker_never_loads_past_its_budget(platform: Platform, main_worker: s
     assert unloaded.status_code == 200, unloaded.text
     outcomes = {o["worker"]: o["status"] for o in unloaded.json()["workers"]}
     assert outcomes == {main_worker: "unloaded", tight_worker: "not_loaded"}
+
+
+def test_the_gateway_takes_a_request_a_worker_has_no_room_for_elsewhere(
+    platform: Platform, main_worker: str, tight_worker: str
+) -> None:
+    """Routing sends a model that is warm nowhere to the least busy worker: the tight one, while the
+    platform's worker streams a story. The tight one cannot fit the fp32 copy (540 MB in a 150 MB
+    budget) and answers 503 `memory_budget`; nothing ran there, so the gateway asks the other worker,
+    for plain and for streamed requests alike. The client never sees the refusal."""
+    client, admin = platform.client(), platform.client()
+    story = {"messages": [{"role": "user", "content": "Write a very long story about the sea."}], "max_tokens": 2000}
+    question = [{"role": "user", "content": "Which city is the capital of France?"}]
+    with client.stream("POST", "/api/v1/inference/text", json={**story, "stream": True}) as busy:
+        assert '"delta"' in next(busy.iter_lines())  # the platform's worker is generating
+        eventually(lambda: worker_view(platform, main_worker)[1]["queue_depth"] >= 1)
+        for stream in (False, True):
+            assert admin.post(f"/api/v1/models/{TEXT_MODEL_FP32}/unload").status_code == 200
+            eventually(lambda: TEXT_MODEL_FP32 not in worker_view(platform, main_worker)[0])
+            sdk = platform.sdk()
+            if stream:
+                chunks = sdk.chat.completions.create(
+                    model=TEXT_MODEL_FP32, messages=question, max_tokens=12, temperature=0, stream=True
+                )
+                text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            else:
+                reply = sdk.chat.completions.create(
+                    model=TEXT_MODEL_FP32, messages=question, max_tokens=12, temperature=0
+                )
+                text = reply.choices[0].message.content or ""
+            assert "Paris" in text
+            assert set(worker_view(platform, tight_worker)[0]) <= {EMBEDDING_MODEL}  # it loaded nothing
+            assert TEXT_MODEL_FP32 in worker_view(platform, main_worker)[0]  # it ran there
+    assert admin.post(f"/api/v1/models/{TEXT_MODEL_FP32}/unload").status_code == 200  # as it was before

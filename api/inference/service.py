@@ -8,7 +8,7 @@ import base64
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from api.inference.schemas import RoutedEmbeddings, RoutedImages, TextInferenceResponse
@@ -17,7 +17,7 @@ from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory
 from bitinglip.config import Settings
 from bitinglip.db.workers import WorkerInfo
-from bitinglip.errors import BitingLipError, RemoteError, ServiceUnavailable
+from bitinglip.errors import BitingLipError, NoRoomToLoad, RemoteError, ServiceUnavailable
 from bitinglip.outputs import (
     Embeddings,
     GeneratedImage,
@@ -34,6 +34,17 @@ log = logging.getLogger(__name__)
 
 # What a worker answers; each carries timings the gateway completes.
 A = TypeVar("A", TextGeneration, Embeddings, ImageGeneration)
+T = TypeVar("T")
+
+WORKERS_TRIED = 3  # per request, at most: a failover bounds latency, it does not scan a large cluster
+
+
+def _nothing_ran(exc: BitingLipError) -> bool:
+    """Failures another worker may not have: this one was unreachable, or could not load the model
+    within its memory budget. Either way no work started, so trying elsewhere cannot run it twice."""
+    return isinstance(exc, ServiceUnavailable) or (
+        isinstance(exc, RemoteError) and exc.status_code == 503 and exc.code == NoRoomToLoad.code
+    )
 
 
 class InferenceService:
@@ -117,27 +128,46 @@ class InferenceService:
     async def _with_failover(
         self, model_id: str, path: str, payload: dict[str, Any], answer: type[A]
     ) -> tuple[A, WorkerInfo]:
-        """One retry on another worker when the first cannot be reached (nothing ran there)."""
+        return await self._on_some_worker(model_id, lambda worker: self.client.call(worker, path, payload, answer))
+
+    async def _on_some_worker(
+        self, model_id: str, attempt: Callable[[WorkerInfo], Awaitable[T]]
+    ) -> tuple[T, WorkerInfo]:
+        """`attempt` on the worker routing picks; on a failure where nothing ran, on another one, up
+        to WORKERS_TRIED. When no other worker is left, the last failure is the answer."""
         tried: frozenset[str] = frozenset()
-        while True:
-            worker = await self.workers.pick(model_id, exclude=tried)
+        failure: BitingLipError | None = None
+        while len(tried) < WORKERS_TRIED:
             try:
-                return await self.client.call(worker, path, payload, answer), worker
-            except ServiceUnavailable as exc:
-                log.warning("worker %s failed: %s (%r)", worker.id, exc, exc.__cause__)
-                tried = tried | {worker.id}
-                if len(tried) >= 2:
+                worker = await self.workers.pick(model_id, exclude=tried)
+            except ServiceUnavailable:
+                if failure is None:
                     raise
+                break
+            try:
+                return await attempt(worker), worker
+            except BitingLipError as exc:
+                if not _nothing_ran(exc):
+                    raise
+                log.warning("worker %s could not take %s: %s (%r)", worker.id, model_id, exc, exc.__cause__)
+                tried, failure = tried | {worker.id}, exc
+        assert failure is not None
+        raise failure
 
     async def stream_text(self, params: TextGenerationParams) -> tuple[str, AsyncIterator[TextStreamEvent]]:
         """Resolves and connects before returning, so errors up to the first token are real HTTP
         errors; the iterator then yields the worker's events."""
         model_id, payload = await self._target(params)
-        worker = await self.workers.pick(model_id)
-        events = self.client.stream_text(worker, payload)
-        first = await anext(events)
-        if isinstance(first, TextStreamError):
-            raise RemoteError(first.status_code, first.model_dump())
+
+        async def connect(worker: WorkerInfo) -> tuple[AsyncGenerator[TextStreamEvent, None], TextStreamEvent]:
+            events = self.client.stream_text(worker, payload)
+            first = await anext(events)
+            if isinstance(first, TextStreamError):
+                await events.aclose()
+                raise RemoteError(first.status_code, first.model_dump())
+            return events, first
+
+        (events, first), _ = await self._on_some_worker(model_id, connect)
 
         async def chain() -> AsyncIterator[TextStreamEvent]:
             yield first

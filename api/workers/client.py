@@ -3,7 +3,7 @@ validated into the typed outputs (`bitinglip.outputs`) as they arrive."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, TypeVar
 
 import httpx
@@ -70,7 +70,7 @@ class WorkerClient:
         except ValidationError as exc:
             raise _malformed(worker) from exc
 
-    async def stream_text(self, worker: WorkerInfo, payload: dict[str, Any]) -> AsyncIterator[TextStreamEvent]:
+    async def stream_text(self, worker: WorkerInfo, payload: dict[str, Any]) -> AsyncGenerator[TextStreamEvent, None]:
         """Yields the worker's NDJSON events; errors before the first byte raise, later ones arrive
         as an error event."""
         try:

@@ -34,9 +34,19 @@ class WorkerDirectory:
 
     async def pick(self, model_id: str, exclude: frozenset[str] = frozenset()) -> WorkerInfo:
         """Model affinity first (a worker with it warm, shortest queue), else the least busy worker,
-        which loads it on first use. Stale workers get no traffic."""
+        the one with the most free memory among equals, which loads it on first use. Stale workers
+        get no traffic."""
         healthy = [w for w in await self.workers() if w.healthy and w.id not in exclude]
         if not healthy:
             raise ServiceUnavailable("no model worker is available; retry shortly", retry_after=2)
         warm = [w for w in healthy if w.has_model(model_id)]
-        return min(warm or healthy, key=lambda w: w.queue_depth)
+        if warm:
+            return min(warm, key=lambda w: w.queue_depth)
+        return min(healthy, key=lambda w: (w.queue_depth, -_free_bytes(w)))
+
+
+def _free_bytes(worker: WorkerInfo) -> float:
+    """Room left in its memory budget; a worker without a byte budget has unbounded room."""
+    if worker.memory_budget_bytes is None:
+        return float("inf")
+    return worker.memory_budget_bytes - worker.memory_used_bytes

@@ -10,6 +10,14 @@ one compute thread runs the work.
 
 A full queue refuses at once (Overloaded, with Retry-After) instead of queueing forever.
 
+Interactive before background (docs/architecture.md §3.16): requests someone waits on (priority 0:
+sync and streaming) are taken before any background work (async jobs by their priority, then batch
+lines) at every step: in the queue, at admission into the running batch, and by preemption, where the
+engine can: when interactive requests wait and the batch is full, background rows make way and go back
+to the queue, keeping their place (the llama.cpp engine resumes them where they were, transformers
+restarts them); their jobs never fail for it. Within background work, priorities age: one level per
+`aging_s` waited, so low-priority work is late but never starved.
+
 One request must not fail its batch: an engine may put an exception in a request's result slot (that
 request fails, the others get their results), and when a whole static batch raises, its requests are
 run again one by one (`isolate=True`) so only the one that also fails alone fails, with
@@ -19,7 +27,6 @@ run again one by one (`isolate=True`) so only the one that also fails alone fail
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import logging
 import time
@@ -38,13 +45,24 @@ I = TypeVar("I")  # noqa: E741
 R = TypeVar("R")
 
 
-@dataclass(order=True)
+@dataclass
 class _Pending(Generic[I, R]):
     priority: int
     seq: int
-    arrived: float = field(compare=False)
-    item: I = field(compare=False)
-    future: asyncio.Future[R] = field(compare=False)
+    arrived: float
+    item: I
+    future: asyncio.Future[R] = field(repr=False)
+
+    @property
+    def interactive(self) -> bool:
+        return self.priority <= INTERACTIVE
+
+    def rank(self, now: float, aging_s: float) -> tuple[int, float, int]:
+        """Interactive first, in arrival order; then background work by priority, raised one level
+        per `aging_s` waited, then arrival."""
+        if self.interactive:
+            return (0, 0.0, self.seq)
+        return (1, self.priority - (now - self.arrived) / aging_s, self.seq)
 
 
 def _fail(pending: Iterable[_Pending[I, R]], exc: BaseException) -> None:
@@ -85,12 +103,14 @@ class BatcherStats:
 @dataclass(frozen=True)
 class BatchKnobs:
     """One model's batching settings (`Settings.batching_for`); `continuous` asks engines that can
-    for iteration-level batching (`Settings.text_batching`)."""
+    for iteration-level batching (`Settings.text_batching`); `aging_s`: background work gains one
+    priority level per this many seconds waited (`Settings.priority_aging_s`)."""
 
     max_batch_size: int
     max_wait_ms: float
     max_queue: int
     continuous: bool = False
+    aging_s: float = 30.0
 
 
 INTERACTIVE = 0  # Priority.SYNC: requests someone is waiting on
@@ -111,9 +131,10 @@ class Batcher(ABC, Generic[I, R]):
         self.max_batch_size = knobs.max_batch_size
         self.max_wait = knobs.max_wait_ms / 1000.0
         self.max_queue = knobs.max_queue
+        self.aging_s = knobs.aging_s
         self._executor = executor
         self._on_batch = on_batch
-        self._heap: list[_Pending[I, R]] = []
+        self._queue: list[_Pending[I, R]] = []  # small (max_queue): ranked when taken, as ages change
         self._seq = itertools.count()
         self._changed = asyncio.Event()
         self._room = asyncio.Event()  # set when requests leave the queue
@@ -141,34 +162,34 @@ class Batcher(ABC, Generic[I, R]):
             except asyncio.CancelledError:
                 pass
             self._task = None
-        _fail(self._heap, shutting_down)
-        self._heap.clear()
+        _fail(self._queue, shutting_down)
+        self._queue.clear()
         self._room.set()
 
     @property
     def stats(self) -> BatcherStats:
-        return BatcherStats(len(self._heap), self._running, self._batches, self._items)
+        return BatcherStats(len(self._queue), self._running, self._batches, self._items)
 
     async def submit(self, item: I, priority: int) -> R:
         """Interactive requests (priority 0) are refused with 503 once `max_queue` of them wait;
         background work (async jobs, batches) instead waits for room, and never takes the room that
         interactive requests need: a flood of jobs cannot turn sync traffic away."""
         if priority <= INTERACTIVE:
-            waiting = sum(1 for p in self._heap if p.priority <= INTERACTIVE)
+            waiting = sum(1 for p in self._queue if p.interactive)
             if waiting >= self.max_queue:
                 raise Overloaded(
                     f"model {self.name!r} has {waiting} requests waiting (max {self.max_queue})",
                     retry_after=self._last_batch_seconds,
                 )
         else:
-            while len(self._heap) >= self.max_queue and not self._closed:
+            while len(self._queue) >= self.max_queue and not self._closed:
                 self._room.clear()
                 await self._room.wait()
         if self._closed:  # stopped while this one waited for room: never start a loop on it again
             raise Overloaded(f"model {self.name!r} is shutting down")
         self.start()
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._heap, _Pending(priority, next(self._seq), time.monotonic(), item, future))
+        self._queue.append(_Pending(priority, next(self._seq), time.monotonic(), item, future))
         self._changed.set()
         return await future
 
@@ -182,11 +203,11 @@ class Batcher(ABC, Generic[I, R]):
 
     async def _wait_for_batch(self) -> None:
         """Until something waits, then until a full batch waits or the oldest has waited `max_wait`."""
-        while not self._heap:
+        while not self._queue:
             self._changed.clear()
             await self._changed.wait()
-        deadline = min(p.arrived for p in self._heap) + self.max_wait
-        while len(self._heap) < self.max_batch_size:
+        deadline = min(p.arrived for p in self._queue) + self.max_wait
+        while len(self._queue) < self.max_batch_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -197,13 +218,15 @@ class Batcher(ABC, Generic[I, R]):
                 break
 
     def _take(self, room: int | None = None) -> list[_Pending[I, R]]:
-        """Up to `room` (default: a full batch) waiting requests, best priority first."""
+        """Up to `room` (default: a full batch) waiting requests, best rank first."""
         limit = self.max_batch_size if room is None else room
-        batch: list[_Pending[I, R]] = []
-        while self._heap and len(batch) < limit:
-            pending = heapq.heappop(self._heap)
-            if not pending.future.done():  # cancelled while waiting: its slot goes to the next one
-                batch.append(pending)
+        self._queue = [p for p in self._queue if not p.future.done()]  # cancelled while waiting
+        if limit <= 0 or not self._queue:
+            self._room.set()
+            return []
+        now = time.monotonic()
+        self._queue.sort(key=lambda p: p.rank(now, self.aging_s))
+        batch, self._queue = self._queue[:limit], self._queue[limit:]
         self._room.set()
         return batch
 
@@ -302,7 +325,11 @@ class ContinuousBatcher(Batcher[I, R]):
     """`step(admitted)` runs on the compute thread: it adds the admitted items to the engine's running
     batch, advances everyone one iteration and returns the (item, result) pairs that finished; a result
     that is an exception fails that item alone. If `step` itself raises, the running batch's state is
-    lost and everything in flight fails with the reason (the engine isolates what it can first)."""
+    lost and everything in flight fails with the reason (the engine isolates what it can first).
+
+    `preempt(items)`, where the engine has it, runs on the compute thread between steps: the engine
+    sets aside those of `items` it can (background rows) and returns them; they go back to the queue
+    with their rank and are passed to `step` again when taken."""
 
     def __init__(
         self,
@@ -312,17 +339,21 @@ class ContinuousBatcher(Batcher[I, R]):
         executor: Executor,
         knobs: BatchKnobs,
         on_batch: Callable[[int], None] | None = None,
+        preempt: Callable[[list[I]], list[I]] | None = None,
     ) -> None:
         super().__init__(name, executor, knobs, on_batch)
         self._step = step
         self._reset = reset
+        self._preempt = preempt
         self._in_flight: dict[int, _Pending[I, R]] = {}
+        self.preempted = 0  # rows set aside for interactive requests, since the start
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if not self._in_flight:
                 await self._wait_for_batch()  # idle engine: gather a first batch briefly
+            await self._make_way()
             admitted = self._take(room=self.max_batch_size - len(self._in_flight))
             if not admitted and not self._in_flight:
                 continue
@@ -345,6 +376,31 @@ class ContinuousBatcher(Batcher[I, R]):
                 _settle(p, result)
             self._batches += 1 if admitted else 0
             self._running = len(self._in_flight)
+
+    def _victims(self) -> list[_Pending[I, R]]:
+        """Background rows to set aside so that the interactive requests waiting get a place: the
+        lowest ranked first (lowest priority, then the latest arrived, which has done the least)."""
+        waiting = sum(1 for p in self._queue if p.interactive and not p.future.done())
+        short = waiting - (self.max_batch_size - len(self._in_flight))
+        if short <= 0:
+            return []
+        now = time.monotonic()
+        background = [p for p in self._in_flight.values() if not p.interactive]
+        background.sort(key=lambda p: p.rank(now, self.aging_s), reverse=True)
+        return background[:short]
+
+    async def _make_way(self) -> None:
+        if self._preempt is None or not (victims := self._victims()):
+            return
+        loop = asyncio.get_running_loop()
+        set_aside = await loop.run_in_executor(self._executor, self._preempt, [p.item for p in victims])
+        moved = {id(item) for item in set_aside}
+        for p in victims:
+            if id(p.item) in moved:
+                del self._in_flight[id(p.item)]
+                self._queue.append(p)  # its rank is kept: seq, priority and arrival are unchanged
+        self.preempted += len(moved)
+        self._running = len(self._in_flight)
 
     def _release_running(self) -> list[_Pending[I, R]]:
         running = list(self._in_flight.values())

@@ -37,7 +37,36 @@ from bitinglip.errors import InvalidRequest
 log = logging.getLogger(__name__)
 
 PROMPT_CHUNK = 512  # tokens per llama_decode call while prefilling (llama.cpp's n_batch)
+# KV cache storage: (ggml type, bytes per value). q8_0 is 32 values in 34 bytes; a quantized V cache
+# needs flash attention, which is also what keeps batched decoding fast as sequences grow (§3.15).
+KV_TYPES = {"f16": (llama_cpp.GGML_TYPE_F16, 2.0), "q8_0": (llama_cpp.GGML_TYPE_Q8_0, 34 / 32)}
 HEAD_OF_LINE_S = 2.0  # how long a request that does not fit yet lets smaller ones pass it
+
+
+def block_end(position: int) -> int:
+    """The end of the prompt block holding `position`: blocks end at 16, 32, then every 64 tokens.
+    A prompt is prefilled one block per `llama_decode` call, so a prompt's cells hold the same values
+    whether it was prefilled whole or from a cached prefix (which always ends at a block end): a
+    repeated request repeats its text. 64-token blocks cost nothing measurable against one 512-token
+    call; the small first ones let a short chat reuse its system prompt (docs/architecture.md §3.15)."""
+    if position < 16:
+        return 16
+    if position < 32:
+        return 32
+    return (position // 64 + 1) * 64
+
+
+def reusable_prefix(cached: list[int], prompt: list[int]) -> int:
+    """How many leading tokens of `prompt` may come from the cached prefix: the longest common prefix,
+    cut to a block end, leaving at least the prompt's last token to compute (its logits are needed)."""
+    limit = min(len(cached), len(prompt) - 1)
+    common = 0
+    while common < limit and cached[common] == prompt[common]:
+        common += 1
+    end = 0
+    while (following := block_end(end)) <= common:
+        end = following
+    return end
 
 
 @llama_cpp.llama_log_callback
@@ -71,7 +100,7 @@ class _Seq(Row):
 class LlamaEngine:
     task = "text"
 
-    def __init__(self, name: str, model: Any, threads: int, kv_tokens: int) -> None:
+    def __init__(self, name: str, model: Any, threads: int, kv_tokens: int, kv_type: str = "q8_0") -> None:
         self.name = name
         self.model = model
         self.vocab = llama_cpp.llama_model_get_vocab(model)
@@ -79,6 +108,7 @@ class LlamaEngine:
         self.threads = threads
         self.context_length = int(min(llama_cpp.llama_model_n_ctx_train(model), kv_tokens))
         self.kv_tokens = kv_tokens
+        self.kv_type = kv_type
         self._pieces: dict[int, bytes] = {}
         self._chat = self._chat_formatter()
         self._ctx: Any = None
@@ -87,6 +117,9 @@ class LlamaEngine:
         self._free: list[int] = []
         self._running: list[_Seq] = []
         self._waiting: list[TextRequest] = []  # admitted by the batcher, waiting for KV room here
+        self._cache_seq = 0  # a sequence id no request uses: it holds the cached prompt prefix
+        self._cached: list[int] = []  # the tokens whose cells it holds, positions 0..len-1
+        self._paused: dict[int, _Seq] = {}  # rows set aside by `preempt`, by id of their request
 
     @classmethod
     def load(cls, name: str, path: Path, placement: Placement) -> LlamaEngine:
@@ -99,7 +132,8 @@ class LlamaEngine:
         if not model:
             raise RuntimeError(f"llama.cpp could not load {gguf.name}")
         try:
-            return cls(name, model, placement.threads or os.cpu_count() or 1, placement.kv_tokens)
+            threads = placement.threads or os.cpu_count() or 1
+            return cls(name, model, threads, placement.kv_tokens, placement.kv_type)
         except BaseException:
             llama_cpp.llama_model_free(model)
             raise
@@ -112,11 +146,11 @@ class LlamaEngine:
         """The context (and its KV cache) is made here: its sequence slots are the batch size."""
         self._open_context(knobs.max_batch_size)
         if knobs.continuous:
-            return ContinuousBatcher(self.name, self.step, self.reset, executor, knobs, on_batch)
+            return ContinuousBatcher(self.name, self.step, self.reset, executor, knobs, on_batch, self.preempt)
         return DynamicBatcher(self.name, self.run_batch, executor, knobs, on_batch, isolate=False)
 
     def memory_bytes(self) -> int:
-        """Weights plus the KV cache (f16 keys and values for every cell of every layer)."""
+        """Weights plus the KV cache (keys and values for every cell of every layer)."""
         model = self.model
         n_layer = llama_cpp.llama_model_n_layer(model)
         n_head_kv = llama_cpp.llama_model_n_head_kv(model)
@@ -124,8 +158,8 @@ class LlamaEngine:
         arch = self._meta("general.architecture") or ""
         key_dim = int(self._meta(f"{arch}.attention.key_length") or default_dim)  # set where it differs
         value_dim = int(self._meta(f"{arch}.attention.value_length") or default_dim)
-        per_cell = n_layer * n_head_kv * (key_dim + value_dim) * 2  # f16 keys and values
-        cache = per_cell * self.kv_tokens if self._ctx is not None else 0
+        per_cell = n_layer * n_head_kv * (key_dim + value_dim) * KV_TYPES[self.kv_type][1]
+        cache = int(per_cell * self.kv_tokens) if self._ctx is not None else 0
         return int(llama_cpp.llama_model_size(model)) + cache
 
     def unload(self) -> None:
@@ -140,9 +174,11 @@ class LlamaEngine:
         params.n_ctx = self.kv_tokens
         params.n_batch = PROMPT_CHUNK
         params.n_ubatch = PROMPT_CHUNK
-        params.n_seq_max = slots
+        params.n_seq_max = slots + 1  # and one for the prompt-prefix cache
         params.kv_unified = True  # one pool of cells for all sequences: a long request may use most
         params.n_threads = params.n_threads_batch = self.threads
+        params.type_k = params.type_v = KV_TYPES[self.kv_type][0]
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self.model, params)
         if not self._ctx:
@@ -150,6 +186,8 @@ class LlamaEngine:
         self._batch = llama_cpp.llama_batch_init(PROMPT_CHUNK + slots, 0, 1)
         self._slots = slots
         self._free = list(range(slots))
+        self._cache_seq = slots
+        self._cached = []
 
     def _close_context(self) -> None:
         if self._batch is not None:
@@ -236,7 +274,8 @@ class LlamaEngine:
     def _admit(self) -> tuple[list[_Seq], list[_Seq]]:
         """Waiting requests that fit, each in a free slot with its cells reserved, and the waiting ones
         cancelled meanwhile (ended without running). One that does not fit lets smaller ones behind it
-        pass, until it has waited HEAD_OF_LINE_S: then nobody passes it and the batch drains for it."""
+        pass, until it has waited HEAD_OF_LINE_S: then nobody passes it and the batch drains for it.
+        The cached prefix holds cells too; it is dropped when a request would fit without it."""
         admitted: list[_Seq] = []
         cancelled: list[_Seq] = []
         reserved = sum(row.reserved for row in self._running)
@@ -244,37 +283,129 @@ class LlamaEngine:
         for request in list(self._waiting):
             if request.cancelled.is_set():
                 self._waiting.remove(request)
-                cancelled.append(_Seq(request, finish="cancelled"))
+                stopped = self._resume(request) or _Seq(request)
+                stopped.finish = "cancelled"
+                cancelled.append(stopped)
                 continue
             if not self._free:
                 continue
             need = len(request.input_ids) + request.sampling.max_tokens
-            if (self._running or admitted) and reserved + need > self.kv_tokens:
+            shared = reusable_prefix(self._cached, request.input_ids)  # cells it would share, not add
+            if reserved + len(self._cached) + need - shared > self.kv_tokens >= reserved + need:
+                self._drop_cache()
+                shared = 0
+            if (self._running or admitted) and reserved + len(self._cached) + need - shared > self.kv_tokens:
                 if now - request.enqueued_at > HEAD_OF_LINE_S:
                     break
                 continue
             self._waiting.remove(request)
-            seed = request.sampling.seed
-            admitted.append(_Seq(request, slot=self._free.pop(), reserved=need, rng=np.random.default_rng(seed)))
+            row = self._resume(request)
+            if row is None:
+                if self._seeded(request) and not self._running and not admitted:
+                    self._start_empty()
+                row = _Seq(request, rng=np.random.default_rng(request.sampling.seed))
+            row.slot, row.reserved = self._free.pop(), need
+            admitted.append(row)
             reserved += need
         return admitted, cancelled
 
+    def _resume(self, request: TextRequest) -> _Seq | None:
+        """The row `preempt` set aside for this very request (ids of dead objects get reused)."""
+        row = self._paused.pop(id(request), None)
+        return row if row is not None and row.request is request else None
+
+    @staticmethod
+    def _seeded(request: TextRequest) -> bool:
+        return request.sampling.seed is not None and not request.sampling.greedy
+
+    def _start_empty(self) -> None:
+        """An idle engine starts a seeded request from an empty cache: the request then lands in the same
+        cells every time, and the same seed gives the same text (llama.cpp's attention rounds with the
+        placement of cells). The cached prefix is the price."""
+        self._cached = []
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
+
+    def _prompt_work(self, row: _Seq) -> list[list[tuple[int, int, _Seq, bool]]]:
+        """The row's prompt as blocks to decode, after the part the cached prefix gives it (its cells
+        are shared into the row's sequence, not computed again). A resumed row (set aside by `preempt`)
+        prefills its prompt and the tokens it had generated, less the last, which it feeds next."""
+        resumed = bool(row.tokens)
+        ids = row.request.input_ids + row.tokens[:-1] if resumed else row.request.input_ids
+        start = reusable_prefix(self._cached, ids)
+        if not resumed:
+            row.cached = start
+        if start:
+            llama_cpp.llama_memory_seq_cp(llama_cpp.llama_get_memory(self._ctx), self._cache_seq, row.slot, 0, start)
+        row.position = len(ids)
+        blocks = []
+        while start < len(ids):
+            end = min(block_end(start), len(ids))
+            blocks.append([(ids[i], i, row, not resumed and i == len(ids) - 1) for i in range(start, end)])
+            start = end
+        return blocks
+
+    def preempt(self, requests: list[TextRequest]) -> list[TextRequest]:
+        """Set these requests aside for interactive ones (the batcher's call, between steps): their slots
+        and cells are freed and their rows kept, so that when admitted again they resume where they were.
+        Returns the ones set aside (all of those the engine holds)."""
+        wanted = {id(r) for r in requests}
+        set_aside = [r for r in self._waiting if id(r) in wanted]
+        self._waiting = [r for r in self._waiting if id(r) not in wanted]
+        memory = llama_cpp.llama_get_memory(self._ctx)
+        for row in [row for row in self._running if id(row.request) in wanted]:
+            llama_cpp.llama_memory_seq_rm(memory, row.slot, -1, -1)
+            self._free.append(row.slot)
+            self._paused[id(row.request)] = row
+            set_aside.append(row.request)
+        self._running = [row for row in self._running if id(row.request) not in wanted]
+        return set_aside
+
+    def _calls(
+        self, running: list[tuple[int, int, _Seq, bool]], blocks: list[list[tuple[int, int, _Seq, bool]]]
+    ) -> list[list[tuple[int, int, _Seq, bool]]]:
+        """`llama_decode` calls for a step: the running rows' tokens, then prompt blocks, packed up to
+        PROMPT_CHUNK tokens, never two blocks of one row in one call (see `block_end`)."""
+        calls: list[list[tuple[int, int, _Seq, bool]]] = [list(running)]
+        for block in blocks:
+            current = calls[-1]
+            row = block[0][2]
+            if len(current) + len(block) > PROMPT_CHUNK or any(item[2] is row for item in current):
+                calls.append([])
+            calls[-1].extend(block)
+        return [call for call in calls if call]
+
+    def _keep_prefix(self, row: _Seq) -> None:
+        """The finished row's prompt, cut to a block end, becomes the cached prefix (the latest wins:
+        a chat's next turn and a system prompt shared by many requests both start with it)."""
+        ids = row.request.input_ids
+        end = 0
+        while (following := block_end(end)) <= len(ids):
+            end = following
+        if end == 0 or ids[:end] == self._cached:
+            return
+        memory = llama_cpp.llama_get_memory(self._ctx)
+        llama_cpp.llama_memory_seq_rm(memory, self._cache_seq, -1, -1)
+        llama_cpp.llama_memory_seq_cp(memory, row.slot, self._cache_seq, 0, end)
+        self._cached = list(ids[:end])
+
+    def _drop_cache(self) -> None:
+        if self._cached:
+            llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self._ctx), self._cache_seq, -1, -1)
+            self._cached = []
+
     def step(self, admitted: list[TextRequest]) -> list[tuple[TextRequest, TextResult | GenerationFailed]]:
-        """Continuous batching, one iteration: one token for every running row, the whole prompt of
-        every newly admitted one, in as few `llama_decode` calls as the batch size allows."""
+        """Continuous batching, one iteration: one token for every running row, the prompt of every
+        newly admitted one (less its cached prefix), in as few `llama_decode` calls as blocks allow."""
         self._waiting.extend(admitted)
         fresh, cancelled = self._admit()
-        work: list[tuple[int, int, _Seq, bool]] = [(row.pending, row.position, row, True) for row in self._running]
+        running: list[tuple[int, int, _Seq, bool]] = [(row.pending, row.position, row, True) for row in self._running]
         for row in self._running:
             row.position += 1
-        for row in fresh:
-            ids = row.request.input_ids
-            work += [(token, i, row, i == len(ids) - 1) for i, token in enumerate(ids)]
-            row.position = len(ids)
+        blocks = [block for row in fresh for block in self._prompt_work(row)]
         self._running += fresh
         try:
-            for start in range(0, len(work), PROMPT_CHUNK):
-                self._decode(work[start : start + PROMPT_CHUNK])
+            for call in self._calls(running, blocks):
+                self._decode(call)
         except Exception:
             self.reset()  # the cache's state is unknown now: its requests fail together
             raise
@@ -282,13 +413,11 @@ class LlamaEngine:
         if done:
             memory = llama_cpp.llama_get_memory(self._ctx)
             for row in done:
+                if row.error is None:
+                    self._keep_prefix(row)
                 llama_cpp.llama_memory_seq_rm(memory, row.slot, -1, -1)
                 self._free.append(row.slot)
             self._running = [row for row in self._running if not row.done]
-        if not self._running and not self._waiting:
-            # an idle engine starts again from an empty cache: the same request then lands in the same
-            # cells, so the same seed gives the same sampled text (cell placement changes the rounding)
-            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
         size = len(self._running) + len(done)
         return [(row.request, row.result(size)) for row in done + cancelled]
 
@@ -302,6 +431,9 @@ class LlamaEngine:
             batch.logits[i] = wants_logits
         batch.n_tokens = len(work)
         status = llama_cpp.llama_decode(self._ctx, batch)
+        if status == 1 and self._cached:  # no room for the batch's cells: the cached prefix makes way
+            self._drop_cache()
+            status = llama_cpp.llama_decode(self._ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status} on {self.name}")
         for i, (_, _, row, wants_logits) in enumerate(work):
@@ -375,9 +507,10 @@ class LlamaEngine:
         return [row.request for row in self._running] + list(self._waiting)
 
     def reset(self) -> None:
-        """Forget every sequence: the batcher fails their requests."""
+        """Forget every sequence and the cached prefix: the batcher fails their requests."""
         if self._ctx is not None:
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
+        self._cached = []
         self._running = []
         self._waiting.clear()
         self._free = list(range(self._slots))

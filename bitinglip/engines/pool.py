@@ -119,7 +119,12 @@ class ModelPool:
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
         self.placement = Placement(
-            self.device, self.dtype, settings.device_map, settings.torch_threads, settings.llama_kv_tokens
+            self.device,
+            self.dtype,
+            settings.device_map,
+            settings.torch_threads,
+            settings.llama_kv_tokens,
+            settings.llama_kv_type,
         )
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
@@ -202,7 +207,13 @@ class ModelPool:
 
         engine = await loop.run_in_executor(self.executor, loader, manifest.id, path, self.placement)
         size, wait_ms, queue = self.settings.batching_for(manifest.name)
-        knobs = BatchKnobs(size, wait_ms, queue, continuous=self.settings.text_batching == "continuous")
+        knobs = BatchKnobs(
+            size,
+            wait_ms,
+            queue,
+            continuous=self.settings.text_batching == "continuous",
+            aging_s=self.settings.priority_aging_s,
+        )
         try:
             # on the compute thread: an engine may allocate its working memory here (llama.cpp's KV
             # cache), measured after it

@@ -27,6 +27,7 @@ class Placement:
     device_map: str | None = None
     threads: int | None = None  # compute threads (None: the library's choice; llama.cpp: every core)
     kv_tokens: int = 16384  # llama.cpp: KV cache cells shared by a model's running requests
+    kv_type: str = "q8_0"  # llama.cpp: how those cells store keys and values (f16 or q8_0)
 
 
 @runtime_checkable

@@ -31,6 +31,7 @@ class Row:
     eos: bool = False
     started_at: float = field(default_factory=time.perf_counter)
     first_token_at: float = 0.0
+    cached: int = 0  # prompt tokens the engine took from its prefix cache
 
     @property
     def done(self) -> bool:
@@ -97,6 +98,7 @@ class Row:
             first_token_seconds=self.first_token_at - request.enqueued_at,
             total_seconds=time.perf_counter() - request.enqueued_at,
             batch_size=batch_size,
+            cached_tokens=self.cached,
         )
 
 

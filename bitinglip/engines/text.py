@@ -68,6 +68,14 @@ class _Running:
         self.rows = self.rows + other.rows
         return self
 
+    def select(self, keep: list[int]) -> None:
+        """Keep only these rows (their indices), in the cache and every per-row tensor."""
+        index = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.positions = self.mask[index], self.positions[index]
+        self.pending = self.pending[index.to(self.pending.device)]
+        self.rows = [self.rows[b] for b in keep]
+
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     missing = width - tensor.shape[dim]
@@ -111,7 +119,7 @@ class TextEngine:
     ) -> Batcher[TextRequest, TextResult]:
         """Continuous batching when asked for and the model's cache allows it, else static batches."""
         if knobs.continuous and self.supports_continuous:
-            return ContinuousBatcher(self.name, self.step, self.reset, executor, knobs, on_batch)
+            return ContinuousBatcher(self.name, self.step, self.reset, executor, knobs, on_batch, self.preempt)
         # A text batch streams as it goes, so it is not rerun item by item when it fails (the engine
         # isolates a failing row itself); embedding and image batches are.
         return DynamicBatcher(self.name, self.run_batch, executor, knobs, on_batch, isolate=False)
@@ -228,12 +236,8 @@ class TextEngine:
             (finished if row.finish is not None or row.error is not None else keep).append(b)
         running.pending = chosen
         if finished:
-            index = torch.tensor(keep, dtype=torch.long, device=running.mask.device)
-            running.cache.batch_select_indices(index)
-            running.mask, running.positions = running.mask[index], running.positions[index]
-            running.pending = chosen[index.cpu()]
             done = [running.rows[b] for b in finished]
-            running.rows = [running.rows[b] for b in keep]
+            running.select(keep)
             return done
         return []
 
@@ -281,6 +285,22 @@ class TextEngine:
 
     def running_requests(self) -> list[TextRequest]:
         return [row.request for row in self._running.rows] if self._running else []
+
+    @torch.inference_mode()
+    def preempt(self, requests: list[TextRequest]) -> list[TextRequest]:
+        """Set these requests aside for interactive ones (the batcher's call, between steps): their rows
+        leave the batch and its cache, and start again from their prompt when admitted again (same
+        seed, same text). A row that has streamed text stays, as a restart would send it twice."""
+        if self._running is None:
+            return []
+        wanted = {id(r) for r in requests}
+        rows = self._running.rows
+        out = [b for b, row in enumerate(rows) if id(row.request) in wanted and row.request.sink is None]
+        if out:
+            self._running.select([b for b in range(len(rows)) if b not in out])
+            if not self._running.rows:
+                self._running = None
+        return [rows[b].request for b in out]
 
     def reset(self) -> None:
         self._running = None

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bitinglip.errors import BitingLipError
-from bitinglip.outputs import Logprob, TextGeneration, TextStreamDelta, TextTimings, TextUsage
+from bitinglip.outputs import Logprob, PromptTokensDetails, TextGeneration, TextStreamDelta, TextTimings, TextUsage
 from bitinglip.types import MIN_TEMPERATURE as MIN_TEMPERATURE  # re-exported for engine code
 from bitinglip.types import FinishReason as FinishReason
 from bitinglip.types import Priority as Priority
@@ -62,6 +62,7 @@ class TextResult:
     first_token_seconds: float = 0.0
     total_seconds: float = 0.0
     batch_size: int = 1
+    cached_tokens: int = 0  # of the prompt, reused from a cached prefix rather than computed
 
     def to_output(self) -> TextGeneration:
         """The result as it leaves the worker (timings rounded to 10 µs)."""
@@ -72,6 +73,7 @@ class TextResult:
                 prompt_tokens=self.prompt_tokens,
                 completion_tokens=self.completion_tokens,
                 total_tokens=self.prompt_tokens + self.completion_tokens,
+                prompt_tokens_details=PromptTokensDetails(cached_tokens=self.cached_tokens),
             ),
             logprobs=None if self.logprobs is None else [Logprob.of(lp) for lp in self.logprobs],
             timings=TextTimings(

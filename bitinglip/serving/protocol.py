@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from bitinglip.keep_alive import KeepAlive
-from bitinglip.outputs import TextUsage
+from bitinglip.outputs import PromptTokensDetails, TextUsage
 from bitinglip.schemas import KEEP_ALIVE_HELP, MAX_SEED, ChatMessage, UnicodeRequest
 
 
@@ -140,11 +140,13 @@ class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
     def add(self, usage: TextUsage) -> None:
         self.prompt_tokens += usage.prompt_tokens
         self.completion_tokens += usage.completion_tokens
         self.total_tokens += usage.total_tokens
+        self.prompt_tokens_details.cached_tokens += usage.prompt_tokens_details.cached_tokens
 
 
 class ModelCard(BaseModel):

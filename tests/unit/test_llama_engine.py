@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("llama_cpp")
 
 from bitinglip.engines.batcher import BatchKnobs, ContinuousBatcher
-from bitinglip.engines.llama import LlamaEngine, load_llama
+from bitinglip.engines.llama import LlamaEngine, block_end, load_llama, reusable_prefix
 from bitinglip.engines.protocol import Engine, Placement, TextGenerator
 from bitinglip.engines.types import GenerationFailed, SamplingParams, TextDelta, TextRequest, TextResult
 from bitinglip.errors import ContextLengthExceeded, InvalidRequest
@@ -215,3 +215,87 @@ def test_small_requests_pass_one_that_waits_for_room_and_cancelled_waiters_end()
         assert big in small.running_requests()  # still waiting, inside the engine
     finally:
         small.unload()
+
+
+def test_prompt_blocks_end_at_fixed_positions() -> None:
+    assert [block_end(p) for p in (0, 15, 16, 31, 32, 63, 64, 127, 128)] == [16, 16, 32, 32, 64, 64, 128, 128, 192]
+    prompt = list(range(100))
+    assert reusable_prefix([], prompt) == 0
+    assert reusable_prefix(prompt[:15], prompt) == 0  # shorter than the first block
+    assert reusable_prefix(prompt[:40], prompt) == 32
+    assert reusable_prefix(prompt, prompt) == 64  # the last token is always computed: 99 cut to 64
+    assert reusable_prefix(prompt[:64], prompt[:64]) == 32  # ...even when the whole prompt is cached
+    assert reusable_prefix([*prompt[:20], -1, *prompt[21:]], prompt) == 16  # differs at 20
+
+
+def test_a_repeated_prompt_reuses_its_cached_prefix_and_repeats_its_text(engine: LlamaEngine) -> None:
+    """The second request computes only what follows the cached blocks, says so in its usage, and
+    answers as when the whole prompt was computed. A seeded request at an idle engine starts from an
+    empty cache instead, so that it lands in the same cells and repeats its sampled text."""
+    engine.reset()  # nothing cached
+    ids = chat(engine, "Which city is the capital of France?")
+    first = ok(engine.run_batch([TextRequest(ids, greedy())])[0])
+    second = ok(engine.run_batch([TextRequest(ids, greedy())])[0])
+    assert second.text == first.text and second.completion_tokens == first.completion_tokens
+    assert first.cached_tokens == 0 and second.cached_tokens == reusable_prefix(ids, ids) > 0
+    seeded = SamplingParams(max_tokens=16, temperature=0.9, seed=5)
+    texts = {ok(engine.run_batch([TextRequest(ids, seeded)])[0]).text for _ in range(3)}
+    assert len(texts) == 1
+    assert ok(engine.run_batch([TextRequest(ids, seeded)])[0]).cached_tokens == 0
+    engine.reset()
+    assert ok(engine.run_batch([TextRequest(ids, greedy())])[0]).cached_tokens == 0
+    other = chat(engine, "Which city is the capital of Spain?")  # the system prompt is shared
+    assert 16 <= ok(engine.run_batch([TextRequest(other, greedy())])[0]).cached_tokens < len(other)
+
+
+def test_the_cached_prefix_makes_room_for_a_request_that_needs_its_cells() -> None:
+    """Cells a request shares with the cached prefix count once; a request that needs the cells the
+    cache holds gets them: the cache goes, the request runs."""
+    small = _engine(slots=2, kv_tokens=256)
+    try:
+        ids = chat(small, "Which city is the capital of France?")
+        ok(small.run_batch([TextRequest(ids, greedy(8))])[0])
+        assert small._cached  # the prompt's blocks stay cached
+        whole = 256 - len(ids)  # needs every cell, some of them the cached ones it shares
+        assert ok(small.run_batch([TextRequest(ids, greedy(whole))])[0]).cached_tokens > 0
+        other = chat(small, "Name a fruit.")
+        assert reusable_prefix(small._cached, other) < len(small._cached)  # it would not share them all
+        result = ok(small.run_batch([TextRequest(other, greedy(256 - len(other)))])[0])
+        assert result.cached_tokens == 0 and result.completion_tokens >= 1
+    finally:
+        small.unload()
+
+
+def test_a_preempted_row_resumes_where_it_was(engine: LlamaEngine) -> None:
+    """llama.cpp sets a row aside by freeing its slot and cells and keeping its state; admitted again
+    it prefills its prompt and the tokens it had, and goes on: what it had is kept, its stream never
+    repeats a piece, and it still gets its 40 tokens. (The tokens it had are prefilled in blocks now,
+    not one by one, so a greedy continuation may round its way to other words later on.)"""
+    engine.reset()
+    ids = chat(engine, "Write a short story about the sea.")
+    pieces: list[str] = []
+    job = TextRequest(ids, greedy(40), sink=lambda delta: pieces.append(delta.text))
+    other = TextRequest(chat(engine, "Which city is the capital of France?"), greedy(24))
+    done: dict[int, TextResult | GenerationFailed] = {}
+
+    def step(admitted: list[TextRequest]) -> None:
+        done.update((id(request), result) for request, result in engine.step(admitted))
+
+    step([job, other])
+    for _ in range(5):
+        step([])
+    assert engine.preempt([job]) == [job]
+    assert engine.running_requests() == [other]
+    before = "".join(pieces)
+    assert len(before) > 10
+    for _ in range(3):
+        step([])  # the other row goes on meanwhile
+    step([job])
+    for _ in range(80):
+        if len(done) == 2:
+            break
+        step([])
+    resumed = ok(done[id(job)])
+    assert resumed.text.startswith(before) and resumed.text == "".join(pieces)
+    assert resumed.completion_tokens == 40 and resumed.finish_reason == "length"
+    assert "Paris" in ok(done[id(other)]).text

@@ -1,0 +1,153 @@
+"""Interactive before background, in the batcher: queue order by class then priority, aging within
+background work, and preemption of background rows when interactive requests wait for a full batch.
+A miniature engine (items "name:N" end after N steps) that can set rows aside and resume them."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from bitinglip.engines.batcher import BatchKnobs, ContinuousBatcher
+from bitinglip.types import Priority
+from tests.unit.test_batcher_base import until
+
+BACKGROUND_LOW, BACKGROUND_HIGH, INTERACTIVE = int(Priority.LOW), int(Priority.HIGH), int(Priority.SYNC)
+
+
+@pytest.fixture()
+def executor() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(max_workers=1)
+    yield pool
+    pool.shutdown(wait=True)
+
+
+class Resumable:
+    """Counts steps per item; a preempted item keeps its count and resumes where it was."""
+
+    def __init__(self, preemptable: bool = True) -> None:
+        self.left: dict[str, int] = {}
+        self.paused: dict[str, int] = {}
+        self.steps: dict[str, int] = {}  # steps each item was advanced, over all its stays
+        self.admitted: list[list[str]] = []
+        self.preempted: list[str] = []
+        self.preemptable = preemptable
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def step(self, admitted: list[str]) -> list[tuple[str, str | Exception]]:
+        self.gate.wait(5)
+        time.sleep(0.001)
+        self.admitted.append(list(admitted))
+        for item in admitted:
+            self.left[item] = self.paused.pop(item, int(item.split(":")[1]))
+        done: list[tuple[str, str | Exception]] = []
+        for item in list(self.left):
+            self.left[item] -= 1
+            self.steps[item] = self.steps.get(item, 0) + 1
+            if self.left[item] == 0:
+                del self.left[item]
+                done.append((item, f"done {item}"))
+        return done
+
+    def preempt(self, items: list[str]) -> list[str]:
+        set_aside = [i for i in items if i in self.left and self.preemptable]
+        for item in set_aside:
+            self.paused[item] = self.left.pop(item)
+        self.preempted += set_aside
+        return set_aside
+
+    def reset(self) -> None:
+        self.left.clear()
+
+
+def batcher(
+    executor: ThreadPoolExecutor, engine: Resumable, size: int = 2, aging_s: float = 30.0
+) -> ContinuousBatcher[str, str]:
+    knobs = BatchKnobs(size, 0, 64, continuous=True, aging_s=aging_s)
+    return ContinuousBatcher("s", engine.step, engine.reset, executor, knobs, None, engine.preempt)
+
+
+async def test_an_interactive_request_preempts_background_rows_which_resume_and_finish(
+    executor: ThreadPoolExecutor,
+) -> None:
+    engine = Resumable()
+    b = batcher(executor, engine)
+    background = [asyncio.ensure_future(b.submit(f"bg{i}:300", BACKGROUND_LOW)) for i in range(2)]
+    await until(lambda: b.stats.running == 2 and len(engine.admitted) > 5)  # the batch is full of them
+    steps_before = len(engine.admitted)
+    assert await b.submit("chat:3", INTERACTIVE) == "done chat:3"
+    assert len(engine.admitted) - steps_before <= 6  # it waited for no background row to finish
+    assert len(engine.preempted) == 1 and not any(f.done() for f in background)
+    assert await asyncio.gather(*background) == ["done bg0:300", "done bg1:300"]  # its job never fails
+    assert engine.steps["bg0:300"] == engine.steps["bg1:300"] == 300  # resumed, nothing lost or repeated
+    assert b.preempted == 1
+    await b.stop()
+
+
+async def test_the_lowest_background_row_makes_way_and_interactive_rows_never_do(
+    executor: ThreadPoolExecutor,
+) -> None:
+    engine = Resumable()
+    b = batcher(executor, engine, size=3)
+    chat = asyncio.ensure_future(b.submit("chat:400", INTERACTIVE))
+    high = asyncio.ensure_future(b.submit("high:400", BACKGROUND_HIGH))
+    low = asyncio.ensure_future(b.submit("low:400", BACKGROUND_LOW))
+    await until(lambda: b.stats.running == 3)
+    assert await b.submit("chat2:2", INTERACTIVE) == "done chat2:2"
+    assert engine.preempted == ["low:400"]
+    await asyncio.gather(chat, high, low)
+    await b.stop()
+
+
+async def test_an_engine_that_keeps_a_row_keeps_it_in_flight(executor: ThreadPoolExecutor) -> None:
+    """The engine decides: a row it cannot set aside (transformers, a row that has streamed) runs on,
+    and the interactive request waits for a place as before."""
+    engine = Resumable(preemptable=False)
+    b = batcher(executor, engine, size=1)
+    bg = asyncio.ensure_future(b.submit("bg:50", BACKGROUND_LOW))
+    await until(lambda: b.stats.running == 1)
+    assert await b.submit("chat:1", INTERACTIVE) == "done chat:1"
+    assert bg.done() and b.preempted == 0  # the chat ran after it
+    await b.stop()
+
+
+async def test_interactive_first_then_background_by_priority(executor: ThreadPoolExecutor) -> None:
+    engine = Resumable(preemptable=False)
+    b = batcher(executor, engine, size=1)
+    engine.gate.clear()  # hold the compute thread on a first step while the queue fills, in the worst order
+    first = asyncio.ensure_future(b.submit("first:1", BACKGROUND_LOW))
+    await until(lambda: b.stats.running == 1)
+    queued = [
+        asyncio.ensure_future(b.submit(name, priority))
+        for name, priority in (("low:1", BACKGROUND_LOW), ("high:1", BACKGROUND_HIGH), ("chat:1", INTERACTIVE))
+    ]
+    await until(lambda: b.stats.waiting == 3)
+    engine.gate.set()
+    await asyncio.gather(first, *queued)
+    order = [a[0] for a in engine.admitted if a]
+    assert order == ["first:1", "chat:1", "high:1", "low:1"]
+    await b.stop()
+
+
+async def test_background_work_ages_so_nothing_starves(executor: ThreadPoolExecutor) -> None:
+    """With aging at 50 ms per level, a low-priority job that waited 0.25 s outranks a high-priority
+    one that just arrived (3 - 5 < 1); interactive requests still come before both."""
+    engine = Resumable(preemptable=False)
+    b = batcher(executor, engine, size=1, aging_s=0.05)
+    engine.gate.clear()
+    first = asyncio.ensure_future(b.submit("first:1", BACKGROUND_LOW))
+    await until(lambda: b.stats.running == 1)
+    low = asyncio.ensure_future(b.submit("low:1", BACKGROUND_LOW))
+    await asyncio.sleep(0.25)
+    high = asyncio.ensure_future(b.submit("high:1", BACKGROUND_HIGH))
+    chat = asyncio.ensure_future(b.submit("chat:1", INTERACTIVE))
+    await until(lambda: b.stats.waiting == 3)
+    engine.gate.set()
+    await asyncio.gather(first, low, high, chat)
+    assert [a[0] for a in engine.admitted if a] == ["first:1", "chat:1", "low:1", "high:1"]
+    await b.stop()
