@@ -127,7 +127,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bitinglip-bench-prio-") as root:
         store = ModelStore(Path(root) / "models")
         entry = load_catalog()[MODEL]
-        installer.install_from(Settings(home=Path(root)), store, entry.source, name=MODEL, revision=entry.revision)
+        settings = Settings(home=Path(root))
+        installer.install_from(settings, store, entry.source, name=MODEL, revision=entry.revision, task=entry.task)
         with tempfile.TemporaryDirectory(prefix="bitinglip-bench-") as tmp:
             settings = platform_settings(home_with_store(Path(tmp), store), fast_heartbeat=False)
             platform = Platform(settings)

@@ -156,6 +156,13 @@ class Settings(BaseSettings):
         description="Background work (async jobs, batch lines) gains one priority level per this many "
         "seconds waited, so low-priority work is late but never starved; interactive requests still go first.",
     )
+    background_rows_beside_interactive: int | None = Field(
+        default=None,
+        ge=0,
+        description="Background rows (async jobs, batch lines) a text model runs while interactive requests run; "
+        "more are set aside until they finish. Default: 0 on CPUs, where each row slows every other, no "
+        "limit on GPUs, where rows are nearly free.",
+    )
     default_max_tokens: int = 128
     max_tokens_cap: int = 4096
     max_prompt_chars: int = 100_000

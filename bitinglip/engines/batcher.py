@@ -15,8 +15,12 @@ sync and streaming) are taken before any background work (async jobs by their pr
 lines) at every step: in the queue, at admission into the running batch, and by preemption, where the
 engine can: when interactive requests wait and the batch is full, background rows make way and go back
 to the queue, keeping their place (the llama.cpp engine resumes them where they were, transformers
-restarts them); their jobs never fail for it. Within background work, priorities age: one level per
-`aging_s` waited, so low-priority work is late but never starved.
+restarts them); their jobs never fail for it. While interactive requests run, at most
+`background_beside_interactive` background rows run beside them: on a CPU every row slows every other
+row (a step costs about as many times more as it has rows), so background work takes only the time
+interactive traffic leaves; on a GPU rows are nearly free and there is no limit. Within background
+work, priorities age: one level per `aging_s` waited, so it is late but never starved by other
+background work.
 
 One request must not fail its batch: an engine may put an exception in a request's result slot (that
 request fails, the others get their results), and when a whole static batch raises, its requests are
@@ -111,6 +115,7 @@ class BatchKnobs:
     max_queue: int
     continuous: bool = False
     aging_s: float = 30.0
+    background_beside_interactive: int | None = None  # continuous: background rows while interactive run
 
 
 INTERACTIVE = 0  # Priority.SYNC: requests someone is waiting on
@@ -132,6 +137,7 @@ class Batcher(ABC, Generic[I, R]):
         self.max_wait = knobs.max_wait_ms / 1000.0
         self.max_queue = knobs.max_queue
         self.aging_s = knobs.aging_s
+        self.background_beside_interactive = knobs.background_beside_interactive
         self._executor = executor
         self._on_batch = on_batch
         self._queue: list[_Pending[I, R]] = []  # small (max_queue): ranked when taken, as ages change
@@ -217,18 +223,27 @@ class Batcher(ABC, Generic[I, R]):
             except TimeoutError:
                 break
 
-    def _take(self, room: int | None = None) -> list[_Pending[I, R]]:
-        """Up to `room` (default: a full batch) waiting requests, best rank first."""
+    def _take(self, room: int | None = None, background_room: int | None = None) -> list[_Pending[I, R]]:
+        """Up to `room` (default: a full batch) waiting requests, best rank first, of which at most
+        `background_room` (None: no limit) background ones."""
         limit = self.max_batch_size if room is None else room
         self._queue = [p for p in self._queue if not p.future.done()]  # cancelled while waiting
+        self._room.set()
         if limit <= 0 or not self._queue:
-            self._room.set()
             return []
         now = time.monotonic()
         self._queue.sort(key=lambda p: p.rank(now, self.aging_s))
-        batch, self._queue = self._queue[:limit], self._queue[limit:]
-        self._room.set()
-        return batch
+        taken: list[_Pending[I, R]] = []
+        left: list[_Pending[I, R]] = []
+        for p in self._queue:
+            if len(taken) < limit and (p.interactive or background_room is None or background_room > 0):
+                taken.append(p)
+                if not p.interactive and background_room is not None:
+                    background_room -= 1
+            else:
+                left.append(p)
+        self._queue = left
+        return taken
 
 
 class _CountMismatch(RuntimeError):
@@ -354,7 +369,7 @@ class ContinuousBatcher(Batcher[I, R]):
             if not self._in_flight:
                 await self._wait_for_batch()  # idle engine: gather a first batch briefly
             await self._make_way()
-            admitted = self._take(room=self.max_batch_size - len(self._in_flight))
+            admitted = self._take(self.max_batch_size - len(self._in_flight), self._background_room())
             if not admitted and not self._in_flight:
                 continue
             for p in admitted:
@@ -377,17 +392,31 @@ class ContinuousBatcher(Batcher[I, R]):
             self._batches += 1 if admitted else 0
             self._running = len(self._in_flight)
 
+    def _interactive_work(self) -> bool:
+        return any(p.interactive for p in self._in_flight.values()) or any(
+            p.interactive and not p.future.done() for p in self._queue
+        )
+
+    def _background_room(self) -> int | None:
+        """Background rows that may still join: no limit while no interactive request runs or waits."""
+        if self.background_beside_interactive is None or not self._interactive_work():
+            return None
+        running = sum(1 for p in self._in_flight.values() if not p.interactive)
+        return max(0, self.background_beside_interactive - running)
+
     def _victims(self) -> list[_Pending[I, R]]:
-        """Background rows to set aside so that the interactive requests waiting get a place: the
-        lowest ranked first (lowest priority, then the latest arrived, which has done the least)."""
+        """Background rows to set aside for interactive work: as many as the interactive requests
+        waiting lack places, and those past `background_beside_interactive`; the lowest ranked first
+        (lowest priority, then the latest arrived, which has done the least)."""
+        if not self._interactive_work():
+            return []
         waiting = sum(1 for p in self._queue if p.interactive and not p.future.done())
         short = waiting - (self.max_batch_size - len(self._in_flight))
-        if short <= 0:
-            return []
         now = time.monotonic()
         background = [p for p in self._in_flight.values() if not p.interactive]
+        over = 0 if self.background_beside_interactive is None else len(background) - self.background_beside_interactive
         background.sort(key=lambda p: p.rank(now, self.aging_s), reverse=True)
-        return background[:short]
+        return background[: max(short, over, 0)]
 
     async def _make_way(self) -> None:
         if self._preempt is None or not (victims := self._victims()):

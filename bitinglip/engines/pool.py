@@ -213,6 +213,7 @@ class ModelPool:
             queue,
             continuous=self.settings.text_batching == "continuous",
             aging_s=self.settings.priority_aging_s,
+            background_beside_interactive=self._background_beside_interactive(),
         )
         try:
             # on the compute thread: an engine may allocate its working memory here (llama.cpp's KV
@@ -239,6 +240,13 @@ class ModelPool:
         self._models[manifest.id] = loaded
         log.info("loaded %s on %s in %.2fs (%s)", manifest.id, self.device, elapsed, megabytes(memory))
         return loaded
+
+    def _background_beside_interactive(self) -> int | None:
+        """The setting, else 0 on a CPU and no limit on a GPU (docs/architecture.md §3.16)."""
+        configured = self.settings.background_rows_beside_interactive
+        if configured is not None:
+            return configured
+        return 0 if self.device == "cpu" else None
 
     def _plan(self, model_id: str, need: int) -> list[LoadedModel]:
         resident = [

@@ -66,9 +66,9 @@ class Resumable:
 
 
 def batcher(
-    executor: ThreadPoolExecutor, engine: Resumable, size: int = 2, aging_s: float = 30.0
+    executor: ThreadPoolExecutor, engine: Resumable, size: int = 2, aging_s: float = 30.0, beside: int | None = None
 ) -> ContinuousBatcher[str, str]:
-    knobs = BatchKnobs(size, 0, 64, continuous=True, aging_s=aging_s)
+    knobs = BatchKnobs(size, 0, 64, continuous=True, aging_s=aging_s, background_beside_interactive=beside)
     return ContinuousBatcher("s", engine.step, engine.reset, executor, knobs, None, engine.preempt)
 
 
@@ -150,4 +150,38 @@ async def test_background_work_ages_so_nothing_starves(executor: ThreadPoolExecu
     engine.gate.set()
     await asyncio.gather(first, low, high, chat)
     assert [a[0] for a in engine.admitted if a] == ["first:1", "chat:1", "low:1", "high:1"]
+    await b.stop()
+
+
+@pytest.mark.parametrize("beside", [0, 1])
+async def test_background_rows_beside_interactive_ones_are_capped(executor: ThreadPoolExecutor, beside: int) -> None:
+    """A CPU's rule: while an interactive request runs, at most `beside` background rows run with it,
+    even with free places in the batch (each row slows every other); the rest wait or are set aside,
+    and all of them finish once the interactive one is done."""
+    engine = Resumable()
+    b = batcher(executor, engine, size=8, beside=beside)
+    background = [asyncio.ensure_future(b.submit(f"bg{i}:200", BACKGROUND_LOW)) for i in range(3)]
+    await until(lambda: b.stats.running == 3)  # no interactive work: background takes every place
+    widths: list[int] = []
+    chat = asyncio.ensure_future(b.submit("chat:100", INTERACTIVE))
+    while not chat.done():
+        widths.append(len(engine.left))
+        await asyncio.sleep(0.005)
+    assert await chat == "done chat:100"
+    assert len(engine.preempted) >= 3 - beside
+    assert max(widths[len(widths) // 2 :]) <= 1 + beside  # once settled: the chat and `beside` others
+    assert await asyncio.gather(*background) == [f"done bg{i}:200" for i in range(3)]
+    assert all(engine.steps[f"bg{i}:200"] == 200 for i in range(3))
+    await b.stop()
+
+
+async def test_without_a_cap_background_rows_fill_the_free_places(executor: ThreadPoolExecutor) -> None:
+    """A GPU's rule (no cap): an interactive request with a free place preempts nobody."""
+    engine = Resumable()
+    b = batcher(executor, engine, size=8, beside=None)
+    background = [asyncio.ensure_future(b.submit(f"bg{i}:100", BACKGROUND_LOW)) for i in range(3)]
+    await until(lambda: b.stats.running == 3)
+    assert await b.submit("chat:5", INTERACTIVE) == "done chat:5"
+    assert engine.preempted == []
+    await asyncio.gather(*background)
     await b.stop()
