@@ -17,6 +17,8 @@ KEEP_ALIVE_HELP = (
     'How long the model stays loaded after this request: "30s", "5m", "1h", seconds as a number, '
     "0 (unload right after) or -1 (until evicted); default BITINGLIP_MODEL_KEEP_ALIVE."
 )
+MIN_TOKENS_HELP = "vLLM's extension: no end-of-sequence token before this many tokens (stop strings still stop)."
+IGNORE_EOS_HELP = "vLLM's extension: never end at an end-of-sequence token, so the reply has max_tokens tokens."
 
 
 def lone_surrogate(value: Any, where: str = "") -> str | None:
@@ -144,6 +146,8 @@ class TextGenerationParams(UnicodeRequest):
     stop: list[Annotated[str, StringConstraints(max_length=256)]] | None = Field(default=None, max_length=8)
     logprobs: int | None = Field(default=None, ge=0, le=20, description="Top alternatives per token.")
     keep_alive: KeepAlive | None = Field(default=None, description=KEEP_ALIVE_HELP)
+    min_tokens: int = Field(default=0, ge=0, description=MIN_TOKENS_HELP)
+    ignore_eos: bool = Field(default=False, description=IGNORE_EOS_HELP)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -156,6 +160,8 @@ class TextGenerationParams(UnicodeRequest):
             raise ValueError("give exactly one of `prompt` or `messages`")
         if self.stop and any(not s for s in self.stop):
             raise ValueError("stop strings must not be empty")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError("min_tokens must be <= max_tokens")
         return self
 
     def check_limits(self, settings: Settings) -> None:
@@ -168,6 +174,8 @@ class TextGenerationParams(UnicodeRequest):
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
         return SamplingParams(
+            min_tokens=self.min_tokens,
+            ignore_eos=self.ignore_eos,
             max_tokens=self.max_tokens or default_max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,

@@ -38,6 +38,8 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # None: off; 0: chosen token only; k: plus k alternatives
+    min_tokens: int = 0  # vLLM's extension: no end-of-sequence token before this many tokens
+    ignore_eos: bool = False  # vLLM's extension: never an end-of-sequence token (replies of max_tokens)
 
     def __post_init__(self) -> None:
         """The engine's own guard, whoever built the params (the HTTP schemas already bound them):
@@ -46,6 +48,13 @@ class SamplingParams:
             raise InvalidRequest("temperature must be a finite number >= 0", param="temperature")
         if not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
             raise InvalidRequest("top_p must be in (0, 1]", param="top_p")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise InvalidRequest("min_tokens must be between 0 and max_tokens", param="min_tokens")
+
+    def holds_eos(self, generated: int) -> bool:
+        """Whether the end-of-sequence tokens are masked for the next token (`generated` so far): the
+        engines take them out of the distribution, so the reply goes on with real text."""
+        return self.ignore_eos or generated < self.min_tokens
 
     @property
     def greedy(self) -> bool:

@@ -110,3 +110,43 @@ def test_bad_parameters_raise_bad_request(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as too_long:
         client.completions.create(model=MODEL, prompt="hello " * 9000, max_tokens=8)
     assert too_long.value.code == "context_length_exceeded"
+
+
+@pytest.mark.parametrize("model", [MODEL, TEXT_MODEL_FP32])
+def test_min_tokens_and_ignore_eos_set_the_reply_length(client: openai.OpenAI, model: str) -> None:
+    """vLLM's sampling extensions, on both backends: the short answer to CAPITAL goes on past its end
+    with `min_tokens`, and runs to exactly `max_tokens` with `ignore_eos` (what benchmarks need)."""
+    short = client.chat.completions.create(model=model, messages=CAPITAL, max_tokens=64, temperature=0)  # type: ignore[arg-type]
+    assert short.usage is not None and short.usage.completion_tokens < 30 and short.choices[0].finish_reason == "stop"
+    longer = client.chat.completions.create(
+        model=model,
+        messages=CAPITAL,
+        max_tokens=64,
+        temperature=0,
+        extra_body={"min_tokens": 40},  # type: ignore[arg-type]
+    )
+    assert longer.usage is not None and longer.usage.completion_tokens >= 40
+    exact = client.chat.completions.create(
+        model=model,
+        messages=CAPITAL,
+        max_tokens=48,
+        temperature=0,
+        extra_body={"ignore_eos": True},  # type: ignore[arg-type]
+    )
+    assert exact.usage is not None and exact.usage.completion_tokens == 48
+    assert exact.choices[0].finish_reason == "length"
+
+
+HOSTILE_LENGTHS = [
+    {"min_tokens": -1},
+    {"min_tokens": 65},  # past max_tokens
+    {"min_tokens": "many"},
+    {"ignore_eos": [1]},
+    {"min_tokens": 2**70},
+]
+
+
+@pytest.mark.parametrize("extra", HOSTILE_LENGTHS)
+def test_hostile_min_tokens_and_ignore_eos_are_400(client: openai.OpenAI, extra: dict[str, object]) -> None:
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=CAPITAL, max_tokens=64, extra_body=extra)  # type: ignore[arg-type]

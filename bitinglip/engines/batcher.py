@@ -10,7 +10,7 @@ one compute thread runs the work.
 
 A full queue refuses at once (Overloaded, with Retry-After) instead of queueing forever.
 
-Interactive before background (docs/architecture.md §3.16): requests someone waits on (priority 0:
+Interactive before background (docs/architecture.md §3.14): requests someone waits on (priority 0:
 sync and streaming) are taken before any background work (async jobs by their priority, then batch
 lines) at every step: in the queue, at admission into the running batch, and by preemption, where the
 engine can: when interactive requests wait and the batch is full, background rows make way and go back

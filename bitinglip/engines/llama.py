@@ -110,6 +110,7 @@ class LlamaEngine:
         self.kv_tokens = kv_tokens
         self.kv_type = kv_type
         self._pieces: dict[int, bytes] = {}
+        self._end_tokens = np.array([t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)])
         self._chat = self._chat_formatter()
         self._ctx: Any = None
         self._batch: Any = None
@@ -448,6 +449,8 @@ class LlamaEngine:
                 log.warning("non-finite logits for one row on %s; that request fails alone", self.name)
                 row.error = GenerationFailed()
                 return
+            if row.request.sampling.holds_eos(len(row.tokens)):  # min_tokens / ignore_eos
+                logits[self._end_tokens] = -np.inf
             token = self._sample(logits, row)
             top = row.request.sampling.logprobs
             row.advance(

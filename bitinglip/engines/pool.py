@@ -242,7 +242,7 @@ class ModelPool:
         return loaded
 
     def _background_beside_interactive(self) -> int | None:
-        """The setting, else 0 on a CPU and no limit on a GPU (docs/architecture.md §3.16)."""
+        """The setting, else 0 on a CPU and no limit on a GPU (docs/architecture.md §3.14)."""
         configured = self.settings.background_rows_beside_interactive
         if configured is not None:
             return configured

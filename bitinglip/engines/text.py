@@ -220,6 +220,9 @@ class TextEngine:
 
     def _advance_all(self, running: _Running, logits: torch.Tensor) -> list[_Row]:
         """Sample, append, stream; then drop finished and failed rows from the batch and its cache."""
+        held = [b for b, row in enumerate(running.rows) if row.request.sampling.holds_eos(len(row.tokens))]
+        if held and self.eos_ids:  # min_tokens / ignore_eos: the end is not in the distribution
+            logits[torch.tensor(held)[:, None], torch.tensor(sorted(self.eos_ids))] = float("-inf")
         chosen, usable = self._sample(logits, running.rows)
         keep: list[int] = []
         finished: list[int] = []

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from bitinglip.keep_alive import KeepAlive
 from bitinglip.outputs import PromptTokensDetails, TextUsage
-from bitinglip.schemas import KEEP_ALIVE_HELP, MAX_SEED, ChatMessage, UnicodeRequest
+from bitinglip.schemas import IGNORE_EOS_HELP, KEEP_ALIVE_HELP, MAX_SEED, MIN_TOKENS_HELP, ChatMessage, UnicodeRequest
 
 
 class OpenAIBase(UnicodeRequest):
@@ -37,6 +37,8 @@ class SamplingFields(OpenAIBase):
     stream_options: StreamOptions | None = None
     user: str | None = None
     keep_alive: KeepAlive | None = Field(default=None, description=KEEP_ALIVE_HELP)  # extension
+    min_tokens: int = Field(default=0, ge=0, description=MIN_TOKENS_HELP)  # vLLM's extension
+    ignore_eos: bool = Field(default=False, description=IGNORE_EOS_HELP)  # vLLM's extension
 
     @field_validator("seed")
     @classmethod

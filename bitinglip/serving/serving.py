@@ -70,6 +70,8 @@ def _params(req: SamplingFields, index: int, **fields: Any) -> TextGenerationPar
             seed=seed,
             stop=stop,
             keep_alive=req.keep_alive,
+            min_tokens=req.min_tokens,
+            ignore_eos=req.ignore_eos,
             **fields,
         )
     except ValidationError as exc:

@@ -299,3 +299,15 @@ def test_a_preempted_row_resumes_where_it_was(engine: LlamaEngine) -> None:
     assert resumed.text.startswith(before) and resumed.text == "".join(pieces)
     assert resumed.completion_tokens == 40 and resumed.finish_reason == "length"
     assert "Paris" in ok(done[id(other)]).text
+
+
+def test_min_tokens_and_ignore_eos_mask_the_end(engine: LlamaEngine) -> None:
+    ids = chat(engine, "Which city is the capital of France?")
+    natural = ok(engine.run_batch([TextRequest(ids, greedy(64))])[0])
+    assert natural.finish_reason == "stop" and natural.completion_tokens < 30
+    held = ok(engine.run_batch([TextRequest(ids, greedy(64, min_tokens=40))])[0])
+    assert held.completion_tokens >= 40 and held.text.startswith(natural.text.rstrip(".")[:10])
+    exact = ok(engine.run_batch([TextRequest(ids, greedy(30, ignore_eos=True))])[0])
+    assert exact.completion_tokens == 30 and exact.finish_reason == "length"
+    with pytest.raises(InvalidRequest):
+        SamplingParams(max_tokens=5, min_tokens=6)
