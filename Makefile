@@ -49,6 +49,7 @@ bench: setup
 	$(PY) -m bench.embeddings
 	$(PY) -m bench.batch
 	$(PY) -m bench.load
+	$(PY) -m bench.console_load
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache web/dist web/node_modules
