@@ -22,6 +22,7 @@ from bitinglip.db.tables import Job
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 1000  # events a slow listener may fall behind by before it is told to reload instead
+WATCHED = 5000  # newest active jobs looked at per tick: a huge backlog costs one bounded query a tick
 _COLUMNS = (Job.id, Job.type, Job.model, Job.status, Job.owner, Job.priority, Job.attempts, Job.cancel_requested)
 
 
@@ -106,6 +107,7 @@ class EventHub:
         query = select(*_COLUMNS, Job.progress, Job.worker_id).where(
             or_(Job.status.in_(("queued", "running")), Job.finished_at >= since)
         )
+        query = query.order_by(Job.created_at.desc()).limit(WATCHED)
         with state.db.session() as session:
             rows = session.execute(query).all()
         changed, seen = [], {}

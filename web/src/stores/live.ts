@@ -56,6 +56,7 @@ export const useLive = defineStore('live', () => {
   }
 
   function receive(event: string, data: string): void {
+    if (!data.trim()) return
     const payload = JSON.parse(data)
     if (event === 'job') {
       jobs.value[payload.id] = payload
