@@ -4,7 +4,9 @@ route); events: `hello` first, then `job`, `workers` (admins), `dashboard`, `res
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +16,9 @@ from sse_starlette import EventSourceResponse
 from api.console.hub import EventHub
 from api.console.schemas import TOPICS, Hello, Topic
 from api.deps import PrincipalDep, StateDep
-from bitinglip.errors import PermissionDenied
+from bitinglip.errors import PermissionDenied, RateLimited, Unauthorized
+
+RECHECK_S = 10.0
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
 
@@ -39,12 +43,33 @@ async def events(
     wanted = frozenset(topics) if topics is not None else frozenset(t for t in TOPICS if who.is_admin or t != "workers")
     hub: EventHub = request.app.state.console_hub
 
+    async def still_valid() -> bool:
+        try:
+            await state.auth.authenticate(request.headers.get("authorization"), request.url.path)
+        except Unauthorized:
+            return False
+        except RateLimited:
+            pass  # valid credentials over their rate: the stream they hold is not a new request
+        return True
+
     async def stream() -> AsyncIterator[dict[str, Any]]:
         async with hub.listen(state, who, wanted) as listener:
             hello = Hello(username=who.username, role=who.role, topics=sorted(wanted), interval_s=hub.interval_s)
             yield {"event": "hello", "data": hello.model_dump_json()}
+            checked = time.monotonic()
             while True:
-                event, data = await listener.queue.get()
-                yield {"event": event, "data": json.dumps(data, default=str)}
+                try:
+                    event, data = await asyncio.wait_for(listener.queue.get(), timeout=RECHECK_S)
+                    yield {"event": event, "data": json.dumps(data, default=str)}
+                except TimeoutError:
+                    pass
+                if time.monotonic() - checked >= RECHECK_S:
+                    if not await still_valid():
+                        yield {
+                            "event": "goodbye",
+                            "data": json.dumps({"reason": "the credentials are no longer valid"}),
+                        }
+                        return
+                    checked = time.monotonic()
 
     return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store"})

@@ -103,6 +103,10 @@ class EventReader:
                 return item
         raise AssertionError(f"no matching event in {timeout}s; saw {[e for e, _ in self.seen][-20:]}")
 
+    def join_ended(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the stream is still open"
+
     def close(self) -> None:
         self._client.close()
         self._thread.join(10)

@@ -107,3 +107,18 @@ def test_admin_hears_workers_and_dashboard_figures_and_users_a_narrower_dashboar
     alice = reader(users["alice"].key, topics=["dashboard"])
     _, narrow = alice.wait_for(lambda e, _: e == "dashboard", timeout=30)
     assert set(narrow) == {"queue", "at"}  # no workers, rates or memory of the platform
+
+
+def test_a_revoked_key_stops_hearing(
+    platform: Platform, users: dict[str, User], reader: Callable[..., EventReader]
+) -> None:
+    """Credentials are checked again while the stream is open (every RECHECK_S = 10 s), not only at its start."""
+    admin = platform.client()
+    made = admin.post("/api/v1/auth/keys", json={"username": users["alice"].username, "name": "short-lived"})
+    assert made.status_code == 201, made.text
+    stream = reader(made.json()["key"], topics=["jobs"])
+    stream.wait_for(lambda e, _: e == "hello", timeout=30)
+    assert admin.delete(f"/api/v1/auth/keys/{made.json()['id']}").status_code == 200
+    _, bye = stream.wait_for(lambda e, _: e == "goodbye", timeout=40)
+    assert "no longer valid" in bye["reason"]
+    stream.join_ended(timeout=10)  # the server closed the stream

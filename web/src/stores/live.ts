@@ -71,6 +71,8 @@ export const useLive = defineStore('live', () => {
       push(history.value.queued, queued)
     } else if (event === 'resync') {
       resyncs.value += 1
+    } else if (event === 'goodbye') {
+      error.value = payload.reason ?? 'the live stream ended'
     }
   }
 
