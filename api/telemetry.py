@@ -38,7 +38,8 @@ class RequestMetrics:
         metrics.GATEWAY_LATENCY.labels(route, method).observe(seconds)
         if status in REJECTION_REASONS:
             metrics.GATEWAY_REJECTED.labels(REJECTION_REASONS[status]).inc()
-        if route not in ("/metrics", "unmatched"):
+        # the console's files and its long-lived event stream are not requests whose latency means anything
+        if route not in ("/metrics", "unmatched", "/api/v1/events", "/ui"):
             self.window.observe(route, seconds)
 
 

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     gateway_port: int = 8001
     database_url: str | None = Field(default=None, description="Gateway DB; default SQLite under home.")
     max_request_bytes: int = Field(default=1_000_000, description="Larger request bodies get 413.")
+    console_dir: Path | None = Field(
+        default=None, description="The built web console served at /ui; default: the project's web/dist."
+    )
+    console_events_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often the console's event stream looks for changes."
+    )
 
     # -- security
     environment: Literal["development", "production"] = Field(

@@ -260,6 +260,7 @@ def run_platform(settings: Settings, console: Console, install: bool = True, rep
                 sup.wait_http(f"http://{settings.gateway_host}:{settings.gateway_port + 10 * i}/health", timeout=60)
         elapsed = time.monotonic() - started
         console.print(f"[green bold]ready[/] in {elapsed:.1f}s")
+        console.print(f"  console    {settings.gateway_url}/ui   (user {settings.admin_username}; password: secrets)")
         for i in range(replicas):
             url = f"http://{settings.gateway_host}:{settings.gateway_port + 10 * i}"
             console.print(f"  gateway    {url}   (OpenAPI: {url}/docs)")

@@ -46,6 +46,8 @@ def test_gateway_api_never_errors_and_keeps_its_schema(platform: Platform, fuzze
     operations, calls, statuses = 0, 0, Counter[int]()
     for result in schema.get_all_operations():
         operation = result.ok()
+        if operation.label == "GET /api/v1/events":  # an endless event stream: tests/console/test_events.py
+            continue
         operations += 1
 
         @given(case=operation.as_strategy())
