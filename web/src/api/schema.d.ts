@@ -886,6 +886,12 @@ export interface components {
         /** ChatCompletionRequest */
         ChatCompletionRequest: {
             /**
+             * Ignore Eos
+             * @description vLLM's extension: never end at an end-of-sequence token, so the reply has max_tokens tokens.
+             * @default false
+             */
+            ignore_eos?: boolean;
+            /**
              * Keep Alive
              * @description How long the model stays loaded after this request: "30s", "5m", "1h", seconds as a number, 0 (unload right after) or -1 (until evicted); default BITINGLIP_MODEL_KEEP_ALIVE.
              */
@@ -901,6 +907,12 @@ export interface components {
             max_tokens?: number | null;
             /** Messages */
             messages: components["schemas"]["ChatMessage"][];
+            /**
+             * Min Tokens
+             * @description vLLM's extension: no end-of-sequence token before this many tokens (stop strings still stop).
+             * @default 0
+             */
+            min_tokens?: number;
             /** Model */
             model: string;
             /**
@@ -999,6 +1011,12 @@ export interface components {
              */
             echo?: boolean;
             /**
+             * Ignore Eos
+             * @description vLLM's extension: never end at an end-of-sequence token, so the reply has max_tokens tokens.
+             * @default false
+             */
+            ignore_eos?: boolean;
+            /**
              * Keep Alive
              * @description How long the model stays loaded after this request: "30s", "5m", "1h", seconds as a number, 0 (unload right after) or -1 (until evicted); default BITINGLIP_MODEL_KEEP_ALIVE.
              */
@@ -1007,6 +1025,12 @@ export interface components {
             logprobs?: number | null;
             /** Max Tokens */
             max_tokens?: number | null;
+            /**
+             * Min Tokens
+             * @description vLLM's extension: no end-of-sequence token before this many tokens (stop strings still stop).
+             * @default 0
+             */
+            min_tokens?: number;
             /** Model */
             model: string;
             /**
@@ -1829,6 +1853,14 @@ export interface components {
             /** Task */
             task: string;
         };
+        /** PromptTokensDetails */
+        PromptTokensDetails: {
+            /**
+             * Cached Tokens
+             * @default 0
+             */
+            cached_tokens?: number;
+        };
         /** PromptUsage */
         PromptUsage: {
             /** Prompt Tokens */
@@ -1930,6 +1962,12 @@ export interface components {
          */
         TextGenerationParams: {
             /**
+             * Ignore Eos
+             * @description vLLM's extension: never end at an end-of-sequence token, so the reply has max_tokens tokens.
+             * @default false
+             */
+            ignore_eos?: boolean;
+            /**
              * Keep Alive
              * @description How long the model stays loaded after this request: "30s", "5m", "1h", seconds as a number, 0 (unload right after) or -1 (until evicted); default BITINGLIP_MODEL_KEEP_ALIVE.
              */
@@ -1943,6 +1981,12 @@ export interface components {
             max_tokens?: number | null;
             /** Messages */
             messages?: components["schemas"]["ChatMessage"][] | null;
+            /**
+             * Min Tokens
+             * @description vLLM's extension: no end-of-sequence token before this many tokens (stop strings still stop).
+             * @default 0
+             */
+            min_tokens?: number;
             /**
              * Model
              * @description Installed model id; default text model when empty.
@@ -1968,6 +2012,12 @@ export interface components {
         /** TextInferenceRequest */
         TextInferenceRequest: {
             /**
+             * Ignore Eos
+             * @description vLLM's extension: never end at an end-of-sequence token, so the reply has max_tokens tokens.
+             * @default false
+             */
+            ignore_eos?: boolean;
+            /**
              * Keep Alive
              * @description How long the model stays loaded after this request: "30s", "5m", "1h", seconds as a number, 0 (unload right after) or -1 (until evicted); default BITINGLIP_MODEL_KEEP_ALIVE.
              */
@@ -1981,6 +2031,12 @@ export interface components {
             max_tokens?: number | null;
             /** Messages */
             messages?: components["schemas"]["ChatMessage"][] | null;
+            /**
+             * Min Tokens
+             * @description vLLM's extension: no end-of-sequence token before this many tokens (stop strings still stop).
+             * @default 0
+             */
+            min_tokens?: number;
             /**
              * Model
              * @description Installed model id; default text model when empty.
@@ -2061,6 +2117,7 @@ export interface components {
             completion_tokens: number;
             /** Prompt Tokens */
             prompt_tokens: number;
+            prompt_tokens_details?: components["schemas"]["PromptTokensDetails"];
             /** Total Tokens */
             total_tokens: number;
         };
@@ -2089,6 +2146,7 @@ export interface components {
              * @default 0
              */
             prompt_tokens?: number;
+            prompt_tokens_details?: components["schemas"]["PromptTokensDetails"];
             /**
              * Total Tokens
              * @default 0
