@@ -98,14 +98,26 @@ def gateway() -> None:
 
 @app.command()
 def status() -> None:
-    """Each component, its URL and health."""
+    """Each component, its URL and health; exits 1 when the gateway is down or degraded."""
     import httpx
+
+    from bitinglip.pidfile import running
 
     settings = _settings("cli")
     table = Table("component", "url", "health", "details")
+    supervisor = running(settings.pid_file)
+    table.add_row(
+        "supervisor",
+        str(settings.pid_file),
+        f"pid {supervisor.pid}" if supervisor else "not running",
+        "bitinglip up from this home" if supervisor else "no `bitinglip up` holds this home",
+    )
+    healthy = False
     try:
-        body = httpx.get(f"{settings.gateway_url}/health", timeout=5).json()
-        table.add_row("gateway", settings.gateway_url, "ok", "")
+        response = httpx.get(f"{settings.gateway_url}/health", timeout=5)
+        body = response.json()
+        healthy = response.status_code == 200
+        table.add_row("gateway", settings.gateway_url, "ok" if healthy else body.get("status", "degraded"), "")
         prefect = body["prefect"]
         table.add_row("prefect", prefect["url"], prefect["status"], f"dispatcher {body['dispatcher']['status']}")
         for w in body["workers"]:
@@ -117,9 +129,11 @@ def status() -> None:
             )
         if not body["workers"]:
             table.add_row("model workers", "-", "none", "no worker has registered")
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, ValueError) as exc:
         table.add_row("gateway", settings.gateway_url, "down", type(exc).__name__)
     console.print(table)
+    if not healthy:
+        raise typer.Exit(1)
 
 
 @models_app.command("pull")
@@ -363,5 +377,5 @@ def _watch_batch(batch_id: str) -> dict[str, Any]:
             time.sleep(1)
 
 
-if __name__ == "__main__":
-    app()
+# Commands kept in their own modules, registered on `app` (they import the helpers above).
+from bitinglip.cli import ops  # noqa: E402,F401
