@@ -25,7 +25,7 @@ class LogRotation(BaseModel):
     """Per-component log caps (`bitinglip up`); unset fields fall back to the global ones."""
 
     max_bytes: int | None = Field(default=None, ge=10_000)
-    backup_count: int | None = Field(default=None, ge=0)
+    backup_count: int | None = Field(default=None, ge=1)  # 0 would mean no rotation at all
 
 
 class Settings(BaseSettings):
@@ -229,7 +229,7 @@ class Settings(BaseSettings):
         default=20_000_000, ge=10_000, description="A component's log file is rotated when it would grow past this."
     )
     log_backup_count: int = Field(
-        default=5, ge=0, description="Rotated files kept per component (NAME.log.1 ... .N); older ones are deleted."
+        default=5, ge=1, description="Rotated files kept per component (NAME.log.1 ... .N); older ones are deleted."
     )
     log_rotation: dict[str, LogRotation] = Field(
         default_factory=dict,

@@ -2,4 +2,5 @@
 
 from bitinglip.cli import app
 
-app()
+if __name__ == "__main__":  # importing it (a walk of the package) runs nothing
+    app()

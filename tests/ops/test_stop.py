@@ -62,6 +62,9 @@ def test_a_stop_signal_stops_every_child(home: Path, sig: signal.Signals, cleanu
     assert httpx.get(f"{up.gateway}/health", timeout=10).status_code == 200
     if notify is not None:  # systemd hears from the supervisor alone
         assert all("NOTIFY_SOCKET" not in process.environ() for process in up.platform)
+        with httpx.Client(base_url=up.gateway, headers={"Authorization": "Bearer bl-000000000000-" + "x" * 43}) as c:
+            for _ in range(300):  # each one an audit line (request_denied): ~60 kB through a 20 kB cap
+                assert c.get("/api/v1/auth/me").status_code == 401
     os.kill(up.pid, sig)
     up.wait_gone()
     assert up.process is not None and up.process.returncode == 0, up.text()
@@ -86,8 +89,8 @@ def assert_logs_capped(home: Path) -> None:
     files = sorted(logs.iterdir())
     names = {p.name for p in files}
     assert {"gateway.log", "model-worker.log", "prefect-server.log", "pool-worker-gpu.log"} <= names
-    assert "prefect-server.log.1" in names  # Prefect's start alone writes more than the 20 kB cap
-    assert not any(n.endswith(".log.3") for n in names)  # backup_count 2
+    assert {"gateway.log.1", "gateway.log.2"} <= names  # the denied requests' audit lines, rotated
+    assert not any(n.endswith(".log.3") for n in names)  # backup_count 2: the oldest went
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
         data = path.read_bytes()

@@ -22,7 +22,8 @@ HOLD = """
 import sys, time
 from pathlib import Path
 from bitinglip.pidfile import PidFile
-PidFile(Path(sys.argv[1])).acquire({"gateway_url": "http://x"})
+held = PidFile(Path(sys.argv[1]))  # kept: the lock lives as long as its file object
+held.acquire({"gateway_url": "http://x"})
 print("held", flush=True)
 time.sleep(600)
 """
