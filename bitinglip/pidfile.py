@@ -62,10 +62,10 @@ class PidFile:
             except FileNotFoundError:
                 pass
             fh.close()  # its holder removed it as we opened it: lock the file now at the path
-        info = {"pid": os.getpid(), "started_at": time.time(), "details": details or {}}
+        record = {"pid": os.getpid(), "started_at": time.time(), "details": details or {}}
         fh.seek(0)
         fh.truncate()
-        fh.write(json.dumps(info))
+        fh.write(json.dumps(record))
         fh.flush()
         self._fh = fh
 

@@ -321,6 +321,10 @@ def _run(settings: Settings, console: Console, install: bool, replicas: int, sta
                         [py, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
                         cwd=PROJECT_DIR,
                         restart=restart_worker,
+                        # Orphaned, a pool worker would drain: wait for its flow runs (in sessions of
+                        # their own, so nothing stops them) and retry its goodbyes to a server that is
+                        # gone. Ended outright instead; the runs it started finish or fail on their own.
+                        death_signal=signal.SIGKILL,
                     )
                 sup.start(
                     f"gateway{suffix}",

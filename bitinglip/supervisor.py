@@ -16,7 +16,6 @@ log by size (`child_logs`); test harnesses keep the plain defaults."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
@@ -26,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
 import psutil
@@ -74,6 +74,7 @@ class Child:
     group_killed: bool = False  # its process died and its group was killed: nothing left to stop
     given_up: bool = False  # a non-essential child past its restart budget: left down
     stop_last: bool = False  # others depend on it while they stop (Prefect's server)
+    death_signal: int = signal.SIGTERM  # sent by the kernel if the supervisor dies first
 
     @property
     def restarts(self) -> int:
@@ -125,38 +126,44 @@ class Supervisor:
         restart: RestartPolicy | None = None,
         on_crash: Callable[[Child], None] | None = None,
         stop_last: bool = False,
+        death_signal: int = signal.SIGTERM,
     ) -> Child:
         """Start `argv` as child `name`, its output appended to log_dir/NAME.log. With `restart`, a
         death is answered by a restart (see `check`); `on_crash` runs once the dead child's process
-        group is gone and before it starts again: cleanup that only the parent knows to be safe."""
+        group is gone and before it starts again: cleanup that only the parent knows to be safe.
+        `death_signal`: what the kernel sends the child if we die without stopping it (with
+        `bind_children`); `stop_last`: stopped after the others (see `stop_all`)."""
         log_path = self.log_dir / f"{name}.log"
         if self.rotation is not None and name not in self._logs:
             self._logs[name] = ChildLog(log_path, *self.rotation(name))
-        child = Child(
-            name, self._spawn(name, list(argv), log_path, cwd, env), log_path, list(argv), cwd, env, restart, on_crash
-        )
-        child.stop_last = stop_last
+        process = self._spawn(name, list(argv), cwd, env, death_signal)
+        child = Child(name, process, log_path, list(argv), cwd, env, restart, on_crash)
+        child.stop_last, child.death_signal = stop_last, death_signal
         self.children.append(child)
         return child
 
     def _spawn(
-        self, name: str, argv: list[str], log_path: Path, cwd: Path | None, env: dict[str, str] | None
+        self, name: str, argv: list[str], cwd: Path | None, env: dict[str, str] | None, death_signal: int
     ) -> subprocess.Popen[bytes]:
         # Logs hold request ids, user names and audit lines: the platform's alone (0600), and so is
         # everything a child creates (umask 077: databases, results, Prefect's files).
+        log_path = self.log_dir / f"{name}.log"
         child_log = self._logs.get(name)
-        preexec = procctl.die_with_parent() if self.bind_children else None
-        popen = functools.partial(
-            subprocess.Popen,
-            argv,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**self.env, **(env or {})},
-            cwd=cwd,
-            start_new_session=True,
-            umask=0o077,
-            preexec_fn=preexec,
-        )
+        preexec = procctl.die_with_parent(death_signal) if self.bind_children else None
+
+        def popen(stdout: int | IO[bytes]) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                argv,
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**self.env, **(env or {})},
+                cwd=cwd,
+                start_new_session=True,
+                umask=0o077,
+                preexec_fn=preexec,
+            )
+
         if child_log is not None:
             process = popen(stdout=subprocess.PIPE)
             assert process.stdout is not None
@@ -218,7 +225,7 @@ class Supervisor:
                     log.exception("cleanup after %s exited failed", child.name)
 
     def _restart(self, child: Child) -> None:
-        child.process = self._spawn(child.name, child.argv, child.log_path, child.cwd, child.env)
+        child.process = self._spawn(child.name, child.argv, child.cwd, child.env, child.death_signal)
         child.restart_due = None
         child.group_killed = False
         self._event(child, f"{child.name} restarted (pid {child.process.pid})")
