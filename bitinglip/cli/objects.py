@@ -24,9 +24,9 @@ app.add_typer(users_app, name="users")
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 
 
-def _listing(path: str) -> list[dict[str, Any]]:
+def _listing(path: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """A route that answers a JSON list (users, keys)."""
-    return cast(list[dict[str, Any]], _gateway("GET", path))
+    return cast(list[dict[str, Any]], _gateway("GET", path, params=params or {}))
 
 
 def _when(value: object) -> str:
@@ -193,10 +193,10 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list() -> None:
+def keys_list(user: Annotated[str | None, typer.Option(help="Admins: this user's keys.")] = None) -> None:
     """Your keys (an admin: everyone's), never the secrets."""
     table = Table("id", "name", "user", "created", "last used", "revoked")
-    for k in _listing("/api/v1/auth/keys"):
+    for k in _listing("/api/v1/auth/keys", {} if user is None else {"username": user}):
         table.add_row(
             k["id"],
             k["name"],
