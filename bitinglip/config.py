@@ -21,6 +21,13 @@ class BatchingOverride(BaseModel):
     max_queue: int | None = Field(default=None, ge=1)
 
 
+class LogRotation(BaseModel):
+    """Per-component log caps (`bitinglip up`); unset fields fall back to the global ones."""
+
+    max_bytes: int | None = Field(default=None, ge=10_000)
+    backup_count: int | None = Field(default=None, ge=1)  # 0 would mean no rotation at all
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BITINGLIP_", env_nested_delimiter="__", extra="ignore")
 
@@ -236,6 +243,22 @@ class Settings(BaseSettings):
         default=5, ge=0, description="Restarts of a crashed child within restart_window_s before `up` gives up."
     )
     restart_window_s: float = Field(default=300.0, gt=0, description="Window over which restarts are counted.")
+    stop_grace_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=600,
+        description="On stop, children get SIGTERM and this long to exit before SIGKILL (their whole process group).",
+    )
+    log_max_bytes: int = Field(
+        default=20_000_000, ge=10_000, description="A component's log file is rotated when it would grow past this."
+    )
+    log_backup_count: int = Field(
+        default=5, ge=1, description="Rotated files kept per component (NAME.log.1 ... .N); older ones are deleted."
+    )
+    log_rotation: dict[str, LogRotation] = Field(
+        default_factory=dict,
+        description='Per-component overrides, JSON: {"gateway": {"max_bytes": 50000000, "backup_count": 10}}.',
+    )
 
     # -- batch jobs (OpenAI Batch API)
     batch_chunk_size: int = Field(
@@ -348,6 +371,20 @@ class Settings(BaseSettings):
         if self.model_keep_alive is None or name in self.worker_models or model_id in self.worker_models:
             return keep_alive.FOREVER
         return keep_alive.parse(self.model_keep_alive)
+
+    def log_rotation_for(self, component: str) -> tuple[int, int]:
+        """(max_bytes, backup_count) of one component's log (`gateway`, `model-worker`, ...), overrides
+        applied; replicas (`gateway-2`) share their component's override."""
+        override = self.log_rotation.get(component) or self.log_rotation.get(component.rsplit("-", 1)[0])
+        override = override or LogRotation()
+        return (
+            override.max_bytes or self.log_max_bytes,
+            self.log_backup_count if override.backup_count is None else override.backup_count,
+        )
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home_dir / "up.pid"
 
     def batching_for(self, model: str) -> tuple[int, float, int]:
         """(max_batch_size, max_wait_ms, max_queue) for one model, overrides applied."""

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,9 @@ from types import FrameType
 from rich.console import Console
 from rich.markup import escape
 
+from bitinglip import procctl
 from bitinglip.config import Settings
+from bitinglip.pidfile import AlreadyRunning, PidFile
 from bitinglip.supervisor import Child, RestartPolicy, Supervisor
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -97,6 +100,7 @@ def child_env(settings: Settings) -> dict[str, str]:
     env = {**os.environ, **settings.prefect_env(), "BITINGLIP_PROJECT_DIR": str(PROJECT_DIR)}
     env["BITINGLIP_HOME"] = str(settings.home_dir)
     env["PYTHONUNBUFFERED"] = "1"
+    env.pop("NOTIFY_SOCKET", None)  # systemd hears from the supervisor alone
     return env
 
 
@@ -170,15 +174,31 @@ def _worker_id(settings: Settings, index: int) -> str:
     return replica_env(settings, index).get("BITINGLIP_WORKER_ID", settings.worker_name)
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+class StopRequested(KeyboardInterrupt):
+    """A stop signal (or the death of our parent), handled as Ctrl-C is: everything stops."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """While the platform stops, a second Ctrl-C or SIGTERM must not cut `stop_all` short and leave
-    children running (it escalates to SIGKILL on its own after its grace)."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+def _stop_on_signals() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP all stop the platform, whatever they were set to before: a
+    non-interactive shell starts background jobs with SIGINT ignored, and systemd, `docker stop`
+    and `kill` send SIGTERM. Only the first one interrupts: a second (systemd and a terminal both
+    signalling) must not cut the stop short and leave children running."""
+    received: list[str] = []
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        if not received:
+            received.append(signal.Signals(signum).name)
+            raise StopRequested(received[0])
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -186,14 +206,68 @@ def _signals_ignored() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """While the platform stops, another signal must not cut `stop_all` short and leave children
+    running (it escalates to SIGKILL on its own after its grace)."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def ports_in_use(settings: Settings, replicas: int) -> list[str]:
+    """The ports `up` would listen on that something else holds already (another platform from
+    another home, a stray gateway): said up front instead of a child failing to bind."""
+    wanted = [("Prefect server", settings.prefect_host, settings.prefect_port)]
+    for i in range(replicas):
+        wanted.append(("gateway", settings.gateway_host, settings.gateway_port + 10 * i))
+        wanted.append(("model worker", settings.worker_host, settings.worker_port + 10 * i))
+    busy = []
+    for what, host, port in wanted:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                busy.append(f"{host}:{port} ({what})")
+    return busy
+
+
 def run_platform(settings: Settings, console: Console, install: bool = True, replicas: int = 1) -> int:
     """Every child is restarted when it dies (`restart_attempts` within `restart_window_s`, with
     backoff); the gateway keeps answering meanwhile. A crash loop stops everything and returns 1."""
     started = time.monotonic()
+    pid_file = PidFile(settings.pid_file)
+    try:
+        pid_file.acquire({"gateway_url": settings.gateway_url, "replicas": replicas})
+    except AlreadyRunning as exc:
+        console.print(f"[red bold]not started:[/] {exc}")
+        return 1
+    try:
+        with _stop_on_signals():
+            parent = procctl.bind_to_parent()  # our parent's end stops us as SIGTERM does
+            busy = ports_in_use(settings, replicas)
+            if busy:
+                console.print(f"[red bold]not started:[/] in use already: {', '.join(busy)}")
+                return 1
+            return _run(settings, console, install, replicas, started, parent)
+    except StopRequested as stop:  # before the supervisor existed: nothing to stop
+        console.print(f"stopped ({stop.reason})")
+        return 0
+    finally:
+        pid_file.release()
+
+
+def _run(settings: Settings, console: Console, install: bool, replicas: int, started: float, parent: int) -> int:
     ensure_postgres_databases(settings.database_url, settings.prefect_database_url)
     env = child_env(settings)
     env["BITINGLIP_ADMIN_API_KEY"] = local_admin_key(settings)
-    sup = Supervisor(settings.home_dir / "logs", env)
+    sup = Supervisor(
+        settings.home_dir / "logs", env, rotation=settings.log_rotation_for, bind_children=True, subreaper=True
+    )
     restart = RestartPolicy(attempts=settings.restart_attempts, window_s=settings.restart_window_s)
     restart_worker = dataclasses.replace(restart, essential=False)  # a crash-looping worker stays down alone
 
@@ -205,7 +279,6 @@ def run_platform(settings: Settings, console: Console, install: bool = True, rep
         return release
 
     py = sys.executable
-    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)  # stop as on Ctrl-C: children too
     try:
         console.print(f"[bold]BitingLip[/] home: {settings.home_dir}")
         with console.status("starting Prefect server"):
@@ -223,6 +296,7 @@ def run_platform(settings: Settings, console: Console, install: bool = True, rep
                     str(settings.prefect_port),
                 ],
                 restart=restart,
+                stop_last=True,  # the pool workers' shutdown talks to it
             )
             sup.wait_http(f"{settings.prefect_api}/health", timeout=90)
         with console.status("work pools and deployments"):
@@ -247,6 +321,10 @@ def run_platform(settings: Settings, console: Console, install: bool = True, rep
                         [py, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
                         cwd=PROJECT_DIR,
                         restart=restart_worker,
+                        # Orphaned, a pool worker would drain: wait for its flow runs (in sessions of
+                        # their own, so nothing stops them) and retry its goodbyes to a server that is
+                        # gone. Ended outright instead; the runs it started finish or fail on their own.
+                        death_signal=signal.SIGKILL,
                     )
                 sup.start(
                     f"gateway{suffix}",
@@ -279,18 +357,22 @@ def run_platform(settings: Settings, console: Console, install: bool = True, rep
             """"max_tokens":32,"temperature":0}'""",
             soft_wrap=True,
         )
-        console.print("Ctrl-C stops everything.")
+        console.print(f"Ctrl-C, SIGTERM or `bitinglip down` stops everything (supervisor pid {os.getpid()}).")
+        procctl.sd_notify(f"READY=1\nSTATUS=ready in {elapsed:.0f}s, gateway {settings.gateway_url}")
         while True:
             sup.check()
+            if os.getppid() != parent:  # the parent went before the kernel could be told to signal us
+                raise StopRequested("parent exited")
             time.sleep(0.5)
-    except KeyboardInterrupt:
-        console.print("stopping...")
+    except KeyboardInterrupt as stop:
+        reason = stop.reason if isinstance(stop, StopRequested) else "SIGINT"
+        console.print(f"stopping ({reason})...")
         return 0
     except Exception as exc:
         console.print(f"[red bold]platform stopped:[/] {escape(str(exc))}", soft_wrap=True)  # the tail is no markup
         return 1
     finally:
+        procctl.sd_notify("STOPPING=1")
         with _signals_ignored():
-            sup.stop_all()
-        signal.signal(signal.SIGTERM, previous_sigterm)
+            sup.stop_all(settings.stop_grace_s)
         console.print("all processes stopped")

@@ -8,6 +8,7 @@ from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextC
 from bitinglip.config import Settings
 from bitinglip.models import installer
 from bitinglip.models.backends import RequestedBackend
+from bitinglip.models.catalog import Task
 
 _LABELS = {"fetch": "fetching", "convert": "converting to safetensors", "install": "verifying + installing"}
 
@@ -19,6 +20,7 @@ def pull_with_progress(
     source: str | None = None,
     revision: str | None = None,
     backend: RequestedBackend = "auto",
+    task_type: Task | None = None,
 ) -> dict[str, object]:
     from flows.download import download_model
 
@@ -36,6 +38,6 @@ def pull_with_progress(
 
         remove = installer.add_progress_listener(listener)
         try:
-            return download_model(name=name, source=source, revision=revision, backend=backend)
+            return download_model(name=name, source=source, revision=revision, task_type=task_type, backend=backend)
         finally:
             remove()

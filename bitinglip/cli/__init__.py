@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 from rich.console import Console
@@ -13,6 +14,7 @@ from rich.table import Table
 from bitinglip.config import Settings, get_settings
 from bitinglip.logs import configure_logging
 from bitinglip.models.backends import RequestedBackend
+from bitinglip.models.catalog import Task as ModelTask
 
 app = typer.Typer(help="BitingLip: AI inference as tracked jobs.", no_args_is_help=True)
 models_app = typer.Typer(help="Install and inspect models.", no_args_is_help=True)
@@ -98,14 +100,26 @@ def gateway() -> None:
 
 @app.command()
 def status() -> None:
-    """Each component, its URL and health."""
+    """Each component, its URL and health; exits 1 when the gateway is down or degraded."""
     import httpx
+
+    from bitinglip.pidfile import running
 
     settings = _settings("cli")
     table = Table("component", "url", "health", "details")
+    supervisor = running(settings.pid_file)
+    table.add_row(
+        "supervisor",
+        str(settings.pid_file),
+        f"pid {supervisor.pid}" if supervisor else "not running",
+        "bitinglip up from this home" if supervisor else "no `bitinglip up` holds this home",
+    )
+    healthy = False
     try:
-        body = httpx.get(f"{settings.gateway_url}/health", timeout=5).json()
-        table.add_row("gateway", settings.gateway_url, "ok", "")
+        response = httpx.get(f"{settings.gateway_url}/health", timeout=5)
+        body = response.json()
+        healthy = response.status_code == 200
+        table.add_row("gateway", settings.gateway_url, "ok" if healthy else body.get("status", "degraded"), "")
         prefect = body["prefect"]
         table.add_row("prefect", prefect["url"], prefect["status"], f"dispatcher {body['dispatcher']['status']}")
         for w in body["workers"]:
@@ -117,9 +131,11 @@ def status() -> None:
             )
         if not body["workers"]:
             table.add_row("model workers", "-", "none", "no worker has registered")
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, ValueError) as exc:
         table.add_row("gateway", settings.gateway_url, "down", type(exc).__name__)
     console.print(table)
+    if not healthy:
+        raise typer.Exit(1)
 
 
 @models_app.command("pull")
@@ -134,11 +150,15 @@ def models_pull(
             "auto: llama.cpp for a GGUF when llama-cpp-python is installed, else transformers.",
         ),
     ] = "auto",
+    task: Annotated[
+        ModelTask | None,
+        typer.Option(help="What the model does; needed with --source for a model the catalog does not know."),
+    ] = None,
 ) -> None:
     """Install a model (a Prefect flow run, followed with a progress bar)."""
     from bitinglip.progress import pull_with_progress
 
-    result = pull_with_progress(_settings("cli"), console, name, source, revision, backend)
+    result = pull_with_progress(_settings("cli"), console, name, source, revision, backend, task)
     console.print(f"installed {result['id']} ({result['backend']})")
 
 
@@ -163,6 +183,15 @@ def _credentials(settings: Settings) -> dict[str, str]:
     else:
         return {}
     return {"Authorization": f"Bearer {key}"}
+
+
+def _segment(value: str) -> str:
+    """A name or id typed by the user as one path segment of a gateway URL: quoted, so that
+    `../auth/keys/ID` stays one (unknown) id instead of reaching another route."""
+    if value in ("", ".", ".."):
+        console.print(f"[red]not a name or id:[/] {value!r}")
+        raise typer.Exit(2)
+    return quote(value, safe="@")
 
 
 def _gateway(method: str, path: str, timeout: float = 30, **kwargs: object) -> dict[str, Any]:
@@ -195,7 +224,7 @@ def _gateway(method: str, path: str, timeout: float = 30, **kwargs: object) -> d
 @models_app.command("show")
 def models_show(model: str) -> None:
     """One model: registry record, files with sha256, where it is loaded."""
-    body = _gateway("GET", f"/api/v1/models/{model}")
+    body = _gateway("GET", f"/api/v1/models/{_segment(model)}")
     files = body.pop("files", None) or {}
     table = Table("field", "value")
     for key, value in body.items():
@@ -210,7 +239,7 @@ def models_show(model: str) -> None:
 @models_app.command("rm")
 def models_rm(model: str, force: Annotated[bool, typer.Option(help="Even if a worker has it loaded.")] = False) -> None:
     """Remove a model from the store and the registry."""
-    _gateway("DELETE", f"/api/v1/models/{model}", params={"force": str(force).lower()})
+    _gateway("DELETE", f"/api/v1/models/{_segment(model)}", params={"force": str(force).lower()})
     console.print(f"removed {model}")
 
 
@@ -218,7 +247,7 @@ def models_rm(model: str, force: Annotated[bool, typer.Option(help="Even if a wo
 def models_pin(model: str, off: Annotated[bool, typer.Option("--off", help="Unpin instead.")] = False) -> None:
     """Protect a model from disk-budget eviction and from workers unloading it on their own (keep-alive,
     memory budget); lift the protection with --off."""
-    _gateway("POST", f"/api/v1/models/{model}/{'unpin' if off else 'pin'}")
+    _gateway("POST", f"/api/v1/models/{_segment(model)}/{'unpin' if off else 'pin'}")
     console.print(f"{model} {'unpinned' if off else 'pinned'}")
 
 
@@ -237,7 +266,7 @@ def models_load(
     """Load a model on the model workers now (unloading idle ones to make room within their budget)."""
     body = {} if keep_alive is None else {"keep_alive": keep_alive}
     params = {} if worker is None else {"worker": worker}
-    answer = _gateway("POST", f"/api/v1/models/{model}/load", timeout=900, json=body, params=params)
+    answer = _gateway("POST", f"/api/v1/models/{_segment(model)}/load", timeout=900, json=body, params=params)
     for outcome in answer["workers"]:
         loaded = outcome.get("model") or {}
         size = _megabytes(loaded.get("memory_bytes"))
@@ -252,7 +281,7 @@ def models_unload(
 ) -> None:
     """Unload a model from the model workers (409 while it serves requests, unless --force)."""
     params = {"force": str(force).lower(), **({} if worker is None else {"worker": worker})}
-    answer = _gateway("POST", f"/api/v1/models/{model}/unload", timeout=120, params=params)
+    answer = _gateway("POST", f"/api/v1/models/{_segment(model)}/unload", timeout=120, params=params)
     for outcome in answer["workers"]:
         what = "unloaded from" if outcome["status"] == "unloaded" else "was not loaded on"
         console.print(f"{answer['model']} {what} {outcome['worker']}")
@@ -335,7 +364,7 @@ def batch_submit(
     for key, suffix in (("output_file_id", "output"), ("error_file_id", "errors")):
         if batch.get(key):
             target = file.with_suffix(f".{suffix}.jsonl")
-            target.write_bytes(_gateway("GET", f"/v1/files/{batch[key]}/content")["content"])
+            target.write_bytes(_gateway("GET", f"/v1/files/{_segment(batch[key])}/content")["content"])
             console.print(f"{suffix}: {target}")
     if batch["status"] != "completed":
         raise typer.Exit(1)
@@ -350,7 +379,7 @@ def _watch_batch(batch_id: str) -> dict[str, Any]:
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("validating", total=None)
         while True:
-            batch = _gateway("GET", f"/v1/batches/{batch_id}")
+            batch = _gateway("GET", f"/v1/batches/{_segment(batch_id)}")
             counts = batch["request_counts"]
             progress.update(
                 bar,
@@ -363,5 +392,5 @@ def _watch_batch(batch_id: str) -> dict[str, Any]:
             time.sleep(1)
 
 
-if __name__ == "__main__":
-    app()
+# Commands kept in their own modules, registered on `app` (they import the helpers above).
+from bitinglip.cli import objects, ops  # noqa: E402,F401
