@@ -17,8 +17,10 @@ from sqlalchemy import or_, select
 
 from api.console.schemas import JobEvent, Topic
 from api.state import GatewayState
+from api.workers.service import worker_view
 from bitinglip.auth.principal import Principal
 from bitinglip.db.tables import Job
+from bitinglip.db.workers import WorkerInfo
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 1000  # events a slow listener may fall behind by before it is told to reload instead
@@ -142,17 +144,7 @@ class EventHub:
         }
 
 
-def _worker(w: Any) -> dict[str, Any]:
-    return {
-        "id": w.id,
-        "device": w.device,
-        "healthy": w.healthy,
-        "heartbeat_age_s": round(w.heartbeat_age_s, 2),
-        "queue_depth": w.queue_depth,
-        "memory_budget_bytes": w.memory_budget_bytes,
-        "memory_used_bytes": w.memory_used_bytes,
-        "models": [
-            {k: m.get(k) for k in ("id", "name", "memory_bytes", "waiting", "running", "tokens_per_s", "pinned")}
-            for m in w.models
-        ],
-    }
+def _worker(w: WorkerInfo) -> dict[str, Any]:
+    """The workers view, each model with what the dashboard draws."""
+    keys = ("id", "name", "memory_bytes", "waiting", "running", "tokens_per_s", "pinned")
+    return {**worker_view(w), "models": [{k: m.get(k) for k in keys} for m in w.models]}

@@ -6,6 +6,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from api.deps import AdminDep, SettingsDep, WorkerDirectoryDep
+from api.workers.service import worker_view
 
 router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
 log = logging.getLogger(__name__)
@@ -16,20 +17,7 @@ async def list_workers(workers: WorkerDirectoryDep, settings: SettingsDep, admin
     """Model workers from their heartbeats (stale ones are marked and get no traffic): what each holds
     loaded, its bytes against the worker's budget, keep-alive and idle time (`bitinglip ps`); and the
     Prefect work-pool workers from the Prefect API."""
-    model_workers = [
-        {
-            "id": w.id,
-            "url": w.url,
-            "device": w.device,
-            "healthy": w.healthy,
-            "heartbeat_age_s": round(w.heartbeat_age_s, 2),
-            "queue_depth": w.queue_depth,
-            "memory_budget_bytes": w.memory_budget_bytes,
-            "memory_used_bytes": w.memory_used_bytes,
-            "models": w.models,
-        }
-        for w in await workers.workers(fresh=True)
-    ]
+    model_workers = [worker_view(w) for w in await workers.workers(fresh=True)]
     pool_workers, error = await _pool_workers(settings.prefect_api)
     return {"model_workers": model_workers, "pool_workers": pool_workers, "prefect_error": error}
 

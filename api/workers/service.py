@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from bitinglip.config import Settings
 from bitinglip.db.session import Database
@@ -50,3 +51,18 @@ def _free_bytes(worker: WorkerInfo) -> float:
     if worker.memory_budget_bytes is None:
         return float("inf")
     return worker.memory_budget_bytes - worker.memory_used_bytes
+
+
+def worker_view(worker: WorkerInfo) -> dict[str, Any]:
+    """A model worker as `GET /api/v1/workers` and the console's live feed show it (admins only)."""
+    return {
+        "id": worker.id,
+        "url": worker.url,
+        "device": worker.device,
+        "healthy": worker.healthy,
+        "heartbeat_age_s": round(worker.heartbeat_age_s, 2),
+        "queue_depth": worker.queue_depth,
+        "memory_budget_bytes": worker.memory_budget_bytes,
+        "memory_used_bytes": worker.memory_used_bytes,
+        "models": worker.models,
+    }
