@@ -11,6 +11,8 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import httpx
+
 from api.inference.schemas import RoutedEmbeddings, RoutedImages, TextInferenceResponse
 from api.models.service import ModelService
 from api.workers.client import WorkerClient
@@ -18,6 +20,7 @@ from api.workers.service import WorkerDirectory
 from bitinglip.config import Settings
 from bitinglip.db.workers import WorkerInfo
 from bitinglip.errors import BitingLipError, NoRoomToLoad, RemoteError, ServiceUnavailable
+from bitinglip.models import access
 from bitinglip.outputs import (
     Embeddings,
     GeneratedImage,
@@ -39,12 +42,17 @@ T = TypeVar("T")
 WORKERS_TRIED = 3  # per request, at most: a failover bounds latency, it does not scan a large cluster
 
 
+# The worker never got the request: it could not be connected to (a timeout or a broken connection
+# after sending may mean it is running there, so those are not retried elsewhere).
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
 def _nothing_ran(exc: BitingLipError) -> bool:
-    """Failures another worker may not have: this one was unreachable, or could not load the model
-    within its memory budget. Either way no work started, so trying elsewhere cannot run it twice."""
-    return isinstance(exc, ServiceUnavailable) or (
-        isinstance(exc, RemoteError) and exc.status_code == 503 and exc.code == NoRoomToLoad.code
-    )
+    """Failures another worker may not have: this one could not be reached, or could not load the
+    model within its memory budget. Either way no work started, so trying elsewhere cannot run it twice."""
+    if isinstance(exc, ServiceUnavailable):
+        return isinstance(exc.__cause__, NOT_SENT)
+    return isinstance(exc, RemoteError) and exc.status_code == 503 and exc.code == NoRoomToLoad.code
 
 
 class InferenceService:
@@ -66,7 +74,9 @@ class InferenceService:
         params.check_limits(self.settings)
         record = await self.models.resolve(params.model or self.settings.default_text_model, "text")
         payload = params.model_dump(exclude_none=True, mode="json")
-        payload.update(model=record.id, priority=int(Priority.SYNC))
+        # the tenant scopes the worker's prompt-prefix cache: another user's prompt is never reused,
+        # so its timing or `cached_tokens` cannot tell one user what another just sent
+        payload.update(model=record.id, priority=int(Priority.SYNC), tenant=access.current_caller().username)
         return record.id, payload
 
     async def generate_text(self, params: TextGenerationParams) -> TextInferenceResponse:

@@ -154,6 +154,20 @@ class Batcher(ABC, Generic[I, R]):
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher:{self.name}")
+            self._task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        """The loop only ends by `stop`; if it died of a bug instead, nobody may wait on it forever:
+        its requests fail, and the next submit starts a new loop."""
+        if task.cancelled() or self._task is not task:
+            return
+        exc = task.exception() or RuntimeError("the batch loop ended")
+        log.error("batch loop of %s died: %r", self.name, exc)
+        self._task = None
+        _fail(self._release_running(), exc)
+        _fail(self._queue, exc)
+        self._queue.clear()
+        self._room.set()
 
     async def stop(self) -> None:
         """End the loop for good; every request waiting or being computed fails with the reason, and so
@@ -227,7 +241,9 @@ class Batcher(ABC, Generic[I, R]):
         """Up to `room` (default: a full batch) waiting requests, best rank first, of which at most
         `background_room` (None: no limit) background ones."""
         limit = self.max_batch_size if room is None else room
-        self._queue = [p for p in self._queue if not p.future.done()]  # cancelled while waiting
+        if gone := [p.item for p in self._queue if p.future.done()]:  # cancelled while waiting
+            self._queue = [p for p in self._queue if not p.future.done()]
+            self._forget(gone)
         self._room.set()
         if limit <= 0 or not self._queue:
             return []
@@ -236,7 +252,9 @@ class Batcher(ABC, Generic[I, R]):
         taken: list[_Pending[I, R]] = []
         left: list[_Pending[I, R]] = []
         for p in self._queue:
-            if len(taken) < limit and (p.interactive or background_room is None or background_room > 0):
+            if len(taken) < limit and (
+                p.interactive or background_room is None or background_room > 0 or self._is_cancelled(p.item)
+            ):
                 taken.append(p)
                 if not p.interactive and background_room is not None:
                     background_room -= 1
@@ -244,6 +262,13 @@ class Batcher(ABC, Generic[I, R]):
                 left.append(p)
         self._queue = left
         return taken
+
+    def _forget(self, items: list[I]) -> None:
+        """Items whose callers went away before they ran: an engine may hold state for them."""
+
+    def _is_cancelled(self, item: I) -> bool:
+        """A cancelled item is taken at once (past any limit on background work) so it ends now."""
+        return False
 
 
 class _CountMismatch(RuntimeError):
@@ -355,11 +380,15 @@ class ContinuousBatcher(Batcher[I, R]):
         knobs: BatchKnobs,
         on_batch: Callable[[int], None] | None = None,
         preempt: Callable[[list[I]], list[I]] | None = None,
+        discard: Callable[[list[I]], None] | None = None,
+        is_cancelled: Callable[[I], bool] | None = None,
     ) -> None:
         super().__init__(name, executor, knobs, on_batch)
         self._step = step
         self._reset = reset
         self._preempt = preempt
+        self._discard = discard
+        self._cancelled = is_cancelled
         self._in_flight: dict[int, _Pending[I, R]] = {}
         self.preempted = 0  # rows set aside for interactive requests, since the start
 
@@ -368,7 +397,14 @@ class ContinuousBatcher(Batcher[I, R]):
         while True:
             if not self._in_flight:
                 await self._wait_for_batch()  # idle engine: gather a first batch briefly
-            await self._make_way()
+            try:
+                await self._make_way()
+            except Exception as exc:  # the engine's state is unknown now, as after a failed step
+                log.exception("preempting rows failed on %s", self.name)
+                self._reset()
+                _fail(self._in_flight.values(), exc)
+                self._in_flight.clear()
+                continue
             admitted = self._take(self.max_batch_size - len(self._in_flight), self._background_room())
             if not admitted and not self._in_flight:
                 continue
@@ -391,6 +427,13 @@ class ContinuousBatcher(Batcher[I, R]):
                 _settle(p, result)
             self._batches += 1 if admitted else 0
             self._running = len(self._in_flight)
+
+    def _forget(self, items: list[I]) -> None:
+        if self._discard is not None:  # on the compute thread, between steps, like everything the engine does
+            self._executor.submit(self._discard, items)
+
+    def _is_cancelled(self, item: I) -> bool:
+        return self._cancelled is not None and self._cancelled(item)
 
     def _interactive_work(self) -> bool:
         return any(p.interactive for p in self._in_flight.values()) or any(

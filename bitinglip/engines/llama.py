@@ -46,9 +46,11 @@ HEAD_OF_LINE_S = 2.0  # how long a request that does not fit yet lets smaller on
 def block_end(position: int) -> int:
     """The end of the prompt block holding `position`: blocks end at 16, 32, then every 64 tokens.
     A prompt is prefilled one block per `llama_decode` call, so a prompt's cells hold the same values
-    whether it was prefilled whole or from a cached prefix (which always ends at a block end): a
-    repeated request repeats its text. 64-token blocks cost nothing measurable against one 512-token
-    call; the small first ones let a short chat reuse its system prompt (docs/architecture.md §3.15)."""
+    whether it was prefilled whole or from a cached prefix (which always ends at a block end), and its
+    last block is computed in the same shape (llama.cpp still rounds with cell placement: greedy text is
+    best effort across cache states, as across batch shapes). 64-token blocks cost nothing measurable
+    against one 512-token call; the small first ones let a short chat reuse its system prompt
+    (docs/architecture.md §3.15)."""
     if position < 16:
         return 16
     if position < 32:
@@ -110,7 +112,9 @@ class LlamaEngine:
         self.kv_tokens = kv_tokens
         self.kv_type = kv_type
         self._pieces: dict[int, bytes] = {}
-        self._end_tokens = np.array([t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)])
+        self._end_tokens = np.array(
+            [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)], dtype=np.intp
+        )
         self._chat = self._chat_formatter()
         self._ctx: Any = None
         self._batch: Any = None
@@ -120,6 +124,7 @@ class LlamaEngine:
         self._waiting: list[TextRequest] = []  # admitted by the batcher, waiting for KV room here
         self._cache_seq = 0  # a sequence id no request uses: it holds the cached prompt prefix
         self._cached: list[int] = []  # the tokens whose cells it holds, positions 0..len-1
+        self._cached_for: str | None = None  # the tenant whose prompt they are: only theirs reuse them
         self._paused: dict[int, _Seq] = {}  # rows set aside by `preempt`, by id of their request
 
     @classmethod
@@ -147,7 +152,17 @@ class LlamaEngine:
         """The context (and its KV cache) is made here: its sequence slots are the batch size."""
         self._open_context(knobs.max_batch_size)
         if knobs.continuous:
-            return ContinuousBatcher(self.name, self.step, self.reset, executor, knobs, on_batch, self.preempt)
+            return ContinuousBatcher(
+                self.name,
+                self.step,
+                self.reset,
+                executor,
+                knobs,
+                on_batch,
+                preempt=self.preempt,
+                discard=self.discard,
+                is_cancelled=lambda request: request.cancelled.is_set(),
+            )
         return DynamicBatcher(self.name, self.run_batch, executor, knobs, on_batch, isolate=False)
 
     def memory_bytes(self) -> int:
@@ -291,7 +306,7 @@ class LlamaEngine:
             if not self._free:
                 continue
             need = len(request.input_ids) + request.sampling.max_tokens
-            shared = reusable_prefix(self._cached, request.input_ids)  # cells it would share, not add
+            shared = self._reusable(request, request.input_ids)  # cells it would share, not add
             if reserved + len(self._cached) + need - shared > self.kv_tokens >= reserved + need:
                 self._drop_cache()
                 shared = 0
@@ -310,10 +325,18 @@ class LlamaEngine:
             reserved += need
         return admitted, cancelled
 
+    def discard(self, requests: list[TextRequest]) -> None:
+        """Forget the set-aside rows of requests whose callers went away (the batcher's call)."""
+        for request in requests:
+            self._resume(request)
+
     def _resume(self, request: TextRequest) -> _Seq | None:
         """The row `preempt` set aside for this very request (ids of dead objects get reused)."""
-        row = self._paused.pop(id(request), None)
-        return row if row is not None and row.request is request else None
+        row = self._paused.get(id(request))
+        if row is None or row.request is not request:
+            return None
+        del self._paused[id(request)]
+        return row
 
     @staticmethod
     def _seeded(request: TextRequest) -> bool:
@@ -332,7 +355,7 @@ class LlamaEngine:
         prefills its prompt and the tokens it had generated, less the last, which it feeds next."""
         resumed = bool(row.tokens)
         ids = row.request.input_ids + row.tokens[:-1] if resumed else row.request.input_ids
-        start = reusable_prefix(self._cached, ids)
+        start = self._reusable(row.request, ids)
         if not resumed:
             row.cached = start
         if start:
@@ -375,6 +398,11 @@ class LlamaEngine:
             calls[-1].extend(block)
         return [call for call in calls if call]
 
+    def _reusable(self, request: TextRequest, ids: list[int]) -> int:
+        """Cached prompt tokens `ids` may start from: none from another tenant's prompt, or its
+        `cached_tokens` and its time to first token would confirm guesses about that prompt."""
+        return reusable_prefix(self._cached, ids) if request.tenant == self._cached_for else 0
+
     def _keep_prefix(self, row: _Seq) -> None:
         """The finished row's prompt, cut to a block end, becomes the cached prefix (the latest wins:
         a chat's next turn and a system prompt shared by many requests both start with it)."""
@@ -382,12 +410,12 @@ class LlamaEngine:
         end = 0
         while (following := block_end(end)) <= len(ids):
             end = following
-        if end == 0 or ids[:end] == self._cached:
+        if end == 0 or (ids[:end] == self._cached and row.request.tenant == self._cached_for):
             return
         memory = llama_cpp.llama_get_memory(self._ctx)
         llama_cpp.llama_memory_seq_rm(memory, self._cache_seq, -1, -1)
         llama_cpp.llama_memory_seq_cp(memory, row.slot, self._cache_seq, 0, end)
-        self._cached = list(ids[:end])
+        self._cached, self._cached_for = list(ids[:end]), row.request.tenant
 
     def _drop_cache(self) -> None:
         if self._cached:

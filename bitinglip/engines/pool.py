@@ -372,8 +372,10 @@ class ModelPool:
         priority: Priority,
         sink: Callable[[TextDelta], None] | None = None,
         cancelled: threading.Event | None = None,
+        tenant: str | None = None,
     ) -> TextResult:
-        """Tokenize, check the context, queue for the next batch and wait for the result."""
+        """Tokenize, check the context, queue for the next batch and wait for the result. `tenant`:
+        the user it runs for; engines share cached prompt work only between requests of one tenant."""
         if params.prompt_chars() > self.settings.max_prompt_chars:
             raise InvalidRequest(f"prompt is longer than {self.settings.max_prompt_chars} characters", param="prompt")
         sampling = params.sampling(self.settings.default_max_tokens)
@@ -386,7 +388,7 @@ class ModelPool:
                 raise TypeError(f"the engine of {loaded.manifest.id!r} does not generate text")
             input_ids = engine.encode(params.prompt, params.template_messages())
             engine.check_length(input_ids, sampling.max_tokens)
-            item = TextRequest(input_ids, sampling, sink)
+            item = TextRequest(input_ids, sampling, sink, tenant=tenant)
             if cancelled is not None:
                 item.cancelled = cancelled
             try:

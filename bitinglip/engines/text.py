@@ -119,7 +119,16 @@ class TextEngine:
     ) -> Batcher[TextRequest, TextResult]:
         """Continuous batching when asked for and the model's cache allows it, else static batches."""
         if knobs.continuous and self.supports_continuous:
-            return ContinuousBatcher(self.name, self.step, self.reset, executor, knobs, on_batch, self.preempt)
+            return ContinuousBatcher(
+                self.name,
+                self.step,
+                self.reset,
+                executor,
+                knobs,
+                on_batch,
+                preempt=self.preempt,
+                is_cancelled=lambda request: request.cancelled.is_set(),
+            )
         # A text batch streams as it goes, so it is not rerun item by item when it fails (the engine
         # isolates a failing row itself); embedding and image batches are.
         return DynamicBatcher(self.name, self.run_batch, executor, knobs, on_batch, isolate=False)

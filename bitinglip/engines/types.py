@@ -48,6 +48,7 @@ class TextRequest:
     sampling: SamplingParams
     sink: Callable[[TextDelta], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    tenant: str | None = None  # whose prompts it may share cached work with (the prefix cache)
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 

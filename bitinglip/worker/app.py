@@ -151,7 +151,7 @@ def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
     async def generate_text(body: WorkerTextRequest, request: Request) -> dict[str, Any] | StreamingResponse:
         pool: ModelPool = request.app.state.pool
         if not body.stream:
-            result = await pool.generate_text(body, body.priority)
+            result = await pool.generate_text(body, body.priority, tenant=body.tenant)
             return result.to_output().model_dump(mode="json")
         return StreamingResponse(_stream(pool, body), media_type="application/x-ndjson")
 
@@ -188,7 +188,7 @@ async def _stream(pool: ModelPool, body: WorkerTextRequest) -> AsyncIterator[byt
     def sink(delta: TextDelta) -> None:  # called on the compute thread
         loop.call_soon_threadsafe(deltas.put_nowait, delta)
 
-    generation = asyncio.create_task(pool.generate_text(body, body.priority, sink=sink))
+    generation = asyncio.create_task(pool.generate_text(body, body.priority, sink=sink, tenant=body.tenant))
     try:
         while True:
             getter = asyncio.create_task(deltas.get())

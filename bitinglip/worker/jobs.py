@@ -145,7 +145,7 @@ class JobRunner:
 
     async def _text(self, job: Job, cancelled: threading.Event) -> tuple[str, dict[str, Any]]:
         params = TextGenerationParams.model_validate({**job.params, "model": job.model})
-        result = await self.pool.generate_text(params, Priority(job.priority), cancelled=cancelled)
+        result = await self.pool.generate_text(params, Priority(job.priority), cancelled=cancelled, tenant=job.owner)
         status = "cancelled" if result.finish_reason == "cancelled" or cancelled.is_set() else "completed"
         return status, result.to_output().model_dump(mode="json")
 

@@ -20,6 +20,7 @@ class WorkerEmbeddingRequest(EmbeddingParams):
 class WorkerTextRequest(TextGenerationParams):
     stream: bool = False
     priority: Priority = Field(default=Priority.SYNC)
+    tenant: str | None = Field(default=None, max_length=256, description="The caller, set by the gateway.")
 
 
 class WorkerLoadRequest(BaseModel):

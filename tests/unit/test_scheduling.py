@@ -38,14 +38,21 @@ class Resumable:
         self.preemptable = preemptable
         self.gate = threading.Event()
         self.gate.set()
+        self.cancelled: set[str] = set()
+        self.discarded: list[str] = []
+        self.fail_preempt = False
 
     def step(self, admitted: list[str]) -> list[tuple[str, str | Exception]]:
         self.gate.wait(5)
         time.sleep(0.001)
         self.admitted.append(list(admitted))
-        for item in admitted:
-            self.left[item] = self.paused.pop(item, int(item.split(":")[1]))
         done: list[tuple[str, str | Exception]] = []
+        for item in admitted:
+            if item in self.cancelled:  # an engine ends a cancelled request when it is admitted
+                self.paused.pop(item, None)
+                done.append((item, f"cancelled {item}"))
+                continue
+            self.left[item] = self.paused.pop(item, int(item.split(":")[1]))
         for item in list(self.left):
             self.left[item] -= 1
             self.steps[item] = self.steps.get(item, 0) + 1
@@ -55,11 +62,18 @@ class Resumable:
         return done
 
     def preempt(self, items: list[str]) -> list[str]:
+        if self.fail_preempt:
+            raise RuntimeError("the engine broke while setting rows aside")
         set_aside = [i for i in items if i in self.left and self.preemptable]
         for item in set_aside:
             self.paused[item] = self.left.pop(item)
         self.preempted += set_aside
         return set_aside
+
+    def discard(self, items: list[str]) -> None:
+        self.discarded += items
+        for item in items:
+            self.paused.pop(item, None)
 
     def reset(self) -> None:
         self.left.clear()
@@ -69,7 +83,17 @@ def batcher(
     executor: ThreadPoolExecutor, engine: Resumable, size: int = 2, aging_s: float = 30.0, beside: int | None = None
 ) -> ContinuousBatcher[str, str]:
     knobs = BatchKnobs(size, 0, 64, continuous=True, aging_s=aging_s, background_beside_interactive=beside)
-    return ContinuousBatcher("s", engine.step, engine.reset, executor, knobs, None, engine.preempt)
+    return ContinuousBatcher(
+        "s",
+        engine.step,
+        engine.reset,
+        executor,
+        knobs,
+        None,
+        preempt=engine.preempt,
+        discard=engine.discard,
+        is_cancelled=lambda item: item in engine.cancelled,
+    )
 
 
 async def test_an_interactive_request_preempts_background_rows_which_resume_and_finish(
@@ -184,4 +208,39 @@ async def test_without_a_cap_background_rows_fill_the_free_places(executor: Thre
     assert await b.submit("chat:5", INTERACTIVE) == "done chat:5"
     assert engine.preempted == []
     await asyncio.gather(*background)
+    await b.stop()
+
+
+async def test_a_set_aside_job_that_is_cancelled_ends_at_once_and_is_forgotten(executor: ThreadPoolExecutor) -> None:
+    """With the CPU's cap of 0, a preempted job would wait for the interactive traffic to stop; once
+    cancelled it is taken at once and ends. A set-aside job whose caller went away is discarded by the
+    engine, which holds nothing for it afterwards."""
+    engine = Resumable()
+    b = batcher(executor, engine, size=4, beside=0)
+    job = asyncio.ensure_future(b.submit("job:100000", BACKGROUND_LOW))
+    gone = asyncio.ensure_future(b.submit("gone:100000", BACKGROUND_LOW))
+    await until(lambda: b.stats.running == 2)
+    chat = asyncio.ensure_future(b.submit("chat:100000", INTERACTIVE))
+    await until(lambda: set(engine.paused) == {"job:100000", "gone:100000"})
+    engine.cancelled.add("job:100000")
+    assert await asyncio.wait_for(job, 5) == "cancelled job:100000"  # while the chat still runs
+    gone.cancel()
+    await until(lambda: engine.discarded == ["gone:100000"])
+    assert engine.paused == {} and not chat.done()
+    chat.cancel()
+    await b.stop()
+
+
+async def test_an_engine_failing_to_preempt_fails_its_batch_not_the_model(executor: ThreadPoolExecutor) -> None:
+    engine = Resumable()
+    b = batcher(executor, engine, size=1)
+    bg = asyncio.ensure_future(b.submit("bg:100000", BACKGROUND_LOW))
+    await until(lambda: b.stats.running == 1)
+    engine.fail_preempt = True
+    chat = asyncio.ensure_future(b.submit("chat:3", INTERACTIVE))
+    with pytest.raises(RuntimeError, match="setting rows aside"):
+        await asyncio.wait_for(bg, 5)  # its state is unknown: it fails with the reason
+    engine.fail_preempt = False
+    assert await asyncio.wait_for(chat, 5) == "done chat:3"  # the model goes on serving
+    assert await asyncio.wait_for(b.submit("next:2", INTERACTIVE), 5) == "done next:2"
     await b.stop()
