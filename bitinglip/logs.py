@@ -278,5 +278,6 @@ def configure_logging(settings: Settings, process: str, console_level: str | Non
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
     structlog.contextvars.bind_contextvars(process=process)
-    for noisy in ("httpx", "httpcore", "uvicorn.access"):
+    # alembic.runtime.plugins: seven "setup plugin" lines from every process that opens the database
+    for noisy in ("httpx", "httpcore", "uvicorn.access", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

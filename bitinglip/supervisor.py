@@ -266,8 +266,7 @@ class Supervisor:
         moments SIGKILL takes).
 
         The order matters: a Prefect pool worker that gets SIGTERM drains (it waits for its flow
-        runs, then deregisters and emits its "stopped" event), retrying its API calls with backoff
-        for tens of seconds while the server it talks to is stopping too."""
+        runs, then deregisters and emits its "stopped" event), talking to the server all along."""
         running = [c for c in reversed(self.children) if not c.group_killed]
         started_by_children = [p for c in running for p in _descendants(c.process.pid)]
         deadline = time.monotonic() + grace

@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bitinglip.config import Settings, get_settings
@@ -216,7 +217,8 @@ def _gateway(method: str, path: str, timeout: float = 30, **kwargs: object) -> d
     body: dict[str, Any] = response.json() if response.content else {}
     if response.status_code >= 400:
         error = body.get("error", {})
-        console.print(f"[red]{response.status_code}:[/] {error.get('message') if isinstance(error, dict) else error}")
+        message = error.get("message") if isinstance(error, dict) else error
+        console.print(f"[red]{response.status_code}:[/] {escape(str(message))}", soft_wrap=True)  # one line
         raise typer.Exit(1)
     return body
 

@@ -93,10 +93,12 @@ def tasks_show(job_id: str) -> None:
 def tasks_cancel(job_id: str) -> None:
     """Cancel a job: a queued one at once, a running one at its next step."""
     job = _gateway("DELETE", f"/api/v1/tasks/{_segment(job_id)}")
-    state = job["status"] + (
-        " (cancel requested)" if job.get("cancel_requested") and job["status"] == "running" else ""
-    )
-    console.print(f"{job['id']}: {state}")
+    note = ""
+    if job["status"] == "running":
+        note = " (cancel requested: it stops at its next step)"
+    elif job["status"] in ("completed", "failed"):
+        note = " (it had finished: nothing to cancel)"
+    console.print(f"{job['id']}: {job['status']}{note}")
 
 
 # -- batches (beside `batch submit`)
