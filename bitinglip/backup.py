@@ -16,9 +16,11 @@ absolute or `..` paths are refused before anything is written.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import tarfile
@@ -156,8 +158,10 @@ def backup(settings: Settings, target: Path) -> Report:
     target.parent.mkdir(parents=True, exist_ok=True)
     report = Report(target)
     mode = "w:gz" if target.name.endswith((".tar.gz", ".tgz")) else "w"
-    partial = target.with_name(f".{target.name}.partial")
     with tempfile.TemporaryDirectory(prefix="bitinglip-backup-", dir=target.parent) as scratch:
+        # written in the private (0700) scratch folder, never at a guessable name in a shared one
+        # (where a planted file or link could receive the secrets), then renamed into place
+        partial = Path(scratch) / "archive.partial"
         kinds: dict[str, str] = {}
         databases: list[tuple[Path, str]] = []
         for what, url, sqlite_name, pg_name in (
@@ -168,7 +172,7 @@ def backup(settings: Settings, target: Path) -> Report:
             kinds[what] = _copy_database(url, copy)
             databases.append((copy, sqlite_name if kinds[what] == "sqlite" else pg_name))
             report.entries[f"{what} database ({kinds[what]})"] = 1
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode=mode) as tar:  # type: ignore[call-overload]
             manifest = {
                 "format": FORMAT_VERSION,
@@ -278,9 +282,15 @@ def restore(settings: Settings, source: Path, force: bool = False) -> Report:
 
 
 def _place(source: Path, target: Path) -> None:
+    """Move a restored file into place; across filesystems (a store on another mount) as a copy."""
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(source, 0o600)
-    os.replace(source, target)
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        shutil.move(source, target)
 
 
 def _restore_database(staged: Path, sqlite_name: str, pg_name: str, url: str, what: str, report: Report) -> None:

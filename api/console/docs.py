@@ -12,12 +12,17 @@ SWAGGER = "/ui/swagger"
 
 
 async def swagger_ui(request: Request) -> HTMLResponse:
-    """A plain route (no API dependency), as FastAPI's own /docs is."""
-    return get_swagger_ui_html(
+    """A plain route (no API dependency), as FastAPI's own /docs is. The key given to "Authorize" is
+    not kept in the browser's storage (the console keeps its own per tab), and the page cannot be
+    framed by another site while a key is in it."""
+    page = get_swagger_ui_html(
         openapi_url="/openapi.json",
         title="BitingLip gateway - API docs",
         swagger_js_url=f"{SWAGGER}/swagger-ui-bundle.js",
         swagger_css_url=f"{SWAGGER}/swagger-ui.css",
         swagger_favicon_url=f"{SWAGGER}/favicon-32x32.png",
-        swagger_ui_parameters={"persistAuthorization": True},
     )
+    page.headers["X-Frame-Options"] = "DENY"
+    page.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    page.headers["X-Content-Type-Options"] = "nosniff"
+    return page

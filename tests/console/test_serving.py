@@ -95,6 +95,9 @@ def test_docs_work_offline_with_the_bearer_scheme(platform: Platform, console_di
     anonymous = platform.client(key="")
     page = anonymous.get("/docs")
     assert page.status_code == 200
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert "persistAuthorization" not in page.text  # a key given to "Authorize" stays out of localStorage
     sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
     assert sources and all(s.startswith("/ui/swagger/") for s in sources), sources  # nothing from a CDN
     for source in sources:

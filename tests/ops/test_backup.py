@@ -186,6 +186,21 @@ def test_backup_refuses_to_write_inside_the_home(tmp_path: Path) -> None:
     assert result.returncode == 1 and "inside the home" in result.stdout
 
 
+def test_a_link_planted_beside_the_archive_receives_nothing(tmp_path: Path) -> None:
+    """In a shared folder another user may plant links at names a backup might write; the archive is
+    written in a private scratch folder and renamed into place, so a planted link gets none of it."""
+    source = offline_home(tmp_path / "a")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    for name in (".a.tar.partial", "a.tar.partial", ".a.tar.tmp"):
+        (shared / name).symlink_to(victim)
+    assert cli(cli_env(source), "backup", str(shared / "a.tar")).returncode == 0
+    assert victim.read_text() == "untouched"
+    assert stat.S_IMODE((shared / "a.tar").stat().st_mode) == 0o600 and tarfile.is_tarfile(shared / "a.tar")
+
+
 def _hostile(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"x") -> Path:
     """A real archive (a manifest and databases as `backup` writes) plus one hostile member."""
     source = offline_home(tmp_path / "src")
