@@ -47,6 +47,11 @@ class AuthService:
             audit("request_denied", actor=principal.username, outcome="rate_limited", path=path)
             raise
 
+    async def identify(self, authorization: str | None) -> Principal:
+        """Who these credentials are now, without counting a request (a long-lived stream checking
+        that its credentials still hold is not a new request)."""
+        return await self._identify(authorization)
+
     async def _identify(self, authorization: str | None) -> Principal:
         if self.settings.open_access:
             return Principal(self.settings.admin_username, "admin", user_limits=effective_limits(None, self.settings))

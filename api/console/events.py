@@ -19,6 +19,7 @@ from api.deps import PrincipalDep, StateDep
 from bitinglip.errors import PermissionDenied, RateLimited, Unauthorized
 
 RECHECK_S = 10.0
+MAX_STREAMS_PER_USER = 8  # tabs of one user; each holds a connection and a queue
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
 
@@ -42,15 +43,21 @@ async def events(
         raise PermissionDenied("the workers topic is for admins only", param="topics")
     wanted = frozenset(topics) if topics is not None else frozenset(t for t in TOPICS if who.is_admin or t != "workers")
     hub: EventHub = request.app.state.console_hub
+    if sum(1 for listener in hub.listeners if listener.who.username == who.username) >= MAX_STREAMS_PER_USER:
+        raise RateLimited(
+            f"{MAX_STREAMS_PER_USER} event streams are open for this user; close one first",
+            limit=MAX_STREAMS_PER_USER,
+            reset_after=RECHECK_S,
+        )
 
     async def still_valid() -> bool:
+        """The same user with the same role: a revoked key, a disabled user, an expired token or a
+        changed role ends the stream (the caller opens a new one with what it may see now)."""
         try:
-            await state.auth.authenticate(request.headers.get("authorization"), request.url.path)
+            now = await state.auth.identify(request.headers.get("authorization"))
         except Unauthorized:
             return False
-        except RateLimited:
-            pass  # valid credentials over their rate: the stream they hold is not a new request
-        return True
+        return now.username == who.username and now.role == who.role
 
     async def stream() -> AsyncIterator[dict[str, Any]]:
         async with hub.listen(state, who, wanted) as listener:

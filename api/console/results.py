@@ -3,12 +3,13 @@ link until it expires — an <img> tag or a Prefect artifact cannot send an Auth
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
 
 from fastapi import APIRouter, Path, Query, Response
 
 from api.console.schemas import SignedLink, SignRequest
-from api.deps import FileServiceDep, ScopeDep, SettingsDep
+from api.deps import FileServiceDep, ScopeDep, SettingsDep, StateDep
 from api.files.service import RESULT_PREFIXES
 from bitinglip import signed_urls
 from bitinglip.errors import NotFound, PermissionDenied
@@ -36,14 +37,22 @@ async def sign_result(body: SignRequest, scope: ScopeDep, settings: SettingsDep)
 async def open_signed(
     files: FileServiceDep,
     settings: SettingsDep,
+    state: StateDep,
     path: str = Path(max_length=1024),
     expires: int = Query(ge=0, le=2**42),
     sig: str = Query(pattern=r"^[0-9a-f]{64}$"),
 ) -> Response:
-    """The result behind a link from POST /sign, while the link has not expired."""
+    """The result behind a link from POST /sign, while the link has not expired and its owner (named
+    by the path: images/OWNER/..., jobs/OWNER/...) is an enabled user: disabling a user voids their links."""
     problem = signed_urls.check(settings.secret("jwt_secret"), path, expires, sig)
     if problem is not None:
         raise PermissionDenied(f"this link is {problem}", code=f"link_{problem}")
-    data = await files.result(check_key(path), None)
+    key = check_key(path)
+    if not key.startswith(RESULT_PREFIXES):
+        raise NotFound(f"result {key!r} not found", param="path")
+    owner = await asyncio.to_thread(state.auth.accounts.lookup_user, key.split("/")[1])
+    if owner is None or owner[0].disabled:
+        raise PermissionDenied("this link's owner is disabled", code="link_revoked")
+    data = await files.result(key, None)
     media_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
     return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=300"})

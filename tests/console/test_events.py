@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from api.console.events import MAX_STREAMS_PER_USER
 from tests.conftest import TEXT_MODEL
 from tests.console.conftest import EventReader, User
 from tests.platform_harness import Platform
@@ -122,3 +124,31 @@ def test_a_revoked_key_stops_hearing(
     _, bye = stream.wait_for(lambda e, _: e == "goodbye", timeout=40)
     assert "no longer valid" in bye["reason"]
     stream.join_ended(timeout=10)  # the server closed the stream
+
+
+def test_one_user_may_hold_a_bounded_number_of_streams(
+    platform: Platform, users: dict[str, User], reader: Callable[..., EventReader]
+) -> None:
+    """Each stream holds a connection and a queue: a user (or a stolen key) cannot open them without
+    end; closing one makes room again. Another user is not affected."""
+    streams = [reader(users["alice"].key, topics=["jobs"]) for _ in range(MAX_STREAMS_PER_USER)]
+    for stream in streams:
+        stream.wait_for(lambda e, _: e == "hello", timeout=30)
+    with platform.client(key=users["alice"].key, timeout=10).stream(
+        "GET", "/api/v1/events", params={"topics": ["jobs"]}
+    ) as refused:  # streamed: were it accepted, it would never end
+        assert refused.status_code == 429
+        refused.read()
+        assert "event streams are open" in str(envelope(refused, 429)["message"])
+    other = reader(users["bob"].key, topics=["jobs"])
+    other.wait_for(lambda e, _: e == "hello", timeout=30)
+    streams[0].close()  # the server notices at its next write (a ping or a recheck, within 15 s)
+    deadline = time.monotonic() + 45
+    while True:
+        with platform.client(key=users["alice"].key, timeout=10).stream(
+            "GET", "/api/v1/events", params={"topics": ["jobs"]}
+        ) as again:
+            if again.status_code == 200:
+                break
+        assert time.monotonic() < deadline, "the closed stream's place never came back"
+        time.sleep(1)

@@ -4,6 +4,7 @@ owner (or an admin) can mint one; expired, tampered and re-pointed links are ref
 from __future__ import annotations
 
 import time
+import uuid
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -116,3 +117,20 @@ def test_a_validly_signed_path_outside_the_results_is_still_refused(platform: Pl
     for path, sent, status in (*cases, ("../secrets.json", "%2e%2e/secrets.json", 400)):  # sent as is, not normalised
         query = urlsplit(signed_urls.sign(secret, base, path, 60)[0]).query
         envelope(platform.client(key="").get(f"{base}/{sent}?{query}"), status)
+
+
+def test_disabling_the_owner_voids_their_links(platform: Platform) -> None:
+    """A link outlives neither its owner's account nor a disabling: the owner is checked on every open."""
+    admin = platform.client()
+    name = f"carl-{uuid.uuid4().hex[:6]}"
+    assert admin.post("/api/v1/users", json={"username": name}).status_code == 201
+    key = admin.post("/api/v1/auth/keys", json={"username": name, "name": "t"}).json()["key"]
+    made = platform.client(key=key).post(
+        "/v1/images/generations", json={"model": IMAGE_MODEL, "prompt": "a kite", "response_format": "url"}
+    )
+    assert made.status_code == 200, made.text
+    path = made.json()["data"][0]["url"].split("/api/v1/files/", 1)[1]
+    link = platform.client(key=key).post("/api/v1/results/sign", json={"path": path}).json()["url"]
+    assert platform.client(key="").get(link).status_code == 200
+    assert admin.patch(f"/api/v1/users/{name}", json={"disabled": True}).status_code == 200
+    envelope(platform.client(key="").get(link), 403)
