@@ -6,6 +6,8 @@ cannot fit next to a pinned one, from which the gateway sends requests on to a w
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -55,6 +57,13 @@ def eventually(check: Callable[[], bool], timeout: float = 20) -> None:
     while not check():
         assert time.monotonic() < deadline, "never happened"
         time.sleep(0.2)
+
+
+def drain(lines: Iterator[str]) -> None:
+    """Read a stream to its end, or until it is closed under us."""
+    with contextlib.suppress(Exception):
+        for _ in lines:
+            pass
 
 
 def test_load_and_unload_by_hand_show_in_the_workers_view(platform: Platform, main_worker: str) -> None:
@@ -229,10 +238,17 @@ def test_the_gateway_takes_a_request_a_worker_has_no_room_for_elsewhere(
     budget) and answers 503 `memory_budget`; nothing ran there, so the gateway asks the other worker,
     for plain and for streamed requests alike. The client never sees the refusal."""
     client, admin = platform.client(), platform.client()
-    story = {"messages": [{"role": "user", "content": "Write a very long story about the sea."}], "max_tokens": 2000}
+    story = {
+        "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
+        "max_tokens": 2000,
+        "ignore_eos": True,  # busy for the whole test, whatever the model would say
+    }
     question = [{"role": "user", "content": "Which city is the capital of France?"}]
     with client.stream("POST", "/api/v1/inference/text", json={**story, "stream": True}) as busy:
-        assert '"delta"' in next(busy.iter_lines())  # the platform's worker is generating
+        lines = busy.iter_lines()
+        assert '"delta"' in next(lines)  # the platform's worker is generating
+        # read on as a client does: a stream nobody reads is closed by the gateway once its buffers fill
+        threading.Thread(target=drain, args=(lines,), daemon=True).start()
         eventually(lambda: worker_view(platform, main_worker)[1]["queue_depth"] >= 1)
         for stream in (False, True):
             assert admin.post(f"/api/v1/models/{TEXT_MODEL_FP32}/unload").status_code == 200

@@ -38,6 +38,7 @@ def legacy_text(r: TextResult) -> dict[str, Any]:
             "prompt_tokens": r.prompt_tokens,
             "completion_tokens": r.completion_tokens,
             "total_tokens": r.prompt_tokens + r.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": r.cached_tokens},  # added since: OpenAI's field
         },
         "logprobs": None
         if r.logprobs is None

@@ -156,7 +156,12 @@ async def test_chat_fans_out_n_choices_with_consecutive_seeds_and_sums_usage() -
     assert response.id.startswith("chatcmpl-") and response.model == "m"
     assert [c.message.content for c in response.choices] == ["out0", "out1", "out2"]
     assert {c.finish_reason for c in response.choices} == {"stop"}  # a cancelled choice stopped
-    assert response.usage.model_dump() == {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}
+    assert response.usage.model_dump() == {
+        "prompt_tokens": 9,
+        "completion_tokens": 6,
+        "total_tokens": 15,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
 
 async def test_chat_logprobs_take_the_openai_shape() -> None:
