@@ -3,7 +3,6 @@ people there. Node is needed only to build it; when it has not been built, /ui s
 
 from __future__ import annotations
 
-import html
 from pathlib import Path, PurePosixPath
 
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -56,12 +55,14 @@ class ConsoleFiles(StaticFiles):
         return response
 
 
-def not_built_page(dist: Path) -> HTMLResponse:
-    body = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>BitingLip console</title></head>
+def not_built_page() -> HTMLResponse:
+    """Says how to build, without naming a path on the server (anyone may ask)."""
+    body = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>BitingLip console</title></head>
 <body style="font-family: system-ui, sans-serif; max-width: 40rem; margin: 3rem auto; line-height: 1.5">
 <h1>The console has not been built</h1>
-<p>The gateway serves the console from <code>{html.escape(str(dist))}</code>, which has no
-<code>index.html</code>. Build it once (Node.js 20+ is needed for the build only):</p>
+<p>The gateway serves the console from its build folder (<code>BITINGLIP_CONSOLE_DIR</code>, by default
+<code>web/dist</code> in the project), which has no <code>index.html</code>. Build it once (Node.js 20+ is
+needed for the build only):</p>
 <pre>cd web &amp;&amp; npm ci &amp;&amp; npm run build</pre>
 <p><code>make setup</code> (and so <code>make up</code>) does this for you. The API works without it:
 see <a href="/docs">/docs</a>.</p></body></html>"""
@@ -78,6 +79,6 @@ class Console:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not (self.dist / "index.html").is_file():
-            await not_built_page(self.dist)(scope, receive, send)
+            await not_built_page()(scope, receive, send)
             return
         await self.files(scope, receive, send)

@@ -86,6 +86,7 @@ def test_without_a_build_the_gateway_starts_and_says_how_to_build(platform: Plat
         for page in ("/ui/", "/ui/models"):
             response = httpx.get(f"{url}{page}")
             assert response.status_code == 503 and "npm ci" in response.text and "npm run build" in response.text
+            assert str(tmp_path) not in response.text  # an anonymous visitor learns no path on the server
         assert httpx.get(f"{url}/health").status_code == 200
     finally:
         platform.stop("gateway-unbuilt")
