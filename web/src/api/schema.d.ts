@@ -392,7 +392,8 @@ export interface paths {
         };
         /**
          * Open Signed
-         * @description The result behind a link from POST /sign, while the link has not expired.
+         * @description The result behind a link from POST /sign, while the link has not expired and its owner (named
+         *     by the path: images/OWNER/..., jobs/OWNER/...) is an enabled user: disabling a user voids their links.
          */
         get: operations["open_signed_api_v1_results_signed__path__get"];
         put?: never;
