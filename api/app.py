@@ -31,6 +31,7 @@ from api.telemetry import GatewayMetrics, InFlight, RequestMetrics
 from api.usage import router as usage_router
 from api.workers import router as workers_router
 from api.workers.client import WorkerClient
+from api.workers.poke import JobPoker
 from api.workers.service import WorkerDirectory
 from bitinglip.auth.accounts import AccountStore
 from bitinglip.auth.limits import Limiter
@@ -58,8 +59,7 @@ def build_state(settings: Settings, window: GatewayMetrics) -> GatewayState:
     models = ModelService(settings, db, workers, store)
     dispatcher = Dispatcher(
         store,
-        submit_run,  # how each job kind becomes a Prefect run lives with the flows
-        jobs_per_run=settings.jobs_per_run,
+        submit_run,  # how a flow-run job becomes a Prefect flow run lives with the flows
         interval_s=settings.dispatch_interval_s,
         redispatch_after=timedelta(seconds=settings.job_redispatch_after_s),
     )
@@ -81,7 +81,7 @@ def build_state(settings: Settings, window: GatewayMetrics) -> GatewayState:
         limiter=limiter,
         batches=BatchService(store, files, dispatcher, limiter),
         metrics=window,
-        jobs=JobService(settings, store, models, dispatcher, limiter),
+        jobs=JobService(settings, store, models, dispatcher, JobPoker(workers, client), limiter),
         dispatcher=dispatcher,
         http=httpx.AsyncClient(),
     )
@@ -122,7 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reaper = Reaper(
             state.jobs.store,
             lambda: _live_worker_ids(state.workers),
-            state.dispatcher.poke,
+            state.jobs.requeued,
             orphan_after_s=settings.job_orphan_after_s,
             interval_s=settings.reaper_interval_s,
         )

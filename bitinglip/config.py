@@ -123,7 +123,9 @@ class Settings(BaseSettings):
     worker_heartbeat_s: float = 2.0
     worker_stale_after_s: float = 10.0
     worker_request_timeout_s: float = 600.0
-    task_worker_limit: int = Field(default=16, ge=1, description="Concurrent job runs per model worker.")
+    worker_jobs_in_flight: int = Field(
+        default=64, ge=1, description="Async jobs one model worker runs at once (each its own Prefect task run)."
+    )
     worker_memory_budget_bytes: int | None = Field(
         default=None,
         ge=1,
@@ -213,8 +215,25 @@ class Settings(BaseSettings):
     s3_secret: str | None = None
 
     # -- async jobs
-    jobs_per_run: int = Field(default=32, ge=1, description="Queued jobs of one model carried by one run.")
     dispatch_interval_s: float = 0.05
+    job_poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often an idle model worker looks for queued jobs (a gateway also pokes it when it "
+        "queues one, so this bounds only a lost poke's delay).",
+    )
+    job_flow_idle_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="A worker's `inference-jobs` flow run ends after this long without jobs; jobs arriving "
+        "meanwhile join it as task runs.",
+    )
+    job_claim_cold_after_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="A queued job for a model no worker has loaded is claimed (and loaded) by any worker after "
+        "this long; workers with the model warm claim it at once.",
+    )
     job_max_attempts: int = 3
     job_orphan_after_s: float = Field(
         default=30.0, gt=0, description="Running jobs of a worker silent this long are re-queued."
@@ -222,8 +241,8 @@ class Settings(BaseSettings):
     job_redispatch_after_s: float = Field(
         default=120.0,
         gt=0,
-        description="Queued jobs whose Prefect run has not started this long get a new run (a run can be lost "
-        "when its task worker dies; the claim keeps a job from running twice).",
+        description="Queued batch or download jobs whose Prefect flow run has not started this long get a new "
+        "run (the claim keeps a job from running twice).",
     )
     reaper_interval_s: float = Field(default=5.0, gt=0, description="How often gateways look for orphaned jobs.")
 

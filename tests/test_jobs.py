@@ -37,28 +37,34 @@ def wait_done(client: httpx.Client, job_id: str, timeout: float = 120) -> tuple[
     raise AssertionError(f"job {job_id} not finished after {timeout}s; statuses {seen}")
 
 
-def prefect_task_run_state(platform: Platform, run_id: str) -> str:
+def prefect_task_run(platform: Platform, run_id: str, settled: bool = True) -> Any:
     """Prefect records task runs from events, a little after the fact (docs/architecture.md §4: never trust one
-    call): read until the run exists and has settled, for up to 30 s."""
+    call): read until the run exists (and, with `settled`, has reached a final state), for up to 30 s."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     from bitinglip.prefect_client import prefect_client_settings
 
-    async def read() -> str:
+    async def read() -> Any:
         with prefect_client_settings(platform.settings):
             async with get_client() as client:
                 try:
-                    run = await client.read_task_run(run_id)
+                    return await client.read_task_run(run_id)
                 except ObjectNotFound:
-                    return "NOT_RECORDED_YET"
-                assert run.state is not None
-                return str(run.state.type.value)
+                    return None
 
     deadline = time.monotonic() + 30
-    while (state := asyncio.run(read())) != "COMPLETED" and time.monotonic() < deadline:
+    run = None
+    while time.monotonic() < deadline:
+        run = asyncio.run(read())
+        if run is not None and run.state is not None and (not settled or run.state.is_final()):
+            return run
         time.sleep(0.2)
-    return state
+    raise AssertionError(f"task run {run_id} not recorded (or not final) after 30 s: {run}")
+
+
+def prefect_task_run_state(platform: Platform, run_id: str) -> str:
+    return str(prefect_task_run(platform, run_id).state.type.value)
 
 
 def test_job_lifecycle_answers_paris_as_a_prefect_run(platform: Platform) -> None:
@@ -87,13 +93,20 @@ def test_job_lifecycle_answers_paris_as_a_prefect_run(platform: Platform) -> Non
     assert "job-lifecycle-1" in (platform.settings.home_dir / "logs" / "model-worker.log").read_text()
 
 
-def test_many_jobs_share_prefect_runs(platform: Platform) -> None:
+def test_each_job_is_its_own_task_run_named_and_tagged_inside_a_shared_flow_run(platform: Platform) -> None:
     client = platform.client()
     ids = [submit(client, {"prompt": f"Count to {i}:", "max_tokens": 2, "temperature": 0})["id"] for i in range(12)]
     jobs = [wait_done(client, job_id)[0] for job_id in ids]
     assert all(j["status"] == "completed" for j in jobs)
-    runs = {j["prefect_run_id"] for j in jobs}
-    assert len(runs) < len(jobs)  # grouped: fewer Prefect runs than jobs
+    assert len({j["prefect_run_id"] for j in jobs}) == len(jobs)  # a record per job
+    runs = [prefect_task_run(platform, j["prefect_run_id"]) for j in jobs]
+    for job, run in zip(jobs, runs, strict=True):
+        assert run.state.type.value == "COMPLETED"
+        assert run.name == f"text job {job['id']} · {job['owner']} · normal"  # findable by job id in the UI
+        assert {"bitinglip", "text", f"model:{job['model']}", f"owner:{job['owner']}"} <= set(run.tags)
+    # jobs that arrive while a worker is busy join its open flow run instead of each paying a run's start
+    assert len({r.flow_run_id for r in runs}) < len(jobs)
+    assert all(r.flow_run_id is not None for r in runs)
 
 
 def test_list_filters_and_pages(platform: Platform) -> None:
@@ -134,6 +147,8 @@ def test_too_long_job_fails_with_the_reason(platform: Platform) -> None:
     job, _ = wait_done(client, submit(client, {"prompt": "hello " * 9000, "max_tokens": 8})["id"])
     assert job["status"] == "failed"
     assert job["error"]["code"] == "context_length_exceeded"
+    assert prefect_task_run_state(platform, job["prefect_run_id"]) == "FAILED"  # a bad request is not retried
+    assert job["attempts"] == 1
 
 
 def test_queue_status_counts(platform: Platform) -> None:
@@ -156,3 +171,4 @@ def test_running_job_can_be_cancelled(platform: Platform) -> None:
     final, _ = wait_done(client, job["id"])
     assert final["status"] == "cancelled"
     assert final["result"]["usage"]["completion_tokens"] < 2000  # it stopped early, not at max_tokens
+    assert prefect_task_run_state(platform, final["prefect_run_id"]) == "CANCELLED"  # not Completed

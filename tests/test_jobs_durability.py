@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from tests.platform_harness import Platform
-from tests.test_jobs import submit, wait_done
+from tests.test_jobs import prefect_task_run_state, submit, wait_done
 
 
 def test_queued_job_cancel_and_gateway_restart_lose_nothing(platform: Platform) -> None:
@@ -24,7 +24,6 @@ def test_queued_job_cancel_and_gateway_restart_lose_nothing(platform: Platform) 
         assert sync.json()["error"]["type"] == "service_unavailable"
         cancelled = client.delete(f"/api/v1/tasks/{jobs[0]['id']}").json()
         assert cancelled["status"] == "cancelled"
-        time.sleep(0.5)  # let the dispatcher hand them to Prefect
         platform.stop("gateway")
         platform.start_gateway()
     finally:
@@ -37,23 +36,23 @@ def test_queued_job_cancel_and_gateway_restart_lose_nothing(platform: Platform) 
     assert all(j["attempts"] == 1 for j in final[1:])  # ran exactly once
 
 
-def test_job_submitted_while_prefect_is_down_completes_later(platform: Platform) -> None:
+def test_job_submitted_while_prefect_is_down_completes_and_is_recorded(platform: Platform) -> None:
+    """A worker with no flow run open cannot open one and claims nothing (the job waits queued); one
+    whose flow run is still open runs it, and Prefect's client replays the task run's events once the
+    server is back. Either way the job completes and Prefect has its record."""
     platform.stop("prefect-server")
     try:
         client = platform.client()
         started = time.perf_counter()
         job = submit(client, {"prompt": "Hello", "max_tokens": 2, "temperature": 0})
         assert time.perf_counter() - started < 2.0  # accepted without Prefect
-        deadline = time.monotonic() + 60  # Prefect's client retries a while before giving up
-        while client.get("/api/v1/queue/status").json()["dispatcher_healthy"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
-        assert client.get(f"/api/v1/tasks/{job['id']}").json()["status"] == "queued"
+        time.sleep(8)
+        assert client.get(f"/api/v1/tasks/{job['id']}").json()["status"] in ("queued", "completed")
     finally:
         platform.start_prefect()
     final, _ = wait_done(platform.client(), job["id"], timeout=180)
     assert final["status"] == "completed"
-    assert final["prefect_run_id"]
+    assert prefect_task_run_state(platform, final["prefect_run_id"]) == "COMPLETED"
 
 
 def test_job_of_a_killed_worker_is_taken_back_and_finishes_once(platform: Platform) -> None:

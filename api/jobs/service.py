@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from api.jobs.schemas import _PRIORITY_NAMES, JobPageView, JobRequest, JobView, QueueStatus
 from api.models.service import ModelService
+from api.workers.poke import JobPoker
 from bitinglip import metrics, retention
 from bitinglip.auth import usage
 from bitinglip.auth.limits import Limiter
@@ -36,13 +37,20 @@ class JobDeleted(BaseModel):
 
 class JobService:
     def __init__(
-        self, settings: Settings, store: JobStore, models: ModelService, dispatcher: Dispatcher, limiter: Limiter
+        self,
+        settings: Settings,
+        store: JobStore,
+        models: ModelService,
+        dispatcher: Dispatcher,
+        poker: JobPoker,
+        limiter: Limiter,
     ) -> None:
         self.settings = settings
         self.limiter = limiter
         self.store = store
         self.models = models
-        self.dispatcher = dispatcher
+        self.dispatcher = dispatcher  # flow-run jobs (batches, downloads)
+        self.poker = poker  # model-worker jobs: the workers pull them
 
     def _view(self, job: Job) -> JobView:
         return JobView.from_job(job, self.settings.prefect_ui_url, f"{self.settings.gateway_url}/api/v1/files")
@@ -55,24 +63,26 @@ class JobService:
         # a model the caller may not use is unknown to them: refused here, at acceptance
         record = await self.models.resolve(params.model or self.settings.default_model(request.type), request.type, who)
         kind, amount = usage.estimate(params, self.settings.default_max_tokens)
-        hold = await self.limiter.reserve(who, kind, amount)
-        try:
-            job = await asyncio.to_thread(
-                self.store.create,
-                type_=request.type,
-                model=record.id,
-                params=params.model_dump(exclude_none=True, exclude={"model"}, mode="json"),
-                priority=int(Priority.for_job(request.priority)),
-                owner=who.username,
-                request_id=REQUEST_ID.get(),
-            )
-        except BaseException:
-            await self.limiter.settle(hold, 0)
-            raise
-        await asyncio.to_thread(self._ledger.rename, hold.id, usage.job_hold_id(job.id))  # the worker settles it
-        self.dispatcher.poke()
+        ledger, caps = self._ledger, who.quota_caps(kind)
+        job = await asyncio.to_thread(
+            self.store.create,
+            type_=request.type,
+            model=record.id,
+            params=params.model_dump(exclude_none=True, exclude={"model"}, mode="json"),
+            priority=int(Priority.for_job(request.priority)),
+            owner=who.username,
+            request_id=REQUEST_ID.get(),
+            # the hold, named after the job (its worker settles it), commits with the row or not at all
+            within=lambda s, job_id: ledger.reserve_in(s, kind, amount, caps, hold_id=usage.job_hold_id(job_id)),
+        )
+        self.poker.poke(record.id)
         metrics.JOBS_SUBMITTED.labels(request.type).inc()
         return self._view(job)
+
+    def requeued(self) -> None:
+        """The reaper took jobs back from a dead runner: flow-run ones need new runs, the others a worker."""
+        self.dispatcher.poke()
+        self.poker.poke_all()
 
     async def accepted(self, job: Job, wait_s: float = 2.0) -> JobView:
         """Hand a freshly accepted job to the dispatcher and, briefly, wait for its Prefect run id so

@@ -70,6 +70,11 @@ class WorkerClient:
         except ValidationError as exc:
             raise _malformed(worker) from exc
 
+    async def poke_jobs(self, worker: WorkerInfo) -> None:
+        """Jobs are waiting (api/workers/poke.py); the worker answers 204 at once."""
+        response = await self._http.post(f"{worker.url}/internal/v1/jobs/poke", timeout=2.0)
+        await _raise_for(response)
+
     async def stream_text(self, worker: WorkerInfo, payload: dict[str, Any]) -> AsyncGenerator[TextStreamEvent, None]:
         """Yields the worker's NDJSON events; errors before the first byte raise, later ones arrive
         as an error event."""

@@ -140,20 +140,34 @@ class UsageLedger:
     ) -> Hold:
         """Holds `amount` on every counter in `caps`, or on none: RateLimited when one would go over its
         quota. `replace`: a hold of the same id (a retried or resumed piece of work) is released first."""
+        with self.db.session() as s:
+            return self.reserve_in(s, kind, amount, caps, hold_id=hold_id, replace=replace)
+
+    def reserve_in(
+        self,
+        s: Session,
+        kind: QuotaKind,
+        amount: int,
+        caps: list[Cap],
+        *,
+        hold_id: str | None = None,
+        replace: bool = False,
+    ) -> Hold:
+        """`reserve` inside the caller's transaction: the hold commits (or rolls back) with the work it
+        pays for, e.g. an async job's row, in one write instead of two."""
         hold_id = hold_id or f"req:{uuid.uuid4().hex}"
         day = today()
-        with self.db.session() as s:
-            if replace:
-                self._release(s, hold_id)
-            for subject, limit in caps:
-                self._ensure_counter(s, subject, day, kind)
-                where = [UsageCounter.subject == subject, UsageCounter.day == day, UsageCounter.kind == kind]
-                if limit is not None:
-                    where.append(UsageCounter.used + UsageCounter.reserved + amount <= limit)
-                held = s.execute(update(UsageCounter).where(*where).values(reserved=UsageCounter.reserved + amount))
-                if _rows(held) != 1:
-                    raise quota_exceeded(kind, self._counter(s, subject, limit, day, kind), amount)
-            s.add(UsageHold(id=hold_id, day=day, kind=kind, amount=amount, caps=[list(c) for c in caps]))
+        if replace:
+            self._release(s, hold_id)
+        for subject, limit in caps:
+            self._ensure_counter(s, subject, day, kind)
+            where = [UsageCounter.subject == subject, UsageCounter.day == day, UsageCounter.kind == kind]
+            if limit is not None:
+                where.append(UsageCounter.used + UsageCounter.reserved + amount <= limit)
+            held = s.execute(update(UsageCounter).where(*where).values(reserved=UsageCounter.reserved + amount))
+            if _rows(held) != 1:
+                raise quota_exceeded(kind, self._counter(s, subject, limit, day, kind), amount)
+        s.add(UsageHold(id=hold_id, day=day, kind=kind, amount=amount, caps=[list(c) for c in caps]))
         return Hold(hold_id, kind, amount)
 
     def settle(self, hold_id: str, actual: int) -> int | None:
@@ -168,11 +182,6 @@ class UsageLedger:
         with self.db.session() as s:
             for hold_id, actual in outcomes:
                 self._settle(s, hold_id, actual)
-
-    def rename(self, hold_id: str, new_id: str) -> None:
-        """Gives a hold the id of the work it turned into (a job, once its row exists)."""
-        with self.db.session() as s:
-            s.execute(update(UsageHold).where(UsageHold.id == hold_id).values(id=new_id))
 
     def counters(self, caps: list[Cap], kind: QuotaKind, day: str | None = None) -> list[Counter]:
         day = day or today()

@@ -136,6 +136,9 @@ class ModelPool:
         if settings.torch_threads:
             self.executor.submit(_set_threads, settings.torch_threads).result()
 
+    def loaded_ids(self) -> list[str]:
+        return list(self._models)
+
     def loaded(self) -> list[dict[str, Any]]:
         """What the heartbeat reports and `ps` shows, per loaded model."""
         now, wall = self._clock(), time.time()

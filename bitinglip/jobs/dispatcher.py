@@ -1,8 +1,7 @@
-"""Turns durably queued jobs into Prefect runs, one run per group of same-type, same-model jobs.
-
-Prefect background tasks run at ~4/s here; carrying up to `jobs_per_run` jobs per run lifts the
-async path far above that (docs/architecture.md §3.3). Submission retries with backoff while the Prefect API is down:
-the jobs simply stay queued in the DB until a run exists for them."""
+"""Turns durably queued flow-run jobs (batches, downloads) into Prefect flow runs of their deployments,
+one run per job. Model-worker jobs are not dispatched: model workers pull them (bitinglip/worker/pump.py,
+docs/architecture.md §3.3). Submission retries with backoff while the Prefect API is down: the jobs
+simply stay queued in the DB until a run exists for them."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from bitinglip.jobs.store import Dispatched, JobStore
 
 log = logging.getLogger(__name__)
 
-SubmitRun = Callable[[JobKind, str, list[Dispatched]], str]  # (kind, model, jobs) -> Prefect run id
+SubmitRun = Callable[[JobKind, Dispatched], str]  # (kind, job) -> Prefect flow run id
 
 
 class Dispatcher:
@@ -27,13 +26,13 @@ class Dispatcher:
         store: JobStore,
         submit: SubmitRun,
         *,
-        jobs_per_run: int,
         interval_s: float,
+        claim_limit: int = 64,
         redispatch_after: timedelta = timedelta(minutes=10),
     ) -> None:
         self.store = store
         self.submit = submit
-        self.jobs_per_run = jobs_per_run
+        self.claim_limit = claim_limit
         self.interval_s = interval_s
         self.redispatch_after = redispatch_after
         self._wake = asyncio.Event()
@@ -81,20 +80,12 @@ class Dispatcher:
             await asyncio.sleep(self.interval_s)  # lets a burst of submissions gather into one run
 
     async def dispatch_once(self) -> int:
-        groups = await asyncio.to_thread(self.store.claim_for_dispatch, self.jobs_per_run * 4, self.redispatch_after)
-        runs = [
-            (job_kind(type_), model, jobs[i : i + size])
-            for (type_, model), jobs in groups.items()
-            for size in [self.jobs_per_run if job_kind(type_).grouped else 1]
-            for i in range(0, len(jobs), size)
-        ]
-        count = 0
-        for n, (kind, model, jobs) in enumerate(runs):
+        jobs = await asyncio.to_thread(self.store.claim_for_dispatch, self.claim_limit, self.redispatch_after)
+        for n, job in enumerate(jobs):
             try:
-                run_id = await asyncio.to_thread(self.submit, kind, model, jobs)
+                run_id = await asyncio.to_thread(self.submit, job_kind(job.type), job)
             except Exception:
-                await asyncio.to_thread(self.store.release_dispatch, [j.id for *_, rest in runs[n:] for j in rest])
+                await asyncio.to_thread(self.store.release_dispatch, [j.id for j in jobs[n:]])
                 raise
-            await asyncio.to_thread(self.store.set_run, [j.id for j in jobs], run_id)
-            count += len(jobs)
-        return count
+            await asyncio.to_thread(self.store.set_run, [job.id], run_id)
+        return len(jobs)

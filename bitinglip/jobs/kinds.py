@@ -1,9 +1,9 @@
-"""Every job kind in one table: the parameters the API accepts for it, who runs it, whether queued jobs
-share a Prefect run, which Prefect deployment carries it, and how the reaper sees a dead runner.
+"""Every job kind in one table: the parameters the API accepts for it, who runs it, which Prefect
+deployment carries it, and how the reaper sees a dead runner.
 
-Every other place reads this table (the job routes, the dispatcher, the reaper, the store, the Prefect
-submitter in `flows/submit.py`, the job views) instead of keeping its own list of types
-(docs/architecture.md §3.3)."""
+Every other place reads this table (the job routes, the dispatcher, the workers' job pump, the reaper,
+the store, the Prefect submitter in `flows/submit.py`, the job views) instead of keeping its own list
+of types (docs/architecture.md §3.3)."""
 
 from __future__ import annotations
 
@@ -22,12 +22,10 @@ JobParams = TextGenerationParams | EmbeddingParams | ImageParams
 class JobKind:
     type: JobType
     runner: Runner
-    """model-worker: a background task run served by a model worker with the model warm; the worker's
+    """model-worker: pulled by a model worker's job pump and run as its own task run there; the worker's
     heartbeat vouches for its jobs. flow-run: a flow run of `deployment`, which heartbeats on the job row."""
     params: builtins.type[JobParams] | None = None
     """The `params` shape of `POST /api/v1/tasks`; None for kinds created by their own route."""
-    grouped: bool = False
-    """Queued jobs of one model share one run (up to `jobs_per_run`); otherwise one run per job."""
     deployment: str | None = None
     """The Prefect deployment of a flow-run kind."""
     flow_takes_params: bool = False
@@ -42,9 +40,9 @@ class JobKind:
 KINDS: dict[str, JobKind] = {
     kind.type: kind
     for kind in (
-        JobKind("text", "model-worker", params=TextGenerationParams, grouped=True),
-        JobKind("embedding", "model-worker", params=EmbeddingParams, grouped=True),
-        JobKind("image", "model-worker", params=ImageParams, grouped=True),
+        JobKind("text", "model-worker", params=TextGenerationParams),
+        JobKind("embedding", "model-worker", params=EmbeddingParams),
+        JobKind("image", "model-worker", params=ImageParams),
         JobKind("batch", "flow-run", deployment="batch-inference/batch-inference"),
         JobKind("download", "flow-run", deployment="download-model/download-model", flow_takes_params=True),
     )
@@ -60,6 +58,3 @@ def job_kind(job_type: str) -> JobKind:
 
 def types_run_by(runner: Runner) -> tuple[str, ...]:
     return tuple(k.type for k in KINDS.values() if k.runner == runner)
-
-
-GROUPED_TYPES = frozenset(k.type for k in KINDS.values() if k.grouped)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -80,7 +81,10 @@ class JobStore:
         priority: int,
         owner: str,
         request_id: str | None = None,
+        within: Callable[[Session, str], object] | None = None,
     ) -> Job:
+        """`within(session, job_id)` runs in the INSERT's transaction (the job's quota hold): one commit
+        per accepted job, which on SQLite is what bounds how many jobs a second the gateway can take."""
         job = Job(
             request_id=request_id,
             id=str(uuid.uuid4()),
@@ -93,6 +97,8 @@ class JobStore:
             created_at=_now(),
         )
         with self.db.session() as s:
+            if within is not None:
+                within(s, job.id)
             s.add(job)
         set_committed_value(job, "params", params)
         return job
@@ -166,12 +172,14 @@ class JobStore:
 
     # -- dispatcher side
 
-    def claim_for_dispatch(self, limit: int, redispatch_after: timedelta) -> dict[tuple[str, str], list[Dispatched]]:
-        """Queued jobs nobody dispatched (or whose dispatch went stale), best priority first, taken
-        in one atomic UPDATE ... RETURNING with what a submitter needs (owners for the run's tags,
-        params for flows that take them, empty for the others), grouped by (job type, model)."""
-        dispatchable = (Job.status == "queued") & (
-            Job.dispatched_at.is_(None) | (Job.dispatched_at < _now() - redispatch_after)
+    def claim_for_dispatch(self, limit: int, redispatch_after: timedelta) -> list[Dispatched]:
+        """Queued flow-run jobs nobody dispatched (or whose dispatch went stale), best priority first,
+        taken in one atomic UPDATE ... RETURNING with what a submitter needs (the owner for the run's
+        tags, params for flows that take them, empty for the others)."""
+        dispatchable = (
+            (Job.status == "queued")
+            & Job.type.in_(types_run_by("flow-run"))
+            & (Job.dispatched_at.is_(None) | (Job.dispatched_at < _now() - redispatch_after))
         )
         candidates = select(Job.id).where(dispatchable).order_by(Job.priority, Job.created_at).limit(limit)
         with self.db.session() as s:
@@ -181,12 +189,12 @@ class JobStore:
                 .values(dispatched_at=_now())
                 .returning(Job.id, Job.type, Job.model, Job.owner, Job.params, Job.priority, Job.created_at)
             ).all()
-        groups: dict[tuple[str, str], list[Dispatched]] = defaultdict(list)
-        for job_id, type_, model, owner, params, _, _ in sorted(rows, key=lambda r: (r[5], r[6])):
-            # only a flow that shows its params gets them: prompts are not opened just to be dispatched
-            opened = self.cipher.open_json(params) if job_kind(type_).flow_takes_params else {}
-            groups[(type_, model)].append(Dispatched(job_id, type_, model, owner, opened))
-        return dict(groups)
+        # only a flow that shows its params gets them: prompts are not opened just to be dispatched
+        return [
+            Dispatched(job_id, type_, model, owner, self.cipher.open_json(params) if shown else {})
+            for job_id, type_, model, owner, params, _, _ in sorted(rows, key=lambda r: (r[5], r[6]))
+            for shown in [job_kind(type_).flow_takes_params]
+        ]
 
     def set_run(self, job_ids: list[str], run_id: str) -> None:
         with self.db.session() as s:
@@ -197,6 +205,54 @@ class JobStore:
             s.execute(update(Job).where(Job.id.in_(job_ids), Job.status == "queued").values(dispatched_at=None))
 
     # -- worker side
+
+    def claim_next(self, worker_id: str, warm: list[str], cold_after: timedelta, limit: int) -> list[Job]:
+        """Queued model-worker jobs, best priority then oldest, taken queued -> running in one UPDATE:
+        those of models warm here at once, the others once they waited `cold_after` (then this worker
+        loads the model). Workers racing for a row cannot both win: the UPDATE re-checks `queued`."""
+        claimable = (
+            (Job.status == "queued")
+            & Job.type.in_(types_run_by("model-worker"))
+            & (Job.model.in_(warm) | (Job.created_at < _now() - cold_after))
+        )
+        candidates = (
+            select(Job.id)
+            .where(claimable)
+            .order_by(Job.priority, Job.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)  # PostgreSQL: replicas take different rows (SQLite: no-op)
+        )
+        now = _now()
+        with self.db.session() as s:
+            # two statements, not UPDATE ... IN (subquery): PostgreSQL may re-run a LIMIT subquery per row
+            ids = list(s.scalars(candidates))
+            if not ids:
+                return []
+            claimed = list(
+                s.scalars(
+                    update(Job)
+                    .where(Job.id.in_(ids), claimable)
+                    .values(
+                        status="running",
+                        worker_id=worker_id,
+                        started_at=now,
+                        heartbeat_at=now,
+                        attempts=Job.attempts + 1,
+                    )
+                    .returning(Job)
+                )
+            )
+        return self._opened(sorted(claimed, key=lambda j: (j.priority, j.created_at)))
+
+    def has_claimable(self, warm: list[str], cold_after: timedelta) -> bool:
+        """One cheap indexed look, for an idle worker's poll."""
+        claimable = (
+            (Job.status == "queued")
+            & Job.type.in_(types_run_by("model-worker"))
+            & (Job.model.in_(warm) | (Job.created_at < _now() - cold_after))
+        )
+        with self.db.session() as s:
+            return s.scalar(select(Job.id).where(claimable).limit(1)) is not None
 
     def claim_for_run(self, job_ids: list[str], worker_id: str) -> list[Job]:
         """Queued -> running in one statement; a job someone else claimed (or cancelled) is skipped."""
@@ -237,13 +293,13 @@ class JobStore:
                     .values(finished_at=now, **fields)
                 )
 
-    def requeue(self, job_id: str, error: dict[str, Any], worker_id: str) -> None:
-        """A transient failure: back to the queue for the task's Prefect retry to claim again."""
+    def release(self, job_id: str, worker_id: str) -> None:
+        """Hand a claimed job back to the queue untouched (its run could not start here)."""
         with self.db.session() as s:
             s.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.status == "running", Job.worker_id == worker_id)
-                .values(status="queued", error=error)
+                .values(status="queued", attempts=Job.attempts - 1)
             )
 
     # -- flow-run side (batches, downloads): the run beats on its job row while it works

@@ -1,11 +1,10 @@
-"""The model worker's internal HTTP API, its heartbeat and its Prefect task worker, in one process."""
+"""The model worker's internal HTTP API, its heartbeat and its async-job pump, in one process."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -27,6 +26,7 @@ from bitinglip.models.store import ModelStore
 from bitinglip.outputs import ModelLoaded, ModelsUnloaded, TextStreamError, TextStreamEvent, TextStreamResult
 from bitinglip.worker.heartbeat import Heartbeat
 from bitinglip.worker.jobs import JobRunner
+from bitinglip.worker.pump import JobPump
 from bitinglip.worker.runtime import WorkerRuntime, set_runtime
 from bitinglip.worker.schemas import (
     WorkerEmbeddingRequest,
@@ -37,34 +37,6 @@ from bitinglip.worker.schemas import (
 )
 
 log = logging.getLogger(__name__)
-
-
-async def _serve_prefect_tasks(settings: Settings) -> None:
-    """Run Prefect's task worker for inference jobs on this event loop, so job tasks share the warm
-    pool. It installs a SIGTERM handler that exits the process; we keep uvicorn's graceful one."""
-    from prefect.task_worker import TaskWorker
-
-    from flows.inference import run_inference_jobs
-
-    previous = signal.getsignal(signal.SIGTERM)
-    task_worker = TaskWorker(run_inference_jobs, limit=settings.task_worker_limit)
-    runner = asyncio.create_task(task_worker.astart())
-    await asyncio.sleep(0)
-    signal.signal(signal.SIGTERM, previous)
-    while True:
-        try:
-            await runner
-            return
-        except asyncio.CancelledError:
-            runner.cancel()
-            raise
-        except Exception as exc:  # Prefect API away: reconnect instead of dying
-            log.warning("task worker stopped (%s); reconnecting in 2s", exc)
-            await asyncio.sleep(2)
-            task_worker = TaskWorker(run_inference_jobs, limit=settings.task_worker_limit)
-            runner = asyncio.create_task(task_worker.astart())
-            await asyncio.sleep(0)
-            signal.signal(signal.SIGTERM, previous)
 
 
 def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
@@ -85,21 +57,26 @@ def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
             except BitingLipError as exc:
                 log.error("cannot preload %s: %s", model, exc.message)
         runner = JobRunner(settings, pool, jobs, settings.worker_name)
-        set_runtime(WorkerRuntime(settings, pool, runner))
+        pump = JobPump(settings, pool, jobs, runner, settings.worker_name)
+        set_runtime(WorkerRuntime(settings, pool, runner, pump))
         heartbeat = Heartbeat(settings, db, pool)
         background = [
             asyncio.create_task(heartbeat.run(), name="heartbeat"),
             asyncio.create_task(pool.run_expiry(), name="keep-alive"),
         ]
-        if serve_jobs:
-            background.append(asyncio.create_task(_serve_prefect_tasks(settings), name="task-worker"))
+        pumping = asyncio.create_task(pump.run(), name="job-pump") if serve_jobs else None
         app.state.pool = pool
+        app.state.pump = pump
         app.state.heartbeat = heartbeat
         unregister = metrics.register_pool(metrics.PoolCollector(pool.snapshot, _gpu_memory))
         log.info("worker %s ready on %s (%s)", settings.worker_name, settings.worker_url, pool.device)
         try:
             yield
         finally:
+            await pump.stop()
+            if pumping is not None:  # its open flow run ends by itself once stopped; a cancel may hang it
+                await asyncio.wait([pumping], timeout=10)
+                background.append(pumping)
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -127,6 +104,11 @@ def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
             "models": pool.loaded(),
             "queue_depth": pool.queue_depth,
         }
+
+    @app.post("/internal/v1/jobs/poke", status_code=204)
+    async def poke_jobs(request: Request) -> None:
+        """A gateway just queued jobs: look for them now rather than at the next idle poll."""
+        request.app.state.pump.poke()
 
     @app.post("/internal/v1/models/{model_id}/load")
     async def load_model(model_id: str, body: WorkerLoadRequest, request: Request) -> dict[str, Any]:

@@ -1,8 +1,8 @@
-"""Runs a group of async jobs inside a model worker, through the same batcher as sync requests.
+"""Runs one claimed async job inside a model worker, through the same batcher as sync requests.
 
-Called by the Prefect task in `flows/inference.py`. Claims each job (so nothing runs twice), watches
-for cancellation while generating, and records every outcome; transient failures are re-queued and
-re-raised so Prefect's declared retries pick them up."""
+Called by the Prefect task in `flows/inference.py` for each job the pump (bitinglip/worker/pump.py)
+claimed; records every outcome, coalescing the writes of jobs that finish together. Transient failures
+raise so the task's declared retries run the job again under the same claim."""
 
 from __future__ import annotations
 
@@ -29,18 +29,19 @@ from bitinglip.types import Priority
 log = logging.getLogger(__name__)
 
 
-def run_log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    """The Prefect run's logger when inside one, else ours."""
-    try:
-        from prefect.logging import get_run_logger
-
-        return get_run_logger()
-    except Exception:
-        return log
+Computed = tuple[str, dict[str, Any], float]  # status, result, engine seconds
 
 
-class RetryableJobsError(RuntimeError):
-    """Some jobs of the group hit a transient error and were re-queued."""
+class JobRefused(Exception):
+    """The job cannot run here at all (too many attempts, a kind this worker does not run)."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error["message"])
+        self.error = error
+
+
+class TransientJobError(RuntimeError):
+    """The job hit a transient error (an overloaded queue, a failed load): its task run retries it."""
 
 
 class FinishWriter:
@@ -97,51 +98,55 @@ class JobRunner:
         self.writer = FinishWriter(store, worker_id, usage.UsageLedger(store.db))
         self.results = ResultStore(settings)
 
-    async def run(self, job_ids: list[str]) -> dict[str, str]:
-        claimed = await asyncio.to_thread(self.store.claim_for_run, job_ids, self.worker_id)
-        if claimed:  # one line on the run's log in the Prefect UI: which jobs, for which requests
-            run_log().info("jobs: %s", ", ".join(f"{j.id} (request {j.request_id})" for j in claimed))
-        cancel_events = {job.id: threading.Event() for job in claimed}
-        watcher = asyncio.create_task(self._watch_cancellation(cancel_events))
-        try:
-            outcomes = await asyncio.gather(*(self._run_one(job, cancel_events[job.id]) for job in claimed))
-        finally:
-            watcher.cancel()
-        summary = {job.id: outcome for job, outcome in zip(claimed, outcomes, strict=True)}
-        requeued = [job_id for job_id, outcome in summary.items() if outcome == "requeued"]
-        if requeued:
-            raise RetryableJobsError(f"{len(requeued)} job(s) re-queued after transient errors")
-        return summary
+    def start(self, job: Job, cancelled: threading.Event) -> asyncio.Task[Computed]:
+        """The job's work, started now: jobs claimed together reach the batcher together and share
+        one prefill, instead of arriving one by one as their task runs get going."""
+        return asyncio.create_task(self._compute(job, cancelled))
 
-    async def stored_images(self, job_ids: list[str]) -> dict[str, list[str]]:
-        """Paths of the PNGs that image jobs among `job_ids` stored, by job."""
-        jobs = await asyncio.to_thread(self.store.many, job_ids)
-        return {
-            j.id: [img["path"] for img in (j.result or {}).get("images", [])]
-            for j in jobs
-            if j.type == "image" and j.status == "completed"
-        }
-
-    async def _run_one(self, job: Job, cancelled: threading.Event) -> str:
-        """Runs in its own asyncio task, so the bound request id tags only this job's log lines."""
+    async def _compute(self, job: Job, cancelled: threading.Event) -> Computed:
+        """Runs in its own asyncio task, so the bound ids tag only this job's log lines."""
         structlog.contextvars.bind_contextvars(request_id=job.request_id, job_id=job.id)
         log.info("job %s (request %s, %s, %s)", job.id, job.request_id, job.type, job.model)
         if job.attempts > self.settings.job_max_attempts:
-            return await self._finish(job, "failed", error={"message": "too many attempts", "type": "job_error"})
+            raise JobRefused({"message": "too many attempts", "type": "job_error"})
         handler = {"text": self._text, "embedding": self._embedding, "image": self._image}.get(job.type)
-        if handler is None:  # the dispatcher only sends model-worker kinds (bitinglip/jobs/kinds.py)
-            return await self._finish(job, "failed", error={"message": f"not a {job.type} worker", "type": "job_error"})
+        if handler is None:  # the pump only claims model-worker kinds (bitinglip/jobs/kinds.py)
+            raise JobRefused({"message": f"not a {job.type} worker", "type": "job_error"})
         started = time.perf_counter()
+        status, result = await handler(job, cancelled)
+        return status, result, time.perf_counter() - started
+
+    async def execute(
+        self, job: Job, cancelled: threading.Event, run_id: str, final_try: bool, work: asyncio.Task[Computed] | None
+    ) -> str:
+        """Waits for the job's work (started at claim, or now on a retry) and records its outcome with
+        the task run that ran it; returns its status. A transient failure raises TransientJobError
+        unless this is the last try, which fails the job."""
         try:
-            status, result = await handler(job, cancelled)
-        except Overloaded as exc:
-            return await self._requeue(job, exc)
-        except BitingLipError as exc:  # the request itself is wrong: retrying cannot help
-            return await self._finish(job, "failed", error=exc.body()["error"])
+            status, result, engine_seconds = await (work if work is not None else self.start(job, cancelled))
+        except JobRefused as exc:
+            return await self._finish(job, "failed", run_id, error=exc.error)
+        except BitingLipError as exc:
+            if isinstance(exc, Overloaded) and not final_try:
+                raise TransientJobError(exc.message) from exc
+            return await self._finish(job, "failed", run_id, error=exc.body()["error"])
         except Exception as exc:
             log.exception("job %s failed", job.id)
-            return await self._requeue(job, exc)
-        return await self._finish(job, status, result=result, engine_seconds=time.perf_counter() - started)
+            if not final_try:
+                raise TransientJobError("the job hit a transient error; retrying") from exc
+            error = {**error_record(exc), "type": "transient_error"}  # the exception's text is in our log only
+            return await self._finish(job, "failed", run_id, error=error)
+        return await self._finish(job, status, run_id, result=result, engine_seconds=engine_seconds)
+
+    async def stored_images(self, job_id: str) -> list[str]:
+        """Paths of the PNGs an image job stored (none for other kinds)."""
+        job = await asyncio.to_thread(self.store.get, job_id)
+        if job.type != "image" or job.status != "completed":
+            return []
+        return [img["path"] for img in (job.result or {}).get("images", [])]
+
+    def image_url(self, path: str) -> str:
+        return f"{self.settings.gateway_url}/api/v1/files/{path}"
 
     async def _text(self, job: Job, cancelled: threading.Event) -> tuple[str, dict[str, Any]]:
         params = TextGenerationParams.model_validate({**job.params, "model": job.model})
@@ -164,25 +169,11 @@ class JobRunner:
         ]
         return "completed", {"images": stored, "width": image.width, "height": image.height}
 
-    async def _finish(self, job: Job, status: str, **fields: Any) -> str:
+    async def _finish(self, job: Job, status: str, run_id: str, **fields: Any) -> str:
         used = usage.job_usage(job.type, fields.get("result"))  # settled with the outcome, same round
-        await self.writer.finish(job.id, used=used, status=status, **fields)
+        await self.writer.finish(job.id, used=used, status=status, prefect_run_id=run_id, **fields)
         metrics.JOBS_FINISHED.labels(job.type, status).inc()
         if job.started_at is not None:
             metrics.JOB_QUEUE_TIME.labels(job.type).observe((job.started_at - job.created_at).total_seconds())
             metrics.JOB_RUN_TIME.labels(job.type).observe((datetime.now(UTC) - job.started_at).total_seconds())
         return status
-
-    async def _requeue(self, job: Job, exc: Exception) -> str:
-        error = {**error_record(exc), "type": "transient_error"}  # the exception's text is in our log only
-        if job.attempts >= self.settings.job_max_attempts:
-            return await self._finish(job, "failed", error=error)
-        await asyncio.to_thread(self.store.requeue, job.id, error, self.worker_id)
-        return "requeued"
-
-    async def _watch_cancellation(self, events: dict[str, threading.Event], every: float = 0.5) -> None:
-        while True:
-            await asyncio.sleep(every)
-            pending = [job_id for job_id, event in events.items() if not event.is_set()]
-            for job_id in await asyncio.to_thread(self.store.cancel_requested, pending):
-                events[job_id].set()

@@ -1,6 +1,6 @@
 """The worker process's live objects, reachable from Prefect task code that runs inside it.
 
-Imports nothing heavy: the gateway imports the task module to submit runs and must not load torch."""
+Imports nothing heavy itself: the flow module that reads it is imported by model workers only."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from bitinglip.config import Settings
     from bitinglip.engines.pool import ModelPool
     from bitinglip.worker.jobs import JobRunner
+    from bitinglip.worker.pump import JobPump
 
 
 @dataclass
@@ -18,6 +19,7 @@ class WorkerRuntime:
     settings: Settings
     pool: ModelPool
     runner: JobRunner
+    pump: JobPump
 
 
 _runtime: WorkerRuntime | None = None

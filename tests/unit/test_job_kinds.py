@@ -1,5 +1,6 @@
-"""The job-kind table and what reads it: the dispatcher (grouping, owners and params carried to the
-submitter, release on failure), the flow-run job lifecycle, and the API's job request shapes. Real
+"""The job-kind table and what reads it: the dispatcher (flow-run kinds only, owners and params carried
+to the submitter, release on failure), the workers' claim of model-worker jobs (priority, warm models
+first, racing workers), the flow-run job lifecycle, and the API's job request shapes. Real
 SQLite and PostgreSQL stores; the submitter is the dispatcher's injected dependency (Prefect's side is
 covered end to end in tests/test_jobs.py), so here it records what it was given."""
 
@@ -16,7 +17,7 @@ from bitinglip.crypto import Cipher
 from bitinglip.db.session import Database
 from bitinglip.jobs.dispatcher import Dispatcher
 from bitinglip.jobs.flowjob import FlowJob
-from bitinglip.jobs.kinds import GROUPED_TYPES, KINDS, JobKind, job_kind, types_run_by
+from bitinglip.jobs.kinds import KINDS, JobKind, job_kind, types_run_by
 from bitinglip.jobs.store import Dispatched, JobStore
 from bitinglip.types import Priority
 
@@ -29,7 +30,6 @@ def test_every_kind_has_one_runner_and_the_flow_kinds_a_deployment() -> None:
     for kind in KINDS.values():
         assert (kind.deployment is not None) == (kind.runner == "flow-run"), kind
         assert kind.prefect_run_kind == ("flow-run" if kind.deployment else "task-run")
-    assert {"text", "embedding", "image"} == GROUPED_TYPES
     with pytest.raises(ValueError, match="unknown job type"):
         job_kind("shell")
 
@@ -52,13 +52,13 @@ def test_the_api_accepts_exactly_the_kinds_with_params_in_their_shape() -> None:
 
 class Recorder:
     def __init__(self, fail_after: int | None = None) -> None:
-        self.runs: list[tuple[str, str, list[Dispatched]]] = []
+        self.runs: list[tuple[str, Dispatched]] = []
         self.fail_after = fail_after
 
-    def __call__(self, kind: JobKind, model: str, jobs: list[Dispatched]) -> str:
+    def __call__(self, kind: JobKind, job: Dispatched) -> str:
         if self.fail_after is not None and len(self.runs) >= self.fail_after:
             raise ConnectionError("prefect is away")
-        self.runs.append((kind.type, model, jobs))
+        self.runs.append((kind.type, job))
         return f"run-{len(self.runs)}"
 
 
@@ -70,35 +70,53 @@ def _job(store: JobStore, type_: str, owner: str, model: str = "m@main", priorit
     return store.create(type_=type_, model=model, params={"n": owner}, priority=int(priority), owner=owner).id
 
 
-async def test_dispatch_groups_by_kind_and_carries_owners_and_params(db: Database) -> None:
+async def test_dispatch_takes_flow_run_kinds_only_and_carries_owners_and_params(db: Database) -> None:
     store = _store(db)
-    texts = [_job(store, "text", f"user{i}") for i in range(5)]
-    urgent = _job(store, "text", "boss", priority=Priority.HIGH)
+    texts = [_job(store, "text", f"user{i}") for i in range(3)]
     downloads = [_job(store, "download", "admin", model=f"d{i}@main") for i in range(2)]
-    batch = _job(store, "batch", "carol")
+    batch = _job(store, "batch", "carol", priority=Priority.HIGH)
     submit = Recorder()
-    dispatcher = Dispatcher(store, submit, jobs_per_run=4, interval_s=0.01)
+    dispatcher = Dispatcher(store, submit, interval_s=0.01)
 
-    assert await dispatcher.dispatch_once() == 9
-    text_runs = [jobs for type_, _, jobs in submit.runs if type_ == "text"]
-    assert [len(r) for r in text_runs] == [4, 2]  # grouped up to jobs_per_run
-    assert text_runs[0][0].id == urgent  # best priority first
-    assert sorted(j.id for r in text_runs for j in r) == sorted([*texts, urgent])
-    flow_runs = [(type_, jobs) for type_, _, jobs in submit.runs if type_ != "text"]
-    assert sorted(t for t, _ in flow_runs) == ["batch", "download", "download"]
-    assert all(len(jobs) == 1 for _, jobs in flow_runs)  # one flow run per job
-    every = [j for _, _, jobs in submit.runs for j in jobs]
-    for j in every:  # opened (owner by owner) only for the flow that shows them; no prompt opened otherwise
+    assert await dispatcher.dispatch_once() == 3
+    assert submit.runs[0][1].id == batch  # best priority first
+    assert sorted(t for t, _ in submit.runs) == ["batch", "download", "download"]  # one flow run per job
+    for _, j in submit.runs:  # opened (owner by owner) only for the flow that shows them; no prompt opened otherwise
         assert j.params == ({"n": j.owner} if job_kind(j.type).flow_takes_params else {}), j
-    assert {j.id for j in every} == {*texts, urgent, *downloads, batch}
-    assert {store.get(j.id).prefect_run_id for j in every} == {f"run-{n}" for n in range(1, 6)}
+    assert {j.id for _, j in submit.runs} == {*downloads, batch}
+    assert {store.get(j.id).prefect_run_id for _, j in submit.runs} == {"run-1", "run-2", "run-3"}
+    # model-worker jobs are left for the workers to pull, untouched
+    assert all(store.get(t).dispatched_at is None and store.get(t).status == "queued" for t in texts)
     assert await dispatcher.dispatch_once() == 0  # nothing is dispatched twice
+
+
+def test_workers_claim_best_priority_first_warm_models_at_once_and_never_the_same_job(db: Database) -> None:
+    store = _store(db)
+    low = _job(store, "text", "ann", priority=Priority.LOW)
+    high = _job(store, "text", "bob", priority=Priority.HIGH)
+    normal = _job(store, "embedding", "cat", model="e@main")
+    cold = _job(store, "image", "dan", model="i@main")
+    _job(store, "batch", "eve")  # a flow-run kind: never claimed by a worker
+    warm = ["m@main", "e@main"]
+    first = store.claim_next("w1", warm, timedelta(hours=1), limit=2)
+    assert [j.id for j in first] == [high, normal]  # priority order, across models warm here
+    assert first[0].params == {"n": "bob"} and first[0].attempts == 1  # opened for the runner
+    second = store.claim_next("w2", warm, timedelta(hours=1), limit=10)
+    assert [j.id for j in second] == [low]  # what w1 took is gone; the cold model's job waits
+    assert store.claim_next("w3", [], timedelta(0), limit=10)[0].id == cold  # waited long enough: anyone takes it
+    assert not store.has_claimable(warm, timedelta(0))
+    assert {store.get(i).worker_id for i in (high, normal, low, cold)} == {"w1", "w2", "w3"}
+    store.release(low, "w1")  # not w1's: nothing happens
+    assert store.get(low).status == "running"
+    store.release(low, "w2")
+    assert store.get(low).status == "queued" and store.get(low).attempts == 0
+    assert store.has_claimable(warm, timedelta(hours=1))
 
 
 async def test_a_failed_submission_releases_the_rest_for_the_next_round(db: Database) -> None:
     store = _store(db)
     ids = [_job(store, "download", "admin", model=f"d{i}@main") for i in range(3)]
-    dispatcher = Dispatcher(store, Recorder(fail_after=1), jobs_per_run=4, interval_s=0.01)
+    dispatcher = Dispatcher(store, Recorder(fail_after=1), interval_s=0.01)
     with pytest.raises(ConnectionError):
         await dispatcher.dispatch_once()
     states = [store.get(i) for i in ids]
@@ -111,7 +129,7 @@ async def test_a_failed_submission_releases_the_rest_for_the_next_round(db: Data
 async def test_stale_dispatch_is_taken_again(db: Database) -> None:
     store = _store(db)
     job_id = _job(store, "batch", "carol")
-    dispatcher = Dispatcher(store, Recorder(), jobs_per_run=4, interval_s=0.01, redispatch_after=timedelta(0))
+    dispatcher = Dispatcher(store, Recorder(), interval_s=0.01, redispatch_after=timedelta(0))
     assert await dispatcher.dispatch_once() == 1
     assert await dispatcher.dispatch_once() == 1  # never started: dispatched again
     assert store.get(job_id).status == "queued"

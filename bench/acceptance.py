@@ -1,0 +1,97 @@
+"""Async-job acceptance: `POST /api/v1/tasks` from 16 concurrent submitters (one keep-alive
+connection each, asyncio, so the load generator stays light on a 2-core box), for the embedded
+default (SQLite) and with the gateway DB on PostgreSQL. Targets: p95 <= 20 ms and >= 500 accepted/s.
+
+Baseline in the same run: `GET /health` (no auth, no DB) from the same 16 submitters, the ceiling of
+this gateway process and client on this machine. Also checks durability: a job answered 202 just
+before the gateway is killed with SIGKILL is there, and runs, after a restart.
+
+    python -m bench.acceptance [seconds-per-round]"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from bench.harness import median, pct, running_platform
+from tests.cluster_harness import ClusterResources
+from tests.platform_harness import Platform
+
+SUBMITTERS = 16
+JOB = {"type": "text", "priority": "low", "params": {"prompt": "Hi", "max_tokens": 1, "temperature": 0}}
+
+
+async def _round(platform: Platform, seconds: float, method: str, path: str, expect: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    headers = {"Authorization": f"Bearer {platform.admin_key}"}
+    deadline = time.perf_counter() + seconds
+
+    async def submitter() -> None:
+        async with httpx.AsyncClient(base_url=platform.gateway, headers=headers, timeout=60) as client:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                response = await client.request(method, path, json=JOB if method == "POST" else None)
+                latencies.append(time.perf_counter() - started)
+                assert response.status_code == expect, response.text
+
+    started = time.perf_counter()
+    await asyncio.gather(*(submitter() for _ in range(SUBMITTERS)))
+    return len(latencies) / (time.perf_counter() - started), latencies
+
+
+def _report(label: str, rate: float, latencies: list[float]) -> None:
+    print(
+        f"  {label:<22} {rate:7.0f}/s   p50 {median(latencies) * 1000:6.1f} ms   p95 {pct(latencies, 95) * 1000:6.1f} ms"
+    )
+
+
+def _durable(platform: Platform) -> None:
+    """202, then SIGKILL the gateway at once: after a restart the job exists and completes."""
+    with platform.client() as client:
+        job_id = client.post("/api/v1/tasks", json={**JOB, "priority": "high"}).json()["id"]
+    platform.kill("gateway")
+    platform.start_gateway()
+    with platform.client() as client:
+        deadline = time.monotonic() + 120
+        while (status := client.get(f"/api/v1/tasks/{job_id}").json()["status"]) != "completed":
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+    print("  durable: a job answered 202 right before kill -9 of the gateway was there and completed")
+
+
+def _measure(platform: Platform, seconds: float, label: str) -> None:
+    asyncio.run(_round(platform, 2, "POST", "/api/v1/tasks", 202))  # warm connections, caches, counters
+    print(f"{label}, {SUBMITTERS} submitters, {seconds:.0f} s per round:")
+    health_rate, health = asyncio.run(_round(platform, seconds, "GET", "/health", 200))
+    _report("GET /health (ceiling)", health_rate, health)
+    rate, accepted = asyncio.run(_round(platform, seconds, "POST", "/api/v1/tasks", 202))
+    _report("POST /api/v1/tasks", rate, accepted)
+    print(f"  accepted/s vs the ceiling: {rate / health_rate:.2f}   (targets: p95 <= 20 ms, >= 500/s)")
+    _durable(platform)
+
+
+@contextmanager
+def _postgres() -> Iterator[dict[str, str]]:
+    resources = ClusterResources()
+    resources.create()
+    try:
+        yield {"BITINGLIP_DATABASE_URL": resources.env()["BITINGLIP_DATABASE_URL"]}
+    finally:
+        resources.drop()
+
+
+def main() -> None:
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
+    with running_platform() as platform:
+        _measure(platform, seconds, "SQLite (embedded default)")
+    with _postgres() as env, running_platform(env) as platform:
+        _measure(platform, seconds, "PostgreSQL gateway DB")
+
+
+if __name__ == "__main__":
+    main()
