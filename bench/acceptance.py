@@ -45,9 +45,8 @@ async def _round(platform: Platform, seconds: float, method: str, path: str, exp
 
 
 def _report(label: str, rate: float, latencies: list[float]) -> None:
-    print(
-        f"  {label:<22} {rate:7.0f}/s   p50 {median(latencies) * 1000:6.1f} ms   p95 {pct(latencies, 95) * 1000:6.1f} ms"
-    )
+    p50, p95 = median(latencies) * 1000, pct(latencies, 95) * 1000
+    print(f"  {label:<22} {rate:7.0f}/s   p50 {p50:6.1f} ms   p95 {p95:6.1f} ms")
 
 
 def _durable(platform: Platform) -> None:
