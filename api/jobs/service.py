@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from api.jobs.schemas import _PRIORITY_NAMES, JobPageView, JobRequest, JobView, QueueStatus
 from api.models.service import ModelService
-from bitinglip import metrics, retention
+from bitinglip import metrics, retention, signed_urls
 from bitinglip.auth import usage
 from bitinglip.auth.limits import Limiter
 from bitinglip.auth.principal import Principal
@@ -45,7 +45,10 @@ class JobService:
         self.dispatcher = dispatcher
 
     def _view(self, job: Job) -> JobView:
-        return JobView.from_job(job, self.settings.prefect_ui_url, f"{self.settings.gateway_url}/api/v1/files")
+        return JobView.from_job(job, self.settings.prefect_ui_url, self._link)
+
+    def _link(self, path: str) -> tuple[str, int]:
+        return signed_urls.result_link(self.settings, path, self.settings.result_link_ttl_s)
 
     async def submit(self, request: JobRequest, who: Principal) -> JobView:
         """The job's most possible cost is reserved from the caller's quota at acceptance (429 when it

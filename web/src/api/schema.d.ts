@@ -1610,7 +1610,10 @@ export interface components {
              * @enum {string}
              */
             priority: "high" | "normal" | "low";
-            /** Progress */
+            /**
+             * Progress
+             * @description How far a long job is, pushed live by GET /api/v1/events. A download: `phase` (fetch, convert, install, completed), `fraction` (0-1 of the whole install) and what the fetch moved: `bytes_done`/`bytes_total`, `files_done`/`files_total` (a total of 0: not known). A batch: its `phase`, `total`/`completed`/`failed` lines and `chunks`.
+             */
             progress: {
                 [key: string]: unknown;
             } | null;
