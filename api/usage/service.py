@@ -51,21 +51,7 @@ class UsageService:
         until = date.fromisoformat(today())
         since = until - timedelta(days=days - 1)
         rows = await self.limiter.history(since.isoformat(), scope)
-        return UsageHistory(
-            since=since,
-            until=until,
-            data=[
-                DayUsage(
-                    day=date.fromisoformat(r.day),
-                    username=r.username,
-                    key_id=r.key_id,
-                    key_name=r.key_name,
-                    tokens=r.tokens,
-                    images=r.images,
-                )
-                for r in rows
-            ],
-        )
+        return UsageHistory(since=since, until=until, data=[DayUsage.model_validate(vars(r)) for r in rows])
 
     @staticmethod
     def _key(who: Principal, counters: dict[QuotaKind, list[Counter]]) -> KeyUsage | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, CursorResult, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -30,10 +30,6 @@ _TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is for humans: no write on e
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _rows(result: Any) -> int:
-    return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 
 def _leaves_an_admin(s: Session, username: str) -> ColumnElement[bool]:
@@ -121,7 +117,7 @@ class AccountStore:
             statement = update(User).where(User.username == username)
             if disabled:
                 statement = statement.where(_leaves_an_admin(s, username))
-            if _rows(s.execute(statement.values(disabled=disabled))) == 0:
+            if cast("CursorResult[Any]", s.execute(statement.values(disabled=disabled))).rowcount == 0:
                 raise _last_admin(username)
         return self.user(username)
 
@@ -134,7 +130,7 @@ class AccountStore:
             statement = update(User).where(User.username == username)
             if role != "admin":
                 statement = statement.where(_leaves_an_admin(s, username))
-            if _rows(s.execute(statement.values(role=role))) == 0:
+            if cast("CursorResult[Any]", s.execute(statement.values(role=role))).rowcount == 0:
                 raise _last_admin(username)
         return self.user(username)
 

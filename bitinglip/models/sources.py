@@ -132,6 +132,12 @@ def _copy_files(files: Files, dest: Path, progress: Progress | None) -> None:
             progress(Transfer(done, total, count + 1, len(files)))
 
 
+def _all_of(folder: Path) -> Transfer:
+    """A finished fetch's figures, for sources that fetch without reporting as they go."""
+    sizes = [p.stat().st_size for p in folder.rglob("*") if p.is_file()]
+    return Transfer(sum(sizes), sum(sizes), len(sizes), len(sizes))
+
+
 def file_roots(settings: Settings) -> list[Path]:
     """Folders `file://` sources may read: the platform's import folder and the configured roots."""
     return [p.expanduser().resolve() for p in (settings.home_dir / "import", *settings.model_source_roots)]
@@ -251,6 +257,8 @@ class HuggingFaceSource(Source):
         except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
             raise NotFound(f"{ref.uri}: {exc}", param="source") from exc
         shutil.rmtree(dest / ".cache", ignore_errors=True)
+        if progress:  # huggingface_hub moves the bytes itself: the figures come once it is done
+            progress(_all_of(dest))
 
 
 class BuiltinSource(Source):
@@ -266,8 +274,7 @@ class BuiltinSource(Source):
             raise NotFound(f"no builtin model {ref.location!r}; known: {', '.join(sorted(BUILDERS))}", param="source")
         builder(dest)
         if progress:
-            built = [p.stat().st_size for p in dest.rglob("*") if p.is_file()]
-            progress(Transfer(sum(built), sum(built), len(built), len(built)))
+            progress(_all_of(dest))
 
 
 class S3Source(Source):

@@ -365,8 +365,9 @@ def test_a_revoked_key_lands_on_sign_in_with_a_readable_message(
     assert admin.delete(f"/api/v1/auth/keys/{made['id']}").status_code == 200
     # no click needed: the live stream re-checks the key (every 10 s) and says goodbye
     page.wait_for_url(re.compile(r"/ui/login\?next=(/|%2F)jobs"), timeout=40_000)
-    notice = page.get_by_test_id("session-notice").inner_text()
-    assert notice.startswith("Your session has ended: it expired, or its key was revoked"), notice
+    notice = page.get_by_test_id("session-notice")
+    assert notice.inner_text().startswith("Your session has ended: it expired, or its key was revoked")
+    page.wait_for_function("el => getComputedStyle(el).opacity === '1'", arg=notice.element_handle())  # shown
     assert "{" not in page.locator("body").inner_text()  # no raw JSON
 
 
