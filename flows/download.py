@@ -67,7 +67,7 @@ class _Progress:
 
     def __init__(self, job: FlowJob | None) -> None:
         self.job = job
-        self.artifact = cast(UUID, create_progress_artifact(0.0, key=None, description="model download progress"))
+        self.artifact: UUID | None = None  # made at the first report: a refused request leaves none
         self.last = 0.0
         self.phase = ""
         self.fetched: dict[str, int] = {}  # the fetch's last counts, shown through the later phases
@@ -86,6 +86,8 @@ class _Progress:
                 "files_done": step.files_done or 0,
                 "files_total": step.files_total or 0,
             }
+        if self.artifact is None:
+            self.artifact = cast(UUID, create_progress_artifact(0.0, description="model download progress"))
         update_progress_artifact(self.artifact, round(100 * fraction, 1))
         if self.job is not None:
             self.job.progress(self.record(step.phase, fraction))
