@@ -64,6 +64,19 @@ class Settings(BaseSettings):
         default=None, description="Signs login tokens (HS256); default: generated into home/secrets.json."
     )
     jwt_ttl_s: int = Field(default=900, ge=30, description="Lifetime of a login token.")
+    result_link_ttl_s: int = Field(
+        default=3600,
+        ge=10,
+        le=7 * 86400,
+        description="How long the signed image links in API answers open without credentials "
+        "(response_format=url, image jobs' results); reading the job again gives fresh ones.",
+    )
+    artifact_link_ttl_s: int = Field(
+        default=7 * 86400,
+        ge=60,
+        le=90 * 86400,
+        description="How long the signed image links in Prefect artifacts open without credentials.",
+    )
     admin_username: str = Field(default="admin", pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
     admin_password: SecretStr | None = Field(
         default=None, description="The first admin's password; default: generated into home/secrets.json."

@@ -28,13 +28,13 @@ def pull_with_progress(
     with Progress(*columns, console=console, transient=False) as progress:
         tasks: dict[str, TaskID] = {}
 
-        def listener(phase: str, done: int, total: int) -> None:
-            label = f"{name}: {_LABELS.get(phase, phase)}"
-            if phase == "fetch":
-                label += f" ({total / 1e6:.1f} MB)"
-            if phase not in tasks:
-                tasks[phase] = progress.add_task(label, total=total or 1)
-            progress.update(tasks[phase], description=label, completed=done, total=total or 1)
+        def listener(step: installer.Step) -> None:
+            label = f"{name}: {_LABELS.get(step.phase, step.phase)}"
+            if step.phase == "fetch":
+                label += f" ({step.total / 1e6:.1f} MB)"
+            if step.phase not in tasks:
+                tasks[step.phase] = progress.add_task(label, total=step.total or 1)
+            progress.update(tasks[step.phase], description=label, completed=step.done, total=step.total or 1)
 
         remove = installer.add_progress_listener(listener)
         try:

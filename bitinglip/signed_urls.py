@@ -10,7 +10,10 @@ import hmac
 import time
 from urllib.parse import quote, urlencode
 
+from bitinglip.config import Settings
+
 _PURPOSE = b"bitinglip signed result url v1"
+ROUTE = "/api/v1/results/signed"  # where the gateway opens them (api/console/results.py)
 
 
 def _key(secret: str) -> bytes:
@@ -36,3 +39,9 @@ def check(secret: str, path: str, expires: int, sig: str, now: float | None = No
     if expires < (time.time() if now is None else now):
         return "expired"
     return None
+
+
+def result_link(settings: Settings, path: str, ttl_s: int) -> tuple[str, int]:
+    """(URL, expiry) of a signed link to the stored result `path`, as every process makes them: the
+    gateway for API answers, the model worker for Prefect artifacts (same home, same secret)."""
+    return sign(settings.secret("jwt_secret"), f"{settings.gateway_url}{ROUTE}", path, ttl_s)

@@ -25,6 +25,8 @@ from bitinglip.models.install_spec import resolve_install
 from bitinglip.models.sources import parse_source
 from bitinglip.models.store import Manifest, ModelStore
 
+REPORT_EVERY_S = 0.5
+
 
 def _transient(task: object, task_run: object, state: State) -> bool:
     """Retry network hiccups, not answers: a missing source or a bad checksum stays that way."""
@@ -58,20 +60,41 @@ def install_files(
     )
 
 
-def _progress_to_artifact() -> installer.ProgressListener:
-    artifact_id = cast(UUID, create_progress_artifact(0.0, key=None, description="model download progress"))
-    last = [0.0]
-    weights = {"fetch": (0.0, 60.0), "convert": (60.0, 35.0), "install": (95.0, 5.0)}
+class _Progress:
+    """Install progress to the run's progress artifact (the Prefect UI) and, for an API pull, to its
+    job row, which the console's event stream pushes to the Models page. Written at most every
+    REPORT_EVERY_S, and at each phase's start and end, so a fast phase is still seen."""
 
-    def listener(phase: str, done: int, total: int) -> None:
+    def __init__(self, job: FlowJob | None) -> None:
+        self.job = job
+        self.artifact: UUID | None = None  # made at the first report: a refused request leaves none
+        self.last = 0.0
+        self.phase = ""
+        self.fetched: dict[str, int] = {}  # the fetch's last counts, shown through the later phases
+
+    def __call__(self, step: installer.Step) -> None:
         now = time.monotonic()
-        if now - last[0] < 0.5 and done < total:
+        edge = step.phase != self.phase or step.done in (0, step.total)
+        if not edge and now - self.last < REPORT_EVERY_S:
             return
-        last[0] = now
-        start, span = weights.get(phase, (0.0, 100.0))
-        update_progress_artifact(artifact_id, start + span * (done / total if total else 1.0))
+        self.last, self.phase = now, step.phase
+        fraction = installer.overall(step)
+        if step.phase == "fetch":
+            self.fetched = {
+                "bytes_done": step.done,
+                "bytes_total": step.total,
+                "files_done": step.files_done or 0,
+                "files_total": step.files_total or 0,
+            }
+        if self.artifact is None:
+            self.artifact = cast(UUID, create_progress_artifact(0.0, description="model download progress"))
+        update_progress_artifact(self.artifact, round(100 * fraction, 1))
+        if self.job is not None:
+            self.job.progress(self.record(step.phase, fraction))
 
-    return listener
+    def record(self, phase: str, fraction: float) -> dict[str, object]:
+        """The job's `progress`, as GET /api/v1/tasks/{id} and the event stream show it."""
+        return {"phase": phase, "fraction": round(fraction, 4), **self.fetched}
 
 
 @flow(name="download-model", flow_run_name="download {name}", log_prints=True)
@@ -90,13 +113,14 @@ def download_model(
     db = Database(settings.gateway_db_url)
     try:
         if job_id is None:
-            return _install(settings, db, name, source, revision, task_type, backend)
+            return _install(settings, db, _Progress(None), name, source, revision, task_type, backend)
         with FlowJob(JobStore(db), job_id, str(flow_run.get_id()), settings.worker_heartbeat_s) as job:
             if job.claim(settings.job_max_attempts) is None:
                 return {"skipped": job.skipped}
             with job.failing():
-                outcome = _install(settings, db, name, source, revision, task_type, backend)
-            job.finish("completed", result=outcome)
+                progress = _Progress(job)
+                outcome = _install(settings, db, progress, name, source, revision, task_type, backend)
+            job.finish("completed", result=outcome, progress=progress.record("completed", 1.0))
             return outcome
     finally:
         db.dispose()
@@ -105,6 +129,7 @@ def download_model(
 def _install(
     settings: Settings,
     db: Database,
+    progress: _Progress,
     name: str,
     source: str | None,
     revision: str | None,
@@ -117,7 +142,7 @@ def _install(
     name, source, revision, task_type = spec.name, spec.source, spec.revision, spec.task
     store = ModelStore(settings.store_dir)
     registry.mark_downloading(db, name, revision, task_type, source)
-    remove_listener = installer.add_progress_listener(_progress_to_artifact())
+    remove_listener = installer.add_progress_listener(progress)
     try:
         with store.staging() as staging:
             fetch_files(source, staging / "fetched")

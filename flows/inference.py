@@ -49,7 +49,8 @@ def _transient(task: object, task_run: object, state: State[Any]) -> bool:
 )
 async def run_inference_job(job_id: str, type: str, model: str, owner: str, priority: int) -> State[Any]:
     """One claimed job. A transient failure raises while retries remain (Prefect retries it here, the
-    claim kept); the last one, or a bad request, ends the job `failed`."""
+    claim kept); the last one, or a bad request, ends the job `failed`. Its images show on the run as
+    artifacts with signed links (no key needed to see them)."""
     runtime = current_runtime()
     run_id = str(task_run.id)
     final_try = task_run.run_count > JOB_RETRIES

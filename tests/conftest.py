@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -54,6 +55,14 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
         backend="transformers",
     )
     return store
+
+
+def result_path(link: str) -> str:
+    """The stored result a signed link (API answers' image `url`s) points at: images/OWNER/... or
+    jobs/OWNER/..., as GET /api/v1/files/{path} serves it to its owner with credentials."""
+    marker = "/api/v1/results/signed/"
+    assert marker in link, link
+    return unquote(urlsplit(link).path.split(marker, 1)[1])
 
 
 def home_with_store(tmp_path: Path, store: ModelStore) -> Path:

@@ -45,6 +45,7 @@ class Platform:
                 "BITINGLIP_JOB_ORPHAN_AFTER_S": str(self.settings.job_orphan_after_s),
                 "BITINGLIP_REAPER_INTERVAL_S": str(self.settings.reaper_interval_s),
                 "BITINGLIP_JOB_REDISPATCH_AFTER_S": str(self.settings.job_redispatch_after_s),
+                "BITINGLIP_CONSOLE_EVENTS_INTERVAL_S": str(self.settings.console_events_interval_s),
                 **{f"BITINGLIP_{name.upper()}": self.settings.secret(name) for name in SECRETS},
                 "BITINGLIP_ADMIN_API_KEY": self.admin_key,
                 "BITINGLIP_API_KEY": self.admin_key,  # what the CLI sends
@@ -206,6 +207,7 @@ def platform_settings(home: Path, fast_heartbeat: bool = True) -> Settings:
             "job_orphan_after_s": 4.0,
             "reaper_interval_s": 1.0,
             "job_redispatch_after_s": 8.0,
+            "console_events_interval_s": 0.25,  # the console's live view samples progress often enough to see it move
         }
         if fast_heartbeat
         else {}

@@ -101,7 +101,12 @@ class UserLimitsBody(BaseModel):
 
 
 class UserUpdateRequest(BaseModel):
-    disabled: bool | None = Field(default=None, description="Disable (or enable) the user.")
+    disabled: bool | None = Field(
+        default=None, description="Disable (or enable) the user; the last enabled admin cannot be disabled (409)."
+    )
+    role: Literal["admin", "user"] | None = Field(
+        default=None, description="Change the user's role; the last enabled admin cannot be demoted (409)."
+    )
     limits: UserLimitsBody | None = Field(
         default=None, description="Replace the user's limits (every field; a null field is the settings' default)."
     )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from api.auth.schemas import (
     CreatedKey,
@@ -20,7 +23,7 @@ from bitinglip.auth.credentials import issue_token, parse_api_key, read_token
 from bitinglip.auth.limits import Limiter, RateState, effective_limits
 from bitinglip.auth.principal import Limits, Principal
 from bitinglip.config import Settings
-from bitinglip.errors import PermissionDenied, RateLimited, Unauthorized
+from bitinglip.errors import BitingLipError, PermissionDenied, RateLimited, Unauthorized
 
 
 class AuthService:
@@ -151,15 +154,33 @@ class AuthService:
         return [UserView.from_record(u, limits.get(u.username)) for u in users]
 
     async def update_user(self, who: Principal, username: str, request: UserUpdateRequest) -> UserView:
-        """Disable or enable a user, and set the limits all their keys and login tokens share."""
+        """Disable or enable a user, change their role, and set the limits all their keys and login
+        tokens share. Roles and the disabled flag are read on every request, so a change holds from the
+        user's next one; the last enabled admin can be neither demoted nor disabled (409)."""
         self.require_admin(who, "changing users")
         user = await asyncio.to_thread(self.accounts.user, username)
+        if request.role is not None and request.role != user.role:
+            was = user.role
+            with _audited("user_role_changed", who, user=username, role=request.role, was=was):
+                user = await asyncio.to_thread(self.accounts.set_role, username, request.role)
         if request.disabled is not None:
-            user = await asyncio.to_thread(self.accounts.set_disabled, username, request.disabled)
-            audit("user_disabled" if request.disabled else "user_enabled", actor=who.username, user=username)
+            event = "user_disabled" if request.disabled else "user_enabled"
+            with _audited(event, who, user=username):
+                user = await asyncio.to_thread(self.accounts.set_disabled, username, request.disabled)
         if request.limits is not None:
             new = request.limits.as_limits()
             await asyncio.to_thread(self.accounts.set_limits, username, new, who.username)
             audit("user_limits_set", actor=who.username, user=username, **vars(new))
         stored = await asyncio.to_thread(self.accounts.stored_limits, username)
         return UserView.from_record(user, stored)
+
+
+@contextmanager
+def _audited(event: str, who: Principal, **fields: Any) -> Iterator[None]:
+    """One audit line for an account change: `ok` when it went through, `refused` with the reason when not."""
+    try:
+        yield
+    except BitingLipError as exc:
+        audit(event, actor=who.username, outcome="refused", reason=exc.message, **fields)
+        raise
+    audit(event, actor=who.username, **fields)

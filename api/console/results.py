@@ -15,9 +15,8 @@ from bitinglip import signed_urls
 from bitinglip.errors import NotFound, PermissionDenied
 from bitinglip.results import check_key
 
-PREFIX = "/api/v1/results"
-router = APIRouter(prefix=PREFIX, tags=["results"])  # needs credentials
-open_router = APIRouter(prefix=PREFIX, tags=["results"])  # the signature is the credential
+router = APIRouter(prefix="/api/v1/results", tags=["results"])  # needs credentials
+open_router = APIRouter(prefix=signed_urls.ROUTE, tags=["results"])  # the signature is the credential
 
 
 @router.post("/sign", response_model=SignedLink)
@@ -27,13 +26,11 @@ async def sign_result(body: SignRequest, scope: ScopeDep, settings: SettingsDep)
     owned = RESULT_PREFIXES if scope is None else tuple(f"{p}{scope}/" for p in RESULT_PREFIXES)
     if not path.startswith(owned):
         raise NotFound(f"result {path!r} not found", param="path")
-    url, expires = signed_urls.sign(
-        settings.secret("jwt_secret"), f"{settings.gateway_url}{PREFIX}/signed", path, body.ttl_s
-    )
+    url, expires = signed_urls.result_link(settings, path, body.ttl_s)
     return SignedLink(url=url, expires_at=expires)
 
 
-@open_router.get("/signed/{path:path}", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+@open_router.get("/{path:path}", response_class=Response, responses={200: {"content": {"image/png": {}}}})
 async def open_signed(
     files: FileServiceDep,
     settings: SettingsDep,

@@ -17,6 +17,7 @@ from api.inference.schemas import RoutedEmbeddings, RoutedImages, TextInferenceR
 from api.models.service import ModelService
 from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory
+from bitinglip import signed_urls
 from bitinglip.config import Settings
 from bitinglip.db.workers import WorkerInfo
 from bitinglip.errors import BitingLipError, NoRoomToLoad, RemoteError, ServiceUnavailable
@@ -108,8 +109,9 @@ class InferenceService:
     async def images(
         self, params: ImageParams, response_format: str, owner: str = "shared"
     ) -> tuple[str, str, list[GeneratedImage]]:
-        """(model, worker, images): `url` stores the PNGs under the owner's folder and links
-        /api/v1/files, which serves a user only their own folder."""
+        """(model, worker, images): `url` stores the PNGs under the owner's folder and answers signed
+        links to them, which open without credentials until they expire (as OpenAI's do); with
+        credentials, GET /api/v1/files/images/OWNER/... serves a user their own folder for longer."""
         result = await self.generate_image(params)
         pngs, seeds = result.images, result.seeds
         if response_format == "url":
@@ -120,13 +122,13 @@ class InferenceService:
                     for i, b in enumerate(pngs)
                 )
             )
-            data = [GeneratedImage(seed=s, url=self.file_url(k)) for s, k in zip(seeds, keys, strict=True)]
+            data = [GeneratedImage(seed=s, url=self.image_link(k)) for s, k in zip(seeds, keys, strict=True)]
         else:
             data = [GeneratedImage(seed=s, b64_json=b) for s, b in zip(seeds, pngs, strict=True)]
         return result.model, result.worker, data
 
-    def file_url(self, key: str) -> str:
-        return f"{self.settings.gateway_url}/api/v1/files/{key}"
+    def image_link(self, key: str) -> str:
+        return signed_urls.result_link(self.settings, key, self.settings.result_link_ttl_s)[0]
 
     async def _call(self, model_id: str, path: str, payload: dict[str, Any], answer: type[A]) -> tuple[A, str]:
         """The worker's answer, its timings completed with the gateway's own, and the worker's id."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Discriminator, Tag
+from pydantic import BaseModel, Discriminator, Field, Tag
 
 from bitinglip.db.tables import Job
 from bitinglip.jobs.kinds import job_kind
@@ -13,6 +14,7 @@ from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 from bitinglip.types import Priority
 
 PriorityName = Literal["high", "normal", "low"]
+Link = Callable[[str], tuple[str, int]]  # a stored result's path -> (signed URL, expiry)
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 
 
@@ -65,7 +67,12 @@ class JobView(BaseModel):
     params: dict[str, Any]
     result: dict[str, Any] | None
     error: dict[str, Any] | None
-    progress: dict[str, Any] | None
+    progress: dict[str, Any] | None = Field(
+        description="How far a long job is, pushed live by GET /api/v1/events. A download: `phase` (fetch, "
+        "convert, install, completed), `fraction` (0-1 of the whole install) and what the fetch moved: "
+        "`bytes_done`/`bytes_total`, `files_done`/`files_total` (a total of 0: not known). A batch: its "
+        "`phase`, `total`/`completed`/`failed` lines and `chunks`."
+    )
     attempts: int
     cancel_requested: bool
     prefect_run_id: str | None
@@ -77,7 +84,7 @@ class JobView(BaseModel):
     timings: JobTimings
 
     @classmethod
-    def from_job(cls, job: Job, prefect_ui: str, files_url: str = "") -> JobView:
+    def from_job(cls, job: Job, prefect_ui: str, link: Link | None = None) -> JobView:
         def seconds(a: datetime | None, b: datetime | None) -> float | None:
             return None if a is None or b is None else round((b - a).total_seconds(), 4)
 
@@ -90,7 +97,7 @@ class JobView(BaseModel):
             owner=job.owner,
             request_id=job.request_id,
             params=job.params,
-            result=_with_file_urls(job.result, files_url),
+            result=_with_links(job.result, link),
             error=job.error,
             progress=job.progress,
             attempts=job.attempts,
@@ -113,11 +120,15 @@ class JobView(BaseModel):
         )
 
 
-def _with_file_urls(result: dict[str, Any] | None, files_url: str) -> dict[str, Any] | None:
-    """Stored outputs (image jobs) are listed by path; callers get download URLs beside them."""
-    if not result or "images" not in result:
+def _with_links(result: dict[str, Any] | None, link: Link | None) -> dict[str, Any] | None:
+    """Stored outputs (image jobs) are listed by path (GET /api/v1/files/{path}, with credentials);
+    beside each, a signed link that opens without any until `url_expires_at` (an <img> tag, a chat)."""
+    if not result or "images" not in result or link is None:
         return result
-    images = [{**img, "url": f"{files_url}/{img['path']}"} for img in result["images"]]
+    images = []
+    for img in result["images"]:
+        url, expires = link(img["path"])
+        images.append({**img, "url": url, "url_expires_at": expires})
     return {**result, "images": images}
 
 

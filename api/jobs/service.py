@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from api.jobs.schemas import _PRIORITY_NAMES, JobPageView, JobRequest, JobView, QueueStatus
 from api.models.service import ModelService
 from api.workers.poke import JobPoker
-from bitinglip import metrics, retention
+from bitinglip import metrics, retention, signed_urls
 from bitinglip.auth import usage
 from bitinglip.auth.limits import Limiter
 from bitinglip.auth.principal import Principal
@@ -53,7 +53,10 @@ class JobService:
         self.poker = poker  # model-worker jobs: the workers pull them
 
     def _view(self, job: Job) -> JobView:
-        return JobView.from_job(job, self.settings.prefect_ui_url, f"{self.settings.gateway_url}/api/v1/files")
+        return JobView.from_job(job, self.settings.prefect_ui_url, self._link)
+
+    def _link(self, path: str) -> tuple[str, int]:
+        return signed_urls.result_link(self.settings, path, self.settings.result_link_ttl_s)
 
     async def submit(self, request: JobRequest, who: Principal) -> JobView:
         """The job's most possible cost is reserved from the caller's quota at acceptance (429 when it

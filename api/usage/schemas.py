@@ -35,3 +35,21 @@ class UsageView(BaseModel):
     tokens: QuotaUsage
     images: QuotaUsage
     key: KeyUsage | None = None
+
+
+class DayUsage(BaseModel):
+    day: date = Field(description="A UTC day.")
+    username: str
+    key_id: str | None = Field(description="null: the user's whole use that day, every key and sign-in together.")
+    key_name: str | None = Field(description="The key's name, for a key's row.")
+    tokens: int = Field(description="Tokens settled that day.")
+    images: int = Field(description="Images settled that day.")
+
+
+class UsageHistory(BaseModel):
+    since: date = Field(description="The first UTC day counted.")
+    until: date = Field(description="The last: today (UTC), in flight work not counted yet.")
+    data: list[DayUsage] = Field(
+        description="Newest day first; per day, each user's total row, then a row per key they used. "
+        "Days and keys without use are left out."
+    )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import date
+from datetime import date, timedelta
 
-from api.usage.schemas import KeyUsage, QuotaUsage, UsageView
+from api.usage.schemas import DayUsage, KeyUsage, QuotaUsage, UsageHistory, UsageView
 from bitinglip.auth.accounts import AccountStore
 from bitinglip.auth.limits import Limiter, effective_limits
 from bitinglip.auth.principal import Limits, Principal, QuotaKind
@@ -40,6 +40,19 @@ class UsageService:
             key=self._key(who, {"tokens": tokens, "images": images}),
         )
 
+    async def history(self, who: Principal, days: int, username: str | None) -> UsageHistory:
+        """The last `days` UTC days, per user and per key: a user sees their own; an admin anyone's,
+        by default everyone's (as the keys list)."""
+        if username is not None and username != who.username:
+            if not who.is_admin:
+                raise PermissionDenied("another user's usage is for admins only", param="username")
+            await asyncio.to_thread(self.accounts.user, username)  # 404 when unknown
+        scope = username if username is not None else who.scope
+        until = date.fromisoformat(today())
+        since = until - timedelta(days=days - 1)
+        rows = await self.limiter.history(since.isoformat(), scope)
+        return UsageHistory(since=since, until=until, data=[DayUsage.model_validate(vars(r)) for r in rows])
+
     @staticmethod
     def _key(who: Principal, counters: dict[QuotaKind, list[Counter]]) -> KeyUsage | None:
         narrowed = who.key_limits
@@ -48,7 +61,7 @@ class UsageService:
 
         def own(kind: QuotaKind) -> QuotaUsage | None:
             mine = counters[kind]
-            return QuotaUsage.from_counter(mine[1]) if len(mine) > 1 else None
+            return QuotaUsage.from_counter(mine[1]) if len(mine) > 1 and mine[1].limit is not None else None
 
         return KeyUsage(
             id=who.key_id,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, CursorResult, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,6 +30,24 @@ _TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is for humans: no write on e
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _leaves_an_admin(s: Session, username: str) -> ColumnElement[bool]:
+    """A condition on `username`'s row: they are not an enabled admin, or another enabled admin stays.
+    The admins' rows are locked first (PostgreSQL; SQLite runs one writer at a time), so two admins
+    demoting or disabling each other at once cannot both get through."""
+    s.execute(select(User.username).where(User.role == "admin").with_for_update())
+    others = (
+        select(func.count())
+        .select_from(User)
+        .where(User.role == "admin", User.disabled.is_(False), User.username != username)
+        .scalar_subquery()
+    )
+    return or_(User.role != "admin", User.disabled.is_(True), others > 0)
+
+
+def _last_admin(username: str) -> Conflict:
+    return Conflict(f"{username!r} is the last enabled admin; make another user an admin first", param="username")
 
 
 class AccountStore:
@@ -92,9 +111,27 @@ class AccountStore:
         return user
 
     def set_disabled(self, username: str, disabled: bool) -> User:
+        """Disabling the last enabled admin is a conflict: the platform would have nobody to run it."""
         self.user(username)
         with self.db.session() as s:
-            s.execute(update(User).where(User.username == username).values(disabled=disabled))
+            statement = update(User).where(User.username == username)
+            if disabled:
+                statement = statement.where(_leaves_an_admin(s, username))
+            if cast("CursorResult[Any]", s.execute(statement.values(disabled=disabled))).rowcount == 0:
+                raise _last_admin(username)
+        return self.user(username)
+
+    def set_role(self, username: str, role: str) -> User:
+        """Demoting the last enabled admin is a conflict, as disabling them is."""
+        if role not in ROLES:
+            raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
+        self.user(username)
+        with self.db.session() as s:
+            statement = update(User).where(User.username == username)
+            if role != "admin":
+                statement = statement.where(_leaves_an_admin(s, username))
+            if cast("CursorResult[Any]", s.execute(statement.values(role=role))).rowcount == 0:
+                raise _last_admin(username)
         return self.user(username)
 
     def check_password(self, username: str, password: str) -> User | None:

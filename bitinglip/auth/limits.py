@@ -16,7 +16,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
 from bitinglip.auth.principal import Limits, Principal, QuotaKind
-from bitinglip.auth.usage import Counter, Hold, UsageLedger, quota_exceeded
+from bitinglip.auth.usage import Counter, DayUse, Hold, UsageLedger, quota_exceeded
 from bitinglip.config import Settings
 from bitinglip.db.session import Database
 from bitinglip.db.tables import UserLimits
@@ -124,6 +124,10 @@ class Limiter:
 
     async def counters(self, who: Principal, kind: QuotaKind) -> list[Counter]:
         return await asyncio.to_thread(self._ledger().counters, who.quota_caps(kind), kind)
+
+    async def history(self, since: str, username: str | None) -> list[DayUse]:
+        """Use per user and per key per day since `since`: one user's, or (None) everyone's."""
+        return await asyncio.to_thread(self._ledger().history, since, username)
 
     async def reset(self) -> None:
         await self.storage.reset()  # type: ignore[misc]

@@ -51,9 +51,9 @@ class Principal:
 
     def quota_caps(self, kind: QuotaKind) -> list[Cap]:
         """The ledger counters a request of this caller counts against: always the user's, and the
-        key's own when the key narrows that quota. The user's comes first (the lock order)."""
+        key's own when it came with a key (limited when the key narrows that quota, else only counted,
+        so usage per key per day is known). The user's comes first (the lock order)."""
         caps: list[Cap] = [(self.user_subject, self.user_limits.quota(kind))]
-        key_limit = self.key_limits.quota(kind)
-        if self.key_subject is not None and key_limit is not None:
-            caps.append((self.key_subject, key_limit))
+        if self.key_subject is not None:
+            caps.append((self.key_subject, self.key_limits.quota(kind)))
         return caps

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy import CursorResult, delete, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from bitinglip.auth.principal import Cap, QuotaKind
 from bitinglip.db.session import Database
-from bitinglip.db.tables import UsageCounter, UsageHold
+from bitinglip.db.tables import ApiKey, UsageCounter, UsageHold
 from bitinglip.errors import RateLimited
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 
@@ -131,9 +131,55 @@ def _rows(result: Any) -> int:
     return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 
+@dataclass
+class DayUse:
+    """What one user, or one of their keys (`key_id`), used on one UTC day: settled counts only."""
+
+    day: str
+    username: str
+    key_id: str | None
+    key_name: str | None
+    tokens: int = 0
+    images: int = 0
+
+
 class UsageLedger:
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    def history(self, since: str, username: str | None = None) -> list[DayUse]:
+        """Use per user per day and per key per day from `since` (a UTC day) on, newest day first; one
+        user's, or everyone's. A user's row counts all their keys and sign-ins together; a key's only
+        what came with it (every key is counted on its own, limited or not)."""
+        users = select(UsageCounter.subject, UsageCounter.day, UsageCounter.kind, UsageCounter.used).where(
+            UsageCounter.day >= since,
+            UsageCounter.subject == f"user:{username}" if username else UsageCounter.subject.startswith("user:"),
+        )
+        keys = (
+            select(ApiKey.username, ApiKey.id, ApiKey.name, UsageCounter.day, UsageCounter.kind, UsageCounter.used)
+            .join(ApiKey, UsageCounter.subject == literal("key:") + ApiKey.id)
+            .where(UsageCounter.day >= since)
+        )
+        if username:
+            keys = keys.where(ApiKey.username == username)
+        rows: dict[tuple[str, str, str | None], DayUse] = {}
+
+        def add(day: str, user: str, key_id: str | None, key_name: str | None, kind: str, used: int) -> None:
+            row = rows.setdefault((day, user, key_id), DayUse(day, user, key_id, key_name))
+            if kind == "images":
+                row.images += used
+            else:
+                row.tokens += used
+
+        with self.db.session() as s:
+            for subject, day, kind, used in s.execute(users):
+                add(day, subject.removeprefix("user:"), None, None, kind, used)
+            for user, key_id, key_name, day, kind, used in s.execute(keys):
+                add(day, user, key_id, key_name, kind, used)
+        found = [row for row in rows.values() if row.tokens or row.images]
+        found.sort(key=lambda r: (r.username, r.key_id is not None, r.key_name or "", r.key_id or ""))
+        found.sort(key=lambda r: r.day, reverse=True)
+        return found
 
     def reserve(
         self, kind: QuotaKind, amount: int, caps: list[Cap], *, hold_id: str | None = None, replace: bool = False

@@ -23,7 +23,35 @@ class ChecksumMismatch(InvalidRequest):
     code = "checksum_mismatch"
 
 
-ProgressListener = Callable[[str, int, int], None]  # (phase, done, total)
+class Step(NamedTuple):
+    """One progress report: `done` of `total` bytes (fetch) or steps (convert, install); a total of
+    0 is not known. The file counts come from the fetch (None in the later phases)."""
+
+    phase: str  # fetch | convert | install
+    done: int
+    total: int
+    files_done: int | None = None
+    files_total: int | None = None
+
+
+# The share of a whole install each phase stands for: converting a GGUF is slow, moving in is a rename.
+PHASE_SPANS = {"fetch": (0.0, 0.6), "convert": (0.6, 0.35), "install": (0.95, 0.05)}
+
+
+def overall(step: Step) -> float:
+    """How far the whole install is, 0 to 1: the phase's start plus its share done (by bytes, else by
+    files when only they are known)."""
+    start, span = PHASE_SPANS.get(step.phase, (0.0, 1.0))
+    if step.total:
+        part = step.done / step.total
+    elif step.files_total:
+        part = (step.files_done or 0) / step.files_total
+    else:
+        part = 0.0
+    return start + span * min(max(part, 0.0), 1.0)
+
+
+ProgressListener = Callable[[Step], None]
 _listeners: list[ProgressListener] = []
 
 
@@ -32,16 +60,16 @@ def add_progress_listener(listener: ProgressListener) -> Callable[[], None]:
     return lambda: _listeners.remove(listener)
 
 
-def report(phase: str, done: int, total: int) -> None:
+def report(step: Step) -> None:
     for listener in list(_listeners):
-        listener(phase, done, total)
+        listener(step)
 
 
 def fetch(settings: Settings, ref: SourceRef, dest: Path) -> None:
     """Fetch into `dest` (kept across retries, so sources can resume) and check any SHA256SUMS the
     source ships before anything else looks at the files."""
     dest.mkdir(parents=True, exist_ok=True)
-    make_source(ref, settings).fetch(ref, dest, lambda done, total: report("fetch", done, total))
+    make_source(ref, settings).fetch(ref, dest, lambda t: report(Step("fetch", *t)))
     verify_checksums(dest)
 
 
@@ -83,9 +111,9 @@ def convert(fetched: Path, out: Path, backend: str = "auto", task: Task = "text"
     if gguf is None:
         fetched.rename(out)
         return Prepared("transformers", None)
-    report("convert", 0, 1)
+    report(Step("convert", 0, 1))
     convert_gguf(gguf.parent, gguf, out)
-    report("convert", 1, 1)
+    report(Step("convert", 1, 1))
     return Prepared("transformers", gguf.name)
 
 
@@ -128,7 +156,7 @@ def install(
     converted_from: str | None,
     backend: Backend,
 ) -> Manifest:
-    report("install", 0, 1)
+    report(Step("install", 0, 1))
     manifest = store.install(
         staged,
         name=name,
@@ -138,5 +166,5 @@ def install(
         converted_from=converted_from,
         backend=backend,
     )
-    report("install", 1, 1)
+    report(Step("install", 1, 1))
     return manifest

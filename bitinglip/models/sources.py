@@ -15,14 +15,25 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 from urllib.parse import unquote, urlparse
 
 from bitinglip.config import Settings
 from bitinglip.errors import InvalidRequest, NotFound
 from bitinglip.models.catalog import load_catalog
 
-Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+class Transfer(NamedTuple):
+    """How far a fetch is; a total of 0 is not known (yet)."""
+
+    bytes_done: int
+    bytes_total: int
+    files_done: int
+    files_total: int
+
+
+Progress = Callable[[Transfer], None]
+CHUNK = 1 << 20  # bytes copied between two progress reports
 
 
 @dataclass(frozen=True)
@@ -104,17 +115,27 @@ def _walk(src: Path) -> Files:
 
 
 def _copy_files(files: Files, dest: Path, progress: Progress | None) -> None:
-    """Copies the checked real paths, refusing to follow a symlink swapped in since the check."""
+    """Copies the checked real paths, refusing to follow a symlink swapped in since the check; reports
+    every CHUNK, so one large file (a GGUF) shows progress too."""
     total = sum(real.stat().st_size for _, real in files)
     done = 0
-    for rel, real in files:
+    for count, (rel, real) in enumerate(files):
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         with os.fdopen(os.open(real, os.O_RDONLY | os.O_NOFOLLOW), "rb") as src, target.open("wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-        done += real.stat().st_size
+            while chunk := src.read(CHUNK):
+                out.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(Transfer(done, total, count, len(files)))
         if progress:
-            progress(done, total)
+            progress(Transfer(done, total, count + 1, len(files)))
+
+
+def _all_of(folder: Path) -> Transfer:
+    """A finished fetch's figures, for sources that fetch without reporting as they go."""
+    sizes = [p.stat().st_size for p in folder.rglob("*") if p.is_file()]
+    return Transfer(sum(sizes), sum(sizes), len(sizes), len(sizes))
 
 
 def file_roots(settings: Settings) -> list[Path]:
@@ -236,6 +257,8 @@ class HuggingFaceSource(Source):
         except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
             raise NotFound(f"{ref.uri}: {exc}", param="source") from exc
         shutil.rmtree(dest / ".cache", ignore_errors=True)
+        if progress:  # huggingface_hub moves the bytes itself: the figures come once it is done
+            progress(_all_of(dest))
 
 
 class BuiltinSource(Source):
@@ -251,7 +274,7 @@ class BuiltinSource(Source):
             raise NotFound(f"no builtin model {ref.location!r}; known: {', '.join(sorted(BUILDERS))}", param="source")
         builder(dest)
         if progress:
-            progress(1, 1)
+            progress(_all_of(dest))
 
 
 class S3Source(Source):
@@ -270,17 +293,17 @@ class S3Source(Source):
             files = {key: key[len(root) + 1 :] for key in fs.find(root)}
         sizes = {key: int(fs.info(key)["size"]) for key in files}
         total, done = sum(sizes.values()), 0
-        for key, rel in sorted(files.items()):
+        for count, (key, rel) in enumerate(sorted(files.items())):
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
 
-            def report(n: int, base: int = done) -> None:
+            def report(n: int, base: int = done, count: int = count) -> None:
                 if progress:
-                    progress(base + n, total)
+                    progress(Transfer(base + n, total, count, len(files)))
 
             done += self._resume(fs, key, target, sizes[key], report)
         if progress:
-            progress(done, total)
+            progress(Transfer(done, total, len(files), len(files)))
 
     @staticmethod
     def _resume(fs: Any, key: str, target: Path, size: int, progress: Callable[[int], object]) -> int:

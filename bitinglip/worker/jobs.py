@@ -24,6 +24,7 @@ from bitinglip.errors import BitingLipError, Overloaded, error_record
 from bitinglip.jobs.store import JobStore
 from bitinglip.results import ResultStore
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
+from bitinglip.signed_urls import result_link
 from bitinglip.types import Priority
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,8 @@ class JobRunner:
         return [img["path"] for img in (job.result or {}).get("images", [])]
 
     def image_url(self, path: str) -> str:
-        return f"{self.settings.gateway_url}/api/v1/files/{path}"
+        """A signed, expiring link: the Prefect UI shows the image without the owner's key."""
+        return result_link(self.settings, path, self.settings.artifact_link_ttl_s)[0]
 
     async def _text(self, job: Job, cancelled: threading.Event) -> tuple[str, dict[str, Any]]:
         params = TextGenerationParams.model_validate({**job.params, "model": job.model})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import queue
+import shutil
 import threading
 import time
 import uuid
@@ -31,6 +32,33 @@ def console_dist() -> Path:
             "run `make setup` or `cd web && npm ci && npm run build`"
         )
     return DIST
+
+
+@dataclass(frozen=True)
+class PullSource:
+    """A model-shaped folder a pull may read (file:// under home/import)."""
+
+    folder: Path
+    size: int
+    files: int
+
+    @property
+    def url(self) -> str:
+        return f"file://{self.folder}"
+
+
+PULL_FILES = {"config.json": 2_000, "weights-1.bin": 48 << 20, "weights-2.bin": 48 << 20, "tokenizer.json": 30_000}
+
+
+@pytest.fixture
+def pull_source(platform: Platform) -> Iterator[PullSource]:
+    """Big enough that fetching it spans a few of the event stream's looks (about 100 MB)."""
+    folder = platform.settings.home_dir / "import" / f"pull-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True)
+    for name, size in PULL_FILES.items():
+        (folder / name).write_bytes(b"\0" * size)
+    yield PullSource(folder, sum(PULL_FILES.values()), len(PULL_FILES))
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass(frozen=True)

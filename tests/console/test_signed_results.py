@@ -10,10 +10,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from bitinglip import signed_urls
-from tests.conftest import IMAGE_MODEL
+from tests.conftest import IMAGE_MODEL, result_path
 from tests.console.conftest import User
 from tests.platform_harness import Platform
 from tests.security.conftest import envelope
+from tests.test_jobs import wait_done
 
 SECRET = "s" * 48
 
@@ -37,9 +38,9 @@ def alice_image(platform: Platform, users: dict[str, User]) -> str:
         json={"model": IMAGE_MODEL, "prompt": "a kite", "size": "64x64", "response_format": "url"},
     )
     assert made.status_code == 200, made.text
-    path = made.json()["data"][0]["url"].split("/api/v1/files/", 1)[1]
+    path = result_path(made.json()["data"][0]["url"])
     assert path.startswith(f"images/{users['alice'].username}/")
-    return str(path)
+    return path
 
 
 def test_owner_signs_and_anyone_with_the_link_sees_the_image(
@@ -129,8 +130,75 @@ def test_disabling_the_owner_voids_their_links(platform: Platform) -> None:
         "/v1/images/generations", json={"model": IMAGE_MODEL, "prompt": "a kite", "response_format": "url"}
     )
     assert made.status_code == 200, made.text
-    path = made.json()["data"][0]["url"].split("/api/v1/files/", 1)[1]
-    link = platform.client(key=key).post("/api/v1/results/sign", json={"path": path}).json()["url"]
-    assert platform.client(key="").get(link).status_code == 200
+    answered = made.json()["data"][0]["url"]  # signed already
+    link = platform.client(key=key).post("/api/v1/results/sign", json={"path": result_path(answered)}).json()["url"]
+    for url in (answered, link):
+        assert platform.client(key="").get(url).status_code == 200
     assert admin.patch(f"/api/v1/users/{name}", json={"disabled": True}).status_code == 200
-    envelope(platform.client(key="").get(link), 403)
+    for url in (answered, link):
+        envelope(platform.client(key="").get(url), 403)
+
+
+def test_image_answers_carry_signed_links_that_expire(platform: Platform, users: dict[str, User]) -> None:
+    """response_format=url answers a link that opens without credentials (as OpenAI's do), for
+    BITINGLIP_RESULT_LINK_TTL_S, to a result in the caller's own folder."""
+    made = platform.client(key=users["alice"].key).post(
+        "/api/v1/inference/image", json={"prompt": "a kite", "width": 64, "height": 64, "response_format": "url"}
+    )
+    assert made.status_code == 200, made.text
+    url = made.json()["data"][0]["url"]
+    assert result_path(url).startswith(f"images/{users['alice'].username}/")
+    expires = int(parse_qs(urlsplit(url).query)["expires"][0])
+    ttl = platform.settings.result_link_ttl_s
+    assert time.time() + ttl - 60 < expires <= time.time() + ttl
+    opened = platform.client(key="").get(url)
+    assert opened.status_code == 200 and opened.content.startswith(b"\x89PNG")
+
+
+def _image_artifacts(platform: Platform, task_run_id: str, job_id: str) -> list[str]:
+    """The image URLs of a task run's artifacts for one job (Prefect records them a little after the job)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterTaskRunId, ArtifactFilterType
+
+    from bitinglip.prefect_client import prefect_client_settings
+
+    deadline = time.monotonic() + 30
+    while True:
+        with prefect_client_settings(platform.settings), get_client(sync_client=True) as client:
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    task_run_id=ArtifactFilterTaskRunId(any_=[uuid.UUID(task_run_id)]),
+                    type=ArtifactFilterType(any_=["image"]),
+                )
+            )
+        urls = [str(a.data) for a in artifacts if job_id in (a.description or "")]
+        if urls or time.monotonic() > deadline:
+            return urls
+        time.sleep(0.5)
+
+
+def test_an_image_jobs_result_and_its_prefect_artifact_open_without_a_key(
+    platform: Platform, users: dict[str, User]
+) -> None:
+    """The job's result and the image artifact on its Prefect run both link the image signed: it shows
+    in the console and in the Prefect UI, neither of which can send a key with an <img>."""
+    alice, bob = platform.client(key=users["alice"].key), platform.client(key=users["bob"].key)
+    accepted = alice.post(
+        "/api/v1/tasks", json={"type": "image", "params": {"prompt": "a kite", "width": 64, "height": 64, "seed": 3}}
+    )
+    assert accepted.status_code == 202, accepted.text
+    job, _ = wait_done(alice, accepted.json()["id"])
+    assert job["status"] == "completed", job
+    image = job["result"]["images"][0]
+    assert image["path"].startswith(f"jobs/{users['alice'].username}/") and result_path(image["url"]) == image["path"]
+    ttl = platform.settings.result_link_ttl_s
+    assert time.time() + ttl - 60 < image["url_expires_at"] <= time.time() + ttl
+    stored = alice.get(f"/api/v1/files/{image['path']}").content
+    assert platform.client(key="").get(image["url"]).content == stored
+    envelope(bob.get(f"/api/v1/tasks/{job['id']}"), 404)  # another user never gets the link to begin with
+
+    (artifact,) = _image_artifacts(platform, job["prefect_run_id"], job["id"])
+    assert result_path(artifact) == image["path"]
+    expires = int(parse_qs(urlsplit(artifact).query)["expires"][0])
+    assert expires > time.time() + platform.settings.artifact_link_ttl_s - 600  # outlives the API's links
+    assert platform.client(key="").get(artifact).content == stored

@@ -19,7 +19,7 @@ from bitinglip.auth.limits import Limiter
 from bitinglip.auth.principal import Limits, Principal
 from bitinglip.config import Settings
 from bitinglip.errors import RateLimited
-from tests.conftest import IMAGE_MODEL, TEXT_MODEL
+from tests.conftest import IMAGE_MODEL, TEXT_MODEL, result_path
 from tests.platform_harness import Platform
 from tests.security.conftest import envelope, strong_settings
 
@@ -90,7 +90,7 @@ def test_tenants_see_only_their_own(platform: Platform, tenants: dict[str, str])
     image = alice.post(
         "/v1/images/generations", json={"model": IMAGE_MODEL, "prompt": "a cat", "response_format": "url"}
     ).json()
-    image_path = httpx.URL(image["data"][0]["url"]).path
+    image_path = f"/api/v1/files/{result_path(image['data'][0]['url'])}"
     assert f"/images/{tenants['alice_user']}/" in image_path
 
     for method, path in [

@@ -24,7 +24,7 @@ from bitinglip.db.session import Database
 from bitinglip.jobs.store import JobStore
 from bitinglip.models.store import ModelStore
 from bitinglip.results import ResultStore
-from tests.conftest import EMBEDDING_MODEL, IMAGE_MODEL, TEXT_MODEL, S3Server, home_with_store
+from tests.conftest import EMBEDDING_MODEL, IMAGE_MODEL, TEXT_MODEL, S3Server, home_with_store, result_path
 from tests.platform_harness import Platform, platform_settings
 
 SECRET = "pineapple-7731"  # appears in a prompt; must never appear in the DB or on S3
@@ -241,7 +241,7 @@ def test_rotation_old_key_reads_reencrypt_moves_everything_to_the_new_key(
         )
     )
     with pytest.raises(SealedDataError):  # the old key alone opens nothing any more
-        store.get(stored["image_url"].removeprefix("/api/v1/files/"))
+        store.get(result_path(stored["image_url"]))
 
 
 def _restart(platform: Platform, keys: list[str]) -> None:

@@ -23,6 +23,11 @@ export function whenUnauthorized(handler: () => void): void {
   onUnauthorized = handler
 }
 
+/** A request made with the current credential was refused as unauthenticated: tell the handler. */
+export function unauthorized(): void {
+  if (credential && onUnauthorized) onUnauthorized()
+}
+
 const auth: Middleware = {
   onRequest({ request }) {
     if (credential) request.headers.set('Authorization', `Bearer ${credential}`)
@@ -52,7 +57,7 @@ export async function unwrap<T>(pending: Promise<Answer<T>>): Promise<T> {
     throw error instanceof ApiError ? error : fromResponse(0, null)
   }
   if (answer.response.ok) return answer.data as T
-  if (answer.response.status === 401 && credential && onUnauthorized) onUnauthorized()
+  if (answer.response.status === 401) unauthorized()
   throw fromResponse(answer.response.status, answer.error)
 }
 
@@ -66,7 +71,7 @@ export async function raw(path: string, init: RequestInit = {}): Promise<Respons
   }
   if (!response.ok) {
     const body = await response.json().catch(() => null)
-    if (response.status === 401 && credential && onUnauthorized) onUnauthorized()
+    if (response.status === 401) unauthorized()
     throw fromResponse(response.status, body)
   }
   return response

@@ -464,6 +464,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/usage/daily": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Daily Usage
+         * @description Use per user and per API key per day: a user's total (every key and sign-in), and each key's own.
+         */
+        get: operations["daily_usage_api_v1_usage_daily_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/users": {
         parameters: {
             query?: never;
@@ -1113,6 +1133,37 @@ export interface components {
             /** Username */
             username: string;
         };
+        /** DayUsage */
+        DayUsage: {
+            /**
+             * Day
+             * Format: date
+             * @description A UTC day.
+             */
+            day: string;
+            /**
+             * Images
+             * @description Images settled that day.
+             */
+            images: number;
+            /**
+             * Key Id
+             * @description null: the user's whole use that day, every key and sign-in together.
+             */
+            key_id: string | null;
+            /**
+             * Key Name
+             * @description The key's name, for a key's row.
+             */
+            key_name: string | null;
+            /**
+             * Tokens
+             * @description Tokens settled that day.
+             */
+            tokens: number;
+            /** Username */
+            username: string;
+        };
         /** DownloadRequest */
         DownloadRequest: {
             /**
@@ -1610,7 +1661,10 @@ export interface components {
              * @enum {string}
              */
             priority: "high" | "normal" | "low";
-            /** Progress */
+            /**
+             * Progress
+             * @description How far a long job is, pushed live by GET /api/v1/events. A download: `phase` (fetch, convert, install, completed), `fraction` (0-1 of the whole install) and what the fetch moved: `bytes_done`/`bytes_total`, `files_done`/`files_total` (a total of 0: not known). A batch: its `phase`, `total`/`completed`/`failed` lines and `chunks`.
+             */
             progress: {
                 [key: string]: unknown;
             } | null;
@@ -2154,6 +2208,26 @@ export interface components {
              */
             total_tokens?: number;
         };
+        /** UsageHistory */
+        UsageHistory: {
+            /**
+             * Data
+             * @description Newest day first; per day, each user's total row, then a row per key they used. Days and keys without use are left out.
+             */
+            data: components["schemas"]["DayUsage"][];
+            /**
+             * Since
+             * Format: date
+             * @description The first UTC day counted.
+             */
+            since: string;
+            /**
+             * Until
+             * Format: date
+             * @description The last: today (UTC), in flight work not counted yet.
+             */
+            until: string;
+        };
         /** UsageView */
         UsageView: {
             /**
@@ -2204,11 +2278,16 @@ export interface components {
         UserUpdateRequest: {
             /**
              * Disabled
-             * @description Disable (or enable) the user.
+             * @description Disable (or enable) the user; the last enabled admin cannot be disabled (409).
              */
             disabled?: boolean | null;
             /** @description Replace the user's limits (every field; a null field is the settings' default). */
             limits?: components["schemas"]["UserLimitsBody"] | null;
+            /**
+             * Role
+             * @description Change the user's role; the last enabled admin cannot be demoted (409).
+             */
+            role?: ("admin" | "user") | null;
         };
         /** UserView */
         UserView: {
@@ -5193,6 +5272,112 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["UsageView"];
+                };
+            };
+            /** @description Invalid request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Missing, invalid, expired or revoked credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Admins only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not found (or not yours) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Invalid parameters */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Rate limit or quota exceeded */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Overloaded or unavailable; retry after Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    daily_usage_api_v1_usage_daily_get: {
+        parameters: {
+            query?: {
+                /** @description How many UTC days, today included. */
+                days?: number;
+                /** @description One user's rows. A user may ask only for their own (another's is 403); an admin for anyone's, and without it gets everyone's. */
+                username?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UsageHistory"];
                 };
             };
             /** @description Invalid request */

@@ -1,7 +1,7 @@
 // Server-sent events over fetch (EventSource cannot send an Authorization header): the live event
 // stream and streamed chat completions both come through here.
 import { fetchEventSource, type EventSourceMessage } from '@microsoft/fetch-event-source'
-import { authHeaders } from './client'
+import { authHeaders, unauthorized } from './client'
 import { fromResponse } from './errors'
 
 export interface StreamOptions {
@@ -29,6 +29,7 @@ export async function stream(path: string, options: StreamOptions): Promise<void
         return
       }
       const body = await response.json().catch(() => null)
+      if (response.status === 401) unauthorized()
       throw fromResponse(response.status, body)
     },
     onmessage: options.onEvent,

@@ -4,6 +4,7 @@ import { defineStore } from 'pinia'
 import { ref, shallowRef } from 'vue'
 import type { Schemas } from '@/api/client'
 import { stream } from '@/api/stream'
+import { useAuth } from './auth'
 
 /** A `job` event: api/console/schemas.py JobEvent (a test keeps the two in step; SSE payloads are
  * not part of the OpenAPI schema the client is generated from). */
@@ -72,7 +73,14 @@ export const useLive = defineStore('live', () => {
     } else if (event === 'resync') {
       resyncs.value += 1
     } else if (event === 'goodbye') {
+      // the gateway ended the stream: the credentials no longer hold, or the role changed. Ask who we
+      // are now: signed out with a notice, or back live with what the new role may see.
       error.value = payload.reason ?? 'the live stream ended'
+      connected.value = false
+      const auth = useAuth()
+      void auth.recheck().then((still) => {
+        if (still) connect()
+      })
     }
   }
 
