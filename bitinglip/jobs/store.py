@@ -293,12 +293,13 @@ class JobStore:
                     .values(finished_at=now, **fields)
                 )
 
-    def release(self, job_id: str, worker_id: str) -> None:
-        """Hand a claimed job back to the queue untouched (its run could not start here)."""
+    def release(self, job_ids: list[str], worker_id: str) -> None:
+        """Hand claimed jobs back to the queue untouched (their runs could not start, or the worker is
+        stopping), in one statement."""
         with self.db.session() as s:
             s.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.status == "running", Job.worker_id == worker_id)
+                .where(Job.id.in_(job_ids), Job.status == "running", Job.worker_id == worker_id)
                 .values(status="queued", attempts=Job.attempts - 1)
             )
 

@@ -61,9 +61,9 @@ class JobPump:
         in_flight = list(self.claimed)
         for run in list(self._running):
             run.cancel()
-        for job_id in in_flight:
+        if in_flight:
             with suppress(Exception):
-                await asyncio.to_thread(self.store.release, job_id, self.worker_id)
+                await asyncio.to_thread(self.store.release, in_flight, self.worker_id)
 
     def _keep_our_sigterm(self) -> None:
         """Prefect's flow engine swaps in a SIGTERM handler that raises inside the event loop, where
@@ -158,7 +158,7 @@ class JobPump:
         except Exception:  # Prefect could not start the run: back to the queue for another try
             log.exception("job %s: its task run could not start; it goes back to the queue", job.id)
             with suppress(Exception):
-                await asyncio.to_thread(self.store.release, job.id, self.worker_id)
+                await asyncio.to_thread(self.store.release, [job.id], self.worker_id)
         finally:
             if (work := self.started.pop(job.id, None)) is not None and not work.done():
                 work.cancel()  # its task run never took it (Prefect failed first): the job was released

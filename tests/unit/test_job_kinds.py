@@ -106,9 +106,9 @@ def test_workers_claim_best_priority_first_warm_models_at_once_and_never_the_sam
     assert store.claim_next("w3", [], timedelta(0), limit=10)[0].id == cold  # waited long enough: anyone takes it
     assert not store.has_claimable(warm, timedelta(0))
     assert {store.get(i).worker_id for i in (high, normal, low, cold)} == {"w1", "w2", "w3"}
-    store.release(low, "w1")  # not w1's: nothing happens
+    store.release([low], "w1")  # not w1's: nothing happens
     assert store.get(low).status == "running"
-    store.release(low, "w2")
+    store.release([low], "w2")
     assert store.get(low).status == "queued" and store.get(low).attempts == 0
     assert store.has_claimable(warm, timedelta(hours=1))
 
