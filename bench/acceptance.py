@@ -3,8 +3,9 @@ connection each, asyncio, so the load generator stays light on a 2-core box), fo
 default (SQLite) and with the gateway DB on PostgreSQL. Targets: p95 <= 20 ms and >= 500 accepted/s.
 
 Baseline in the same run: `GET /api/v1/auth/me` from the same 16 submitters: the same key check, rate
-limit, logging and framework, without the job (the ceiling of this gateway and client here). Also checks durability: a job answered 202 just
-before the gateway is killed with SIGKILL is there, and runs, after a restart.
+limit, logging and framework, without the job (the ceiling of this gateway and client here). Also
+checks durability: a job answered 202 just before the gateway is killed with SIGKILL is there, and
+runs, after a restart.
 
     python -m bench.acceptance [seconds-per-round]"""
 
