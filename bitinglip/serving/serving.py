@@ -17,7 +17,6 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from bitinglip.errors import BitingLipError, InvalidRequest
-from bitinglip.http import validation_message
 from bitinglip.outputs import (
     Embeddings,
     GeneratedImage,
@@ -50,6 +49,7 @@ from bitinglip.serving.protocol import (
     new_id,
     now,
 )
+from bitinglip.validation_errors import validation_message
 
 log = logging.getLogger(__name__)
 
