@@ -37,7 +37,7 @@ def describe(
     first = errors[0]
     if first.get("type") == "json_invalid":
         return _json_syntax(first, body), None, "invalid_json"
-    at_root = _path(list(first.get("loc", ())), body, False) == ("", None)
+    at_root = _path(list(first.get("loc", ())), body, first.get("type") == "missing") == ("", None)
     if at_root and first.get("type") in ("missing", *_OBJECT_TYPES) and first.get("loc", ())[:1] == ("body",):
         return _whole_body(first, content_type)
     grouped: dict[str, list[str]] = {}

@@ -80,10 +80,10 @@ def test_a_body_not_sent_as_json_is_a_415_that_says_so(platform: Platform, path:
     status, reply = raw_post(platform, path, b"prompt=hi", {"Content-Type": "application/x-www-form-urlencoded"})
     message = checked(status, reply, 415, "unsupported_media_type")
     assert "`application/x-www-form-urlencoded`" in message and "Content-Type: application/json" in message
-    hostile = "text/plain; x=\x7f`" + "y" * 500  # control characters, backticks and bulk are not echoed as sent
+    hostile = "text/plain; x=`a`" + "y" * 500  # backticks and bulk are not echoed as sent
     status, reply = raw_post(platform, path, b"{}", {"Content-Type": hostile})
     message = checked(status, reply, 415, "unsupported_media_type")
-    assert "y" * 200 not in message and "\x7f" not in message and "`" not in message.split("`text/plain")[1][:100]
+    assert "y" * 100 not in message and "x=\\u0060a\\u0060y" in message, message
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ def test_invalid_fields_are_sentences_naming_the_path(platform: Platform) -> Non
     cases: list[tuple[str, dict[str, Any], int, str, str]] = [  # path, body, status, param, message
         (
             "/api/v1/inference/text",
-            {"messages": [{"role": "bot", "content": 5}]},
+            {"messages": [{"role": "bot", "content": "hi"}]},
             422,
             "messages.0.role",
             "`messages[0].role` should be 'system', 'user', 'assistant', 'tool' or 'developer' (got \"bot\").",

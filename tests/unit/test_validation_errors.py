@@ -61,3 +61,9 @@ def test_our_own_checks_keep_their_words() -> None:
 def test_quoted_text_is_short_and_plain() -> None:
     assert quoted("a\nb`c") == "a\\u000ab\\u0060c"
     assert quoted("x" * 500) == "x" * 97 + "..."
+
+
+def test_a_missing_field_under_a_tagged_union_is_named() -> None:
+    body = {"type": "text"}
+    message, param, code = describe(errors_of(JobRequest, body), body)
+    assert (message, param, code) == ("`params` is required.", "params", "invalid_parameter")
