@@ -57,11 +57,13 @@ def test_capital_of_france_is_paris(platform: Platform) -> None:
 
 def test_prompt_stop_and_length(platform: Platform) -> None:
     client = platform.client()
-    long = client.post("/api/v1/inference/text", json={"prompt": "1, 2, 3,", "max_tokens": 6, "temperature": 0})
+    long = client.post(
+        "/api/v1/inference/text", json={"prompt": "1, 2, 3,", "max_tokens": 6, "temperature": 0, "raw": True}
+    )
     assert long.json()["finish_reason"] == "length" and long.json()["usage"]["completion_tokens"] == 6
     stopped = client.post(
         "/api/v1/inference/text",
-        json={"prompt": "1, 2, 3,", "max_tokens": 30, "temperature": 0, "stop": [" 6"]},
+        json={"prompt": "1, 2, 3,", "max_tokens": 30, "temperature": 0, "stop": [" 6"], "raw": True},
     ).json()
     assert stopped["finish_reason"] == "stop" and " 6" not in stopped["text"]
     assert stopped["text"].startswith(" 4, 5,")
