@@ -58,20 +58,35 @@ def install_files(
     )
 
 
-def _progress_to_artifact() -> installer.ProgressListener:
-    artifact_id = cast(UUID, create_progress_artifact(0.0, key=None, description="model download progress"))
+def _throttled(report: installer.ProgressListener, every_s: float = 0.5) -> installer.ProgressListener:
+    """`report` at most every `every_s` while a phase runs, and at the end of each."""
     last = [0.0]
-    weights = {"fetch": (0.0, 60.0), "convert": (60.0, 35.0), "install": (95.0, 5.0)}
 
     def listener(phase: str, done: int, total: int) -> None:
         now = time.monotonic()
-        if now - last[0] < 0.5 and done < total:
+        if now - last[0] < every_s and done < total:
             return
         last[0] = now
+        report(phase, done, total)
+
+    return listener
+
+
+def _progress_to_artifact() -> installer.ProgressListener:
+    artifact_id = cast(UUID, create_progress_artifact(0.0, key=None, description="model download progress"))
+    weights = {"fetch": (0.0, 60.0), "convert": (60.0, 35.0), "install": (95.0, 5.0)}
+
+    def listener(phase: str, done: int, total: int) -> None:
         start, span = weights.get(phase, (0.0, 100.0))
         update_progress_artifact(artifact_id, start + span * (done / total if total else 1.0))
 
-    return listener
+    return _throttled(listener)
+
+
+def _progress_to_job(job: FlowJob) -> installer.ProgressListener:
+    """The job row carries the phase and its bytes, so `bitinglip models pull` against a remote
+    gateway (and anyone reading the job) can draw the same progress bar as a local pull."""
+    return _throttled(lambda phase, done, total: job.progress({"phase": phase, "done": done, "total": total}))
 
 
 @flow(name="download-model", flow_run_name="download {name}", log_prints=True)
@@ -95,7 +110,7 @@ def download_model(
             if job.claim(settings.job_max_attempts) is None:
                 return {"skipped": job.skipped}
             with job.failing():
-                outcome = _install(settings, db, name, source, revision, task_type, backend)
+                outcome = _install(settings, db, name, source, revision, task_type, backend, job)
             job.finish("completed", result=outcome)
             return outcome
     finally:
@@ -110,6 +125,7 @@ def _install(
     revision: str | None,
     task_type: Task | None,
     backend: str,
+    job: FlowJob | None = None,
 ) -> dict[str, object]:
     # the same rule as the API (a run started by hand gets what the API would have given); the fetch
     # task checks the source again file by file where it reads (sources.py)
@@ -117,7 +133,9 @@ def _install(
     name, source, revision, task_type = spec.name, spec.source, spec.revision, spec.task
     store = ModelStore(settings.store_dir)
     registry.mark_downloading(db, name, revision, task_type, source)
-    remove_listener = installer.add_progress_listener(_progress_to_artifact())
+    removers = [installer.add_progress_listener(_progress_to_artifact())]
+    if job is not None:
+        removers.append(installer.add_progress_listener(_progress_to_job(job)))
     try:
         with store.staging() as staging:
             fetch_files(source, staging / "fetched")
@@ -129,7 +147,8 @@ def _install(
         registry.mark_failed(db, f"{name}@{revision}", error_record(exc)["message"])
         raise
     finally:
-        remove_listener()
+        for remove in removers:
+            remove()
     create_markdown_artifact(
         f"## Installed `{manifest.id}`\n\n| | |\n|---|---|\n| task | {manifest.task} |\n"
         f"| backend | {manifest.backend} |\n"
