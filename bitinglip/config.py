@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bitinglip import keep_alive
@@ -36,6 +36,7 @@ _EVERY_INTERFACE = ("0.0.0.0", "::", "")
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BITINGLIP_", env_nested_delimiter="__", extra="ignore")
+    _gateway_url_given: bool = PrivateAttr(default=False)
 
     # -- where things live
     home: Path = Field(default=Path("~/.bitinglip"), description="Root of the store, databases and logs.")
@@ -301,6 +302,7 @@ class Settings(BaseSettings):
     def _urls(self) -> Settings:
         """URLs left empty follow the host and port settings; a worker bound to every interface
         advertises this host's address, so each replica (container, pod) registers where it is."""
+        self._gateway_url_given = bool(self.gateway_url)
         self.gateway_url = (self.gateway_url or self.default_gateway_url).rstrip("/")
         if not self.worker_url:
             host = (
@@ -373,8 +375,9 @@ class Settings(BaseSettings):
 
     @property
     def remote_gateway(self) -> bool:
-        """Whether BITINGLIP_GATEWAY_URL points the CLI somewhere else than this machine's own gateway."""
-        return self.gateway_url != self.default_gateway_url
+        """Whether BITINGLIP_GATEWAY_URL is set: the CLI then works through that gateway alone, whatever
+        this machine's home holds (a model pull goes to the platform behind it)."""
+        return self._gateway_url_given
 
     @property
     def worker_name(self) -> str:

@@ -300,7 +300,11 @@ def test_help_shows_no_python_types() -> None:
         for clutter in ("<str>", "<bool>", "<int", "<path>", "<float"):
             assert clutter not in result.stdout, (args, result.stdout)
     shown = subprocess.run(
-        [sys.executable, "-m", "bitinglip.cli", "tasks", "list", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "bitinglip.cli", "tasks", "list", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
     )
     assert "<queued|running|completed|failed|cancelled>" in shown.stdout  # choices stay
 

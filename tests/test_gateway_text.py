@@ -113,9 +113,10 @@ def test_invalid_parameters_are_422(platform: Platform) -> None:
         {"prompt": "hi", "top_p": 0},
     ):
         assert_envelope(client.post("/api/v1/inference/text", json=bad), 422, "invalid_parameter")
-    assert_envelope(
+    assert_envelope(  # not JSON at all: a 400 that says where (tests/test_error_messages.py)
         client.post("/api/v1/inference/text", content=b"{not json", headers={"content-type": "application/json"}),
-        422,
+        400,
+        "invalid_json",
     )
 
 

@@ -44,8 +44,8 @@ def hub_ids(record: ModelRecord) -> set[str]:
 
 
 def find(records: Iterable[ModelRecord], model_id: str, task: str) -> list[ModelRecord]:
-    """The installed models (ready, the caller's to use) that `model_id` names for `task`, newest
-    choice left to the caller; raises when there is none, with a message that says what to do."""
+    """Of `records` (ready, and the caller's to use), those `model_id` names for `task` (every
+    revision: the caller picks one); none is an error that says what to do instead."""
     name, _, revision = model_id.partition("@")
     usable = list(records)
     named = [r for r in usable if r.name == name and revision in ("", r.revision)]
