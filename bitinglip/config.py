@@ -305,9 +305,12 @@ class Settings(BaseSettings):
         self._gateway_url_given = bool(self.gateway_url)
         self.gateway_url = (self.gateway_url or self.default_gateway_url).rstrip("/")
         if not self.worker_url:
-            host = (
-                socket.gethostbyname(socket.gethostname()) if self.worker_host in _EVERY_INTERFACE else self.worker_host
-            )
+            host = self.worker_host
+            if host in _EVERY_INTERFACE:
+                try:
+                    host = socket.gethostbyname(socket.gethostname())
+                except OSError as exc:
+                    raise ValueError("this host's name does not resolve: set BITINGLIP_WORKER_URL") from exc
             self.worker_url = f"http://{host}:{self.worker_port}"
         self.worker_url = self.worker_url.rstrip("/")
         return self

@@ -40,8 +40,10 @@ class OneLineErrors(typer.Typer):
             fail("aborted", 130)
         except BitingLipError as exc:
             fail(exc.message)
-        except ValidationError as exc:  # the environment's settings (BITINGLIP_*)
-            first = exc.errors()[0]
+        except ValidationError as exc:
+            if exc.title != Settings.__name__:
+                raise
+            first = exc.errors()[0]  # the environment's settings (BITINGLIP_*)
             name = "_".join(str(p) for p in first["loc"][:1]).upper()
             fail(f"invalid setting BITINGLIP_{name}: {first['msg']}", 2)
         sys.exit(code if isinstance(code, int) else 0)
@@ -204,7 +206,7 @@ def models_pull(
     ] = None,
 ) -> None:
     """Install a model (a Prefect flow run, followed with a progress bar): in this process, or on the
-    platform at BITINGLIP_GATEWAY_URL when that names a remote gateway (an admin's key)."""
+    platform behind BITINGLIP_GATEWAY_URL when that is set (with an admin's key)."""
     settings = _settings("cli")
     if settings.remote_gateway:
         from bitinglip.cli.pull import pull_through_gateway
