@@ -235,7 +235,7 @@ def test_models_pull_follows_a_download_on_a_remote_gateway(platform: Platform) 
     failed = _run(remote, "models", "pull", name, "--source", source, "--task", "embedding", "--backend", "llama.cpp")
     assert failed.returncode == 1 and "Traceback" not in failed.stdout + failed.stderr
     assert failed.stdout.strip().splitlines()[-1].startswith(f"error: {name} was not installed:"), failed.stdout
-    assert "gguf" in failed.stdout.lower()
+    assert "llama.cpp" in failed.stdout  # the job's own error: that backend serves no embedding model
 
 
 def test_the_cli_talks_to_the_gateway_at_bitinglip_gateway_url(platform: Platform) -> None:

@@ -5,6 +5,7 @@ through its chat template, `raw: true` sends it untouched, and async text jobs d
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -24,9 +25,16 @@ def generate(client: httpx.Client, **body: Any) -> dict[str, Any]:
     return response.json()  # type: ignore[no-any-return]
 
 
+@pytest.fixture
+def client(platform: Platform) -> Iterator[httpx.Client]:
+    """The admin's client; the fp32 copy it may load is unloaded afterwards (no other test needs it warm)."""
+    with platform.client() as admin:
+        yield admin
+        admin.post(f"/api/v1/models/{TEXT_MODEL_FP32}/unload")
+
+
 @pytest.mark.parametrize("model", [TEXT_MODEL, TEXT_MODEL_FP32])
-def test_a_prompt_is_a_user_message_unless_raw(platform: Platform, model: str) -> None:
-    client = platform.client()
+def test_a_prompt_is_a_user_message_unless_raw(client: httpx.Client, model: str) -> None:
     templated = generate(client, model=model, prompt=QUESTION)
     as_chat = generate(client, model=model, messages=[{"role": "user", "content": QUESTION}])
     raw = generate(client, model=model, prompt=QUESTION, raw=True)
