@@ -21,7 +21,7 @@ def main() -> None:
     manifest = store.resolve(MODEL)
     engine = TextEngine.load(manifest.id, store.path(manifest), "cpu", torch.float32, None)
     ids = engine.encode(PROMPT, None)
-    payload = {"prompt": PROMPT, "max_tokens": TOKENS, "temperature": 0}
+    payload = {"prompt": PROMPT, "max_tokens": TOKENS, "temperature": 0, "raw": True}  # the engine's input, as is
     a: list[float] = []
     b: list[float] = []
     with running_platform() as platform, platform.client(timeout=60) as client:

@@ -40,7 +40,7 @@ class Level:
 
 
 def one_request(client: httpx.Client, prompt: str, level: Level, lock: threading.Lock) -> None:
-    payload = {"prompt": prompt, "max_tokens": TOKENS, "temperature": 0, "stream": True}
+    payload = {"prompt": prompt, "max_tokens": TOKENS, "temperature": 0, "stream": True, "raw": True}
     started = time.perf_counter()
     first = None
     tokens = 0

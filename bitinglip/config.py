@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bitinglip import keep_alive
@@ -28,8 +30,13 @@ class LogRotation(BaseModel):
     backup_count: int | None = Field(default=None, ge=1)  # 0 would mean no rotation at all
 
 
+_URL = r"^(https?://[^\s/]+(/\S*)?)?$"  # empty: derived from the host and port settings
+_EVERY_INTERFACE = ("0.0.0.0", "::", "")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BITINGLIP_", env_nested_delimiter="__", extra="ignore")
+    _gateway_url_given: bool = PrivateAttr(default=False)
 
     # -- where things live
     home: Path = Field(default=Path("~/.bitinglip"), description="Root of the store, databases and logs.")
@@ -44,6 +51,12 @@ class Settings(BaseSettings):
         "client cannot pick the address its login attempts are counted under.",
     )
     gateway_port: int = 8001
+    gateway_url: str = Field(
+        default="",
+        pattern=_URL,
+        description="The gateway as clients reach it: the CLI talks to it (a remote gateway) and result links "
+        "carry it; default http://GATEWAY_HOST:GATEWAY_PORT.",
+    )
     database_url: str | None = Field(default=None, description="Gateway DB; default SQLite under home.")
     max_request_bytes: int = Field(default=1_000_000, description="Larger request bodies get 413.")
     console_dir: Path | None = Field(
@@ -129,7 +142,13 @@ class Settings(BaseSettings):
     # -- model worker
     worker_host: str = "127.0.0.1"
     worker_port: int = 8002
-    worker_id: str | None = Field(default=None, description="Default: host:port.")
+    worker_url: str = Field(
+        default="",
+        pattern=_URL,
+        description="Where gateways reach this model worker (sent with its heartbeat); default "
+        "http://WORKER_HOST:WORKER_PORT, or this host's address when it binds every interface (0.0.0.0, a container).",
+    )
+    worker_id: str | None = Field(default=None, description="Default: host:port of BITINGLIP_WORKER_URL.")
     worker_models: list[str] = Field(
         default_factory=lambda: ["smollm2-135m-instruct", "all-minilm-l6-v2", "tiny-sd-test"]
     )
@@ -311,6 +330,23 @@ class Settings(BaseSettings):
             keep_alive.parse(value)  # refused at start, not at the first request
         return value
 
+    @model_validator(mode="after")
+    def _urls(self) -> Settings:
+        """URLs left empty follow the host and port settings; a worker bound to every interface
+        advertises this host's address, so each replica (container, pod) registers where it is."""
+        self._gateway_url_given = bool(self.gateway_url)
+        self.gateway_url = (self.gateway_url or self.default_gateway_url).rstrip("/")
+        if not self.worker_url:
+            host = self.worker_host
+            if host in _EVERY_INTERFACE:
+                try:
+                    host = socket.gethostbyname(socket.gethostname())
+                except OSError as exc:
+                    raise ValueError("this host's name does not resolve: set BITINGLIP_WORKER_URL") from exc
+            self.worker_url = f"http://{host}:{self.worker_port}"
+        self.worker_url = self.worker_url.rstrip("/")
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -369,16 +405,18 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.home_dir / 'gateway.db'}"
 
     @property
-    def gateway_url(self) -> str:
+    def default_gateway_url(self) -> str:
         return f"http://{self.gateway_host}:{self.gateway_port}"
 
     @property
-    def worker_url(self) -> str:
-        return f"http://{self.worker_host}:{self.worker_port}"
+    def remote_gateway(self) -> bool:
+        """Whether BITINGLIP_GATEWAY_URL is set: the CLI then works through that gateway alone, whatever
+        this machine's home holds (a model pull goes to the platform behind it)."""
+        return self._gateway_url_given
 
     @property
     def worker_name(self) -> str:
-        return self.worker_id or f"{self.worker_host}:{self.worker_port}"
+        return self.worker_id or urlsplit(self.worker_url).netloc
 
     @property
     def prefect_api(self) -> str:

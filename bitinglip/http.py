@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bitinglip.errors import BitingLipError, ServiceUnavailable, error_body
+from bitinglip.validation_errors import UNSUPPORTED_MEDIA_TYPE, describe, quoted
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +33,10 @@ _STATUS_TYPES = {
     405: "invalid_request_error",
     409: "conflict_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
-
-
-def validation_message(errors: list[Any]) -> tuple[str, str | None]:
-    first = errors[0] if errors else {}
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-    param = ".".join(loc) or None
-    msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-    return (f"{param}: {msg}" if param else msg), param
 
 
 access_log = structlog.get_logger("bitinglip.access")
@@ -249,11 +243,33 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (404, "Not found (or not yours)"),
         (409, "Conflict"),
         (413, "Request body too large"),
+        (415, "The body is not sent as JSON (`Content-Type: application/json`)"),
         (422, "Invalid parameters"),
         (429, "Rate limit or quota exceeded"),
         (503, "Overloaded or unavailable; retry after Retry-After"),
     )
 }
+
+
+# A body that never became a JSON object is a 400 (415 for one sent as something else than JSON) on
+# every route; invalid fields are the route's validation status (422 native, 400 OpenAI).
+_BODY_STATUSES = {"invalid_json": 400, "invalid_body": 400, UNSUPPORTED_MEDIA_TYPE: 415}
+_HTTP_CODES = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}
+
+
+def _http_message(request: Request, exc: StarletteHTTPException) -> str:
+    """Starlette's and FastAPI's stock replies ("Not Found", "There was an error parsing the body")
+    as sentences that say what to do; a detail written by our code is kept as it is."""
+    detail = str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        return f"There is no route `{quoted(request.url.path)}`; the API's routes are listed at /docs."
+    if exc.status_code == 405 and detail == "Method Not Allowed":
+        allowed = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
+        where = f"{quoted(request.method, 16)} is not allowed on `{quoted(request.url.path)}`"
+        return where + (f"; use {allowed}." if allowed else ".")
+    if exc.status_code == 400 and detail == "There was an error parsing the body":
+        return "The request body could not be read: send UTF-8 encoded JSON with `Content-Type: application/json`."
+    return detail
 
 
 def install_error_handlers(app: FastAPI, validation_status: int = 422) -> None:
@@ -263,15 +279,17 @@ def install_error_handlers(app: FastAPI, validation_status: int = 422) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = validation_message(list(exc.errors()))
-        status = 400 if request.url.path.startswith("/v1/") else validation_status
-        return JSONResponse(error_body(message, "invalid_request_error", "invalid_parameter", param), status)
+        message, param, code = describe(exc.errors(), exc.body, request.headers.get("content-type"))
+        status = _BODY_STATUSES.get(code) or (400 if request.url.path.startswith("/v1/") else validation_status)
+        return JSONResponse(error_body(message, "invalid_request_error", code, param), status)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = _STATUS_TYPES.get(exc.status_code, "api_error")
         return JSONResponse(
-            error_body(str(exc.detail), type_, None), exc.status_code, headers=getattr(exc, "headers", None)
+            error_body(_http_message(request, exc), type_, _HTTP_CODES.get(exc.status_code)),
+            exc.status_code,
+            headers=getattr(exc, "headers", None),
         )
 
     @app.exception_handler(OperationalError)

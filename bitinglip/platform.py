@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.markup import escape
@@ -62,19 +63,32 @@ def cluster_settings(settings: Settings) -> Settings:
     )
 
 
+class DatabaseUnreachable(RuntimeError):
+    """A configured PostgreSQL cannot be reached (or the URL is no database URL): said in one line."""
+
+
 def ensure_postgres_databases(*urls: str | None) -> None:
     """Create the PostgreSQL databases these URLs name, when missing (needs a role that may)."""
     import psycopg
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
     for raw in urls:
         if not raw or not raw.startswith("postgresql"):
             continue
-        url = make_url(raw)
+        try:
+            url = make_url(raw)
+        except ArgumentError as exc:
+            raise DatabaseUnreachable(f"not a database URL: {exc}") from exc
         admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-        with psycopg.connect(admin, autocommit=True) as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (url.database,)).fetchone() is None:
-                conn.execute(f'CREATE DATABASE "{url.database}"')
+        try:
+            with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+                if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (url.database,)).fetchone() is None:
+                    conn.execute(f'CREATE DATABASE "{url.database}"')
+        except psycopg.Error as exc:
+            where = url.render_as_string(hide_password=True)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DatabaseUnreachable(f"PostgreSQL at {where} cannot be used: {reason}") from exc
 
 
 def shared_cores_env(settings: Settings, workers: int) -> dict[str, str]:
@@ -89,10 +103,12 @@ def replica_env(settings: Settings, index: int) -> dict[str, str]:
     """Replica i of a gateway / model worker: ports +10*i, its own worker id."""
     if index == 0:
         return {}
+    port = settings.worker_port + 10 * index
     return {
         "BITINGLIP_GATEWAY_PORT": str(settings.gateway_port + 10 * index),
-        "BITINGLIP_WORKER_PORT": str(settings.worker_port + 10 * index),
-        "BITINGLIP_WORKER_ID": f"{settings.worker_host}:{settings.worker_port + 10 * index}",
+        "BITINGLIP_WORKER_PORT": str(port),
+        "BITINGLIP_WORKER_ID": f"{settings.worker_host}:{port}",
+        "BITINGLIP_WORKER_URL": f"http://{urlsplit(settings.worker_url).hostname}:{port}",  # not the first's
     }
 
 
@@ -262,7 +278,15 @@ def run_platform(settings: Settings, console: Console, install: bool = True, rep
 
 
 def _run(settings: Settings, console: Console, install: bool, replicas: int, started: float, parent: int) -> int:
-    ensure_postgres_databases(settings.database_url, settings.prefect_database_url)
+    for setting, url in (
+        ("DATABASE_URL", settings.database_url),
+        ("PREFECT_DATABASE_URL", settings.prefect_database_url),
+    ):
+        try:
+            ensure_postgres_databases(url)
+        except DatabaseUnreachable as exc:
+            console.print(f"[red bold]not started:[/] BITINGLIP_{setting}: {escape(str(exc))}", soft_wrap=True)
+            return 1
     env = child_env(settings)
     env["BITINGLIP_ADMIN_API_KEY"] = local_admin_key(settings)
     sup = Supervisor(

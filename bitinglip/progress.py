@@ -1,4 +1,5 @@
-"""Rich progress bars for model installs run from the CLI (the flow itself runs in this process)."""
+"""Rich progress bars for model installs followed from the CLI: a flow run in this process (a local
+pull), or a download job on a remote platform (bitinglip/cli/pull.py), drawn alike."""
 
 from __future__ import annotations
 
@@ -13,6 +14,32 @@ from bitinglip.models.catalog import Task
 _LABELS = {"fetch": "fetching", "convert": "converting to safetensors", "install": "verifying + installing"}
 
 
+def install_progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=console
+    )
+
+
+class PhaseBars:
+    """One bar per phase of an install (fetch, convert, install), as the installer reports them."""
+
+    def __init__(self, progress: Progress, name: str) -> None:
+        self.progress = progress
+        self.name = name
+        self.bars: dict[str, TaskID] = {}
+
+    def __call__(self, step: installer.Step) -> None:
+        self.draw(step.phase, step.done, step.total)
+
+    def draw(self, phase: str, done: int, total: int) -> None:
+        label = f"{self.name}: {_LABELS.get(phase, phase)}"
+        if phase == "fetch" and total:
+            label += f" ({total / 1e6:.1f} MB)"
+        if phase not in self.bars:
+            self.bars[phase] = self.progress.add_task(label, total=total or 1)
+        self.progress.update(self.bars[phase], description=label, completed=done, total=total or 1)
+
+
 def pull_with_progress(
     settings: Settings,
     console: Console,
@@ -24,19 +51,8 @@ def pull_with_progress(
 ) -> dict[str, object]:
     from flows.download import download_model
 
-    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        tasks: dict[str, TaskID] = {}
-
-        def listener(step: installer.Step) -> None:
-            label = f"{name}: {_LABELS.get(step.phase, step.phase)}"
-            if step.phase == "fetch":
-                label += f" ({step.total / 1e6:.1f} MB)"
-            if step.phase not in tasks:
-                tasks[step.phase] = progress.add_task(label, total=step.total or 1)
-            progress.update(tasks[step.phase], description=label, completed=step.done, total=step.total or 1)
-
-        remove = installer.add_progress_listener(listener)
+    with install_progress(console) as progress:
+        remove = installer.add_progress_listener(PhaseBars(progress, name))
         try:
             return download_model(name=name, source=source, revision=revision, task_type=task_type, backend=backend)
         finally:

@@ -19,6 +19,10 @@ KEEP_ALIVE_HELP = (
 )
 MIN_TOKENS_HELP = "vLLM's extension: no end-of-sequence token before this many tokens (stop strings still stop)."
 IGNORE_EOS_HELP = "vLLM's extension: never end at an end-of-sequence token, so the reply has max_tokens tokens."
+RAW_HELP = (
+    "Send `prompt` to the model exactly as it is. By default a model with a chat template gets the prompt "
+    "as one user message through that template, as Ollama's generate does (/v1/completions is always raw)."
+)
 
 
 def lone_surrogate(value: Any, where: str = "") -> str | None:
@@ -148,6 +152,7 @@ class TextGenerationParams(UnicodeRequest):
     keep_alive: KeepAlive | None = Field(default=None, description=KEEP_ALIVE_HELP)
     min_tokens: int = Field(default=0, ge=0, description=MIN_TOKENS_HELP)
     ignore_eos: bool = Field(default=False, description=IGNORE_EOS_HELP)
+    raw: bool = Field(default=False, description=RAW_HELP)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -158,6 +163,8 @@ class TextGenerationParams(UnicodeRequest):
     def _prompt_or_messages(self) -> TextGenerationParams:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of `prompt` or `messages`")
+        if self.raw and self.messages is not None:
+            raise ValueError("`raw` applies to a `prompt`; `messages` always go through the chat template")
         if self.stop and any(not s for s in self.stop):
             raise ValueError("stop strings must not be empty")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
@@ -184,8 +191,12 @@ class TextGenerationParams(UnicodeRequest):
             logprobs=self.logprobs,
         )
 
-    def template_messages(self) -> list[dict[str, Any]] | None:
-        return None if self.messages is None else [m.as_template_dict() for m in self.messages]
+    def template_messages(self, chat_model: bool = False) -> list[dict[str, Any]] | None:
+        """What goes through the model's chat template, or None to tokenize `prompt` as it is: on a
+        `chat_model` (one with a template) a prompt is one user message unless `raw`, as Ollama does."""
+        if self.messages is None:
+            return [{"role": "user", "content": self.prompt}] if chat_model and not self.raw else None
+        return [m.as_template_dict() for m in self.messages]
 
     def prompt_chars(self) -> int:
         if self.prompt is not None:

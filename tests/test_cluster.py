@@ -52,7 +52,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_store: Any, s3_serve
 
 def submit_text(client: httpx.Client, i: int, max_tokens: int = 8) -> str:
     response = client.post(
-        "/api/v1/tasks", json={"params": {"prompt": f"Count from {i}:", "max_tokens": max_tokens, "temperature": 0}}
+        "/api/v1/tasks",
+        json={"params": {"prompt": f"Count from {i}:", "max_tokens": max_tokens, "temperature": 0, "raw": True}},
     )
     assert response.status_code == 202, response.text
     return str(response.json()["id"])

@@ -57,11 +57,13 @@ def test_capital_of_france_is_paris(platform: Platform) -> None:
 
 def test_prompt_stop_and_length(platform: Platform) -> None:
     client = platform.client()
-    long = client.post("/api/v1/inference/text", json={"prompt": "1, 2, 3,", "max_tokens": 6, "temperature": 0})
+    long = client.post(
+        "/api/v1/inference/text", json={"prompt": "1, 2, 3,", "max_tokens": 6, "temperature": 0, "raw": True}
+    )
     assert long.json()["finish_reason"] == "length" and long.json()["usage"]["completion_tokens"] == 6
     stopped = client.post(
         "/api/v1/inference/text",
-        json={"prompt": "1, 2, 3,", "max_tokens": 30, "temperature": 0, "stop": [" 6"]},
+        json={"prompt": "1, 2, 3,", "max_tokens": 30, "temperature": 0, "stop": [" 6"], "raw": True},
     ).json()
     assert stopped["finish_reason"] == "stop" and " 6" not in stopped["text"]
     assert stopped["text"].startswith(" 4, 5,")
@@ -111,9 +113,10 @@ def test_invalid_parameters_are_422(platform: Platform) -> None:
         {"prompt": "hi", "top_p": 0},
     ):
         assert_envelope(client.post("/api/v1/inference/text", json=bad), 422, "invalid_parameter")
-    assert_envelope(
+    assert_envelope(  # not JSON at all: a 400 that says where (tests/test_error_messages.py)
         client.post("/api/v1/inference/text", content=b"{not json", headers={"content-type": "application/json"}),
-        422,
+        400,
+        "invalid_json",
     )
 
 

@@ -46,7 +46,11 @@ JobRequest = Annotated[
     Annotated[TextJobRequest, Tag("text")]
     | Annotated[EmbeddingJobRequest, Tag("embedding")]
     | Annotated[ImageJobRequest, Tag("image")],
-    Discriminator(_job_type),
+    Discriminator(
+        _job_type,
+        custom_error_type="invalid_job_type",
+        custom_error_message="`type` should be 'text', 'embedding' or 'image'",
+    ),
 ]
 
 

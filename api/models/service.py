@@ -16,7 +16,7 @@ from bitinglip.db.session import Database
 from bitinglip.db.tables import Job, ModelRecord
 from bitinglip.errors import Conflict, InvalidRequest, ModelNotFound
 from bitinglip.jobs.store import JobStore
-from bitinglip.models import access, registry
+from bitinglip.models import access, lookup, registry
 from bitinglip.models.install_spec import resolve_install
 from bitinglip.models.names import split_model_id
 from bitinglip.models.store import ModelStore
@@ -170,21 +170,18 @@ class ModelService:
         return ModelAccessView.from_rule(rule)
 
     async def resolve(self, model_id: str, task: str, who: Principal | None = None) -> ModelRecord:
-        """NAME or NAME@REVISION of a ready model of the right task that `who` may use, else the
-        same 404 whether it is missing or withheld."""
-        name, revision = split_model_id(model_id)
+        """A ready model of `task` that `who` may use, named by NAME, NAME@REVISION or its Hugging Face
+        id (bitinglip/models/lookup.py); else a 404 that is the same whether the name is missing or
+        withheld, or a 400 naming the routes of the task the model does do."""
         who = who or access.current_caller()
 
-        def matching(all_records: list[ModelRecord]) -> list[ModelRecord]:
-            return [
-                r
-                for r in self._visible(all_records, who)
-                if r.status == "ready" and r.task == task and r.name == name and revision in (None, r.revision)
-            ]
+        def usable(all_records: list[ModelRecord]) -> list[ModelRecord]:
+            return [r for r in self._visible(all_records, who) if r.status == "ready"]
 
-        records = matching(await self._cached()) or matching(await self._cached(fresh=True))
-        if not records:
-            raise ModelNotFound(f"The model `{model_id}` does not exist or is not installed.", param="model")
+        try:
+            records = lookup.find(usable(await self._cached()), model_id, task)
+        except (ModelNotFound, lookup.WrongModelTask):  # maybe installed or granted since the last read
+            records = lookup.find(usable(await self._cached(fresh=True)), model_id, task)
         return max(records, key=lambda r: r.updated_at)
 
 

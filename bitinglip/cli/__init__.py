@@ -3,21 +3,60 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 from urllib.parse import quote
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bitinglip.cli import help as cli_help
 from bitinglip.config import Settings, get_settings
+from bitinglip.errors import BitingLipError
 from bitinglip.logs import configure_logging
 from bitinglip.models.backends import RequestedBackend
 from bitinglip.models.catalog import Task as ModelTask
 
-app = typer.Typer(help="BitingLip: AI inference as tracked jobs.", no_args_is_help=True)
+
+class OneLineErrors(typer.Typer):
+    """The CLI's entry point: an ordinary mistake (a bad argument, an invalid setting, an error the
+    platform answers) is one line and a non-zero exit, never a traceback or a boxed panel."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
+        try:
+            code = super().__call__(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as exc:  # a bad argument, option or command (click's words)
+            message, context = exc.format_message(), getattr(exc, "ctx", None)
+            if not message.strip() or "\n" in message:  # a group named alone (`bitinglip tasks`): its help
+                console.out(message.strip(), highlight=False)
+                sys.exit(0)
+            message = message.replace("Value error, ", "")  # pydantic's prefix, through typer
+            fail(message + (f" (see `{context.command_path} --help`)" if context else ""), exc.exit_code)
+        except typer.Abort:  # Ctrl-C or end of input at a prompt
+            fail("aborted", 130)
+        except BitingLipError as exc:
+            fail(exc.message)
+        except ValidationError as exc:
+            if exc.title != Settings.__name__:
+                raise
+            first = exc.errors()[0]  # the environment's settings (BITINGLIP_*)
+            name = "_".join(str(p) for p in first["loc"][:1]).upper()
+            fail(f"invalid setting BITINGLIP_{name}: {first['msg']}", 2)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One line (markup-free: it may quote what the user typed) and the exit code."""
+    console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+    sys.exit(code)
+
+
+cli_help.install()
+app = OneLineErrors(help="BitingLip: AI inference as tracked jobs.", no_args_is_help=True)
 models_app = typer.Typer(help="Install and inspect models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 batch_app = typer.Typer(help="Run OpenAI-format batch files.", no_args_is_help=True)
@@ -101,28 +140,34 @@ def gateway() -> None:
 
 @app.command()
 def status() -> None:
-    """Each component, its URL and health; exits 1 when the gateway is down or degraded."""
+    """Each component, its URL and health; exits 1 when anything is down: the gateway, Prefect, the
+    dispatcher, or a model worker whose heartbeat stopped (or when no model worker is registered)."""
     import httpx
 
     from bitinglip.pidfile import running
 
     settings = _settings("cli")
     table = Table("component", "url", "health", "details")
-    supervisor = running(settings.pid_file)
-    table.add_row(
-        "supervisor",
-        str(settings.pid_file),
-        f"pid {supervisor.pid}" if supervisor else "not running",
-        "bitinglip up from this home" if supervisor else "no `bitinglip up` holds this home",
-    )
-    healthy = False
+    if settings.remote_gateway:
+        table.add_row("supervisor", "-", "remote", f"the gateway at {settings.gateway_url} (BITINGLIP_GATEWAY_URL)")
+    else:
+        supervisor = running(settings.pid_file)
+        table.add_row(
+            "supervisor",
+            str(settings.pid_file),
+            f"pid {supervisor.pid}" if supervisor else "not running",
+            "bitinglip up from this home" if supervisor else "no `bitinglip up` holds this home",
+        )
+    down: list[str] = []
     try:
         response = httpx.get(f"{settings.gateway_url}/health", timeout=5)
         body = response.json()
-        healthy = response.status_code == 200
-        table.add_row("gateway", settings.gateway_url, "ok" if healthy else body.get("status", "degraded"), "")
-        prefect = body["prefect"]
-        table.add_row("prefect", prefect["url"], prefect["status"], f"dispatcher {body['dispatcher']['status']}")
+        gateway = "ok" if response.status_code == 200 else str(body.get("status", "degraded"))
+        table.add_row("gateway", settings.gateway_url, gateway, "")
+        prefect, dispatcher = body["prefect"], body["dispatcher"]["status"]
+        table.add_row("prefect", prefect["url"], prefect["status"], f"dispatcher {dispatcher}")
+        down += [] if prefect["status"] == "ok" else ["prefect"]
+        down += [] if dispatcher == "ok" else ["dispatcher"]
         for w in body["workers"]:
             table.add_row(
                 f"worker {w['id']}",
@@ -130,12 +175,16 @@ def status() -> None:
                 "ok" if w["healthy"] else "stale",
                 f"{w['device']}, models: {', '.join(w['models']) or '-'}, queue {w['queue_depth']}",
             )
+            down += [] if w["healthy"] else [f"worker {w['id']}"]
         if not body["workers"]:
             table.add_row("model workers", "-", "none", "no worker has registered")
-    except (httpx.HTTPError, ValueError) as exc:
+            down.append("model workers")
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
         table.add_row("gateway", settings.gateway_url, "down", type(exc).__name__)
+        down.append("gateway")
     console.print(table)
-    if not healthy:
+    if down:
+        console.print(f"[red]down:[/] {', '.join(down)}", highlight=False)
         raise typer.Exit(1)
 
 
@@ -156,11 +205,32 @@ def models_pull(
         typer.Option(help="What the model does; needed with --source for a model the catalog does not know."),
     ] = None,
 ) -> None:
-    """Install a model (a Prefect flow run, followed with a progress bar)."""
-    from bitinglip.progress import pull_with_progress
+    """Install a model (a Prefect flow run, followed with a progress bar): in this process, or on the
+    platform behind BITINGLIP_GATEWAY_URL when that is set (with an admin's key)."""
+    settings = _settings("cli")
+    if settings.remote_gateway:
+        from bitinglip.cli.pull import pull_through_gateway
 
-    result = pull_with_progress(_settings("cli"), console, name, source, revision, backend, task)
+        result = pull_through_gateway(name, source, revision, backend, task)
+    else:
+        from bitinglip.progress import pull_with_progress
+
+        _require_prefect(settings)
+        result = pull_with_progress(settings, console, name, source, revision, backend, task)
     console.print(f"installed {result['id']} ({result['backend']})")
+
+
+def _require_prefect(settings: Settings) -> None:
+    """A local pull is a flow run: it needs the platform's Prefect server."""
+    import httpx
+
+    try:
+        httpx.get(f"{settings.prefect_api}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError:
+        fail(
+            f"the Prefect API at {settings.prefect_api} is not reachable: start the platform (`bitinglip up`), "
+            "or set BITINGLIP_GATEWAY_URL to pull through a running gateway"
+        )
 
 
 @models_app.command("list")
@@ -209,17 +279,17 @@ def _gateway(method: str, path: str, timeout: float = 30, **kwargs: object) -> d
             **kwargs,  # type: ignore[arg-type]
         )
     except httpx.HTTPError as exc:
-        console.print(f"[red]gateway {settings.gateway_url} unreachable:[/] {type(exc).__name__}")
-        raise typer.Exit(1) from exc
+        fail(f"the gateway at {settings.gateway_url} is unreachable ({type(exc).__name__})")
     media_type = response.headers.get("content-type", "").split(";")[0].strip()
     if response.status_code < 400 and media_type != "application/json":
         return {"content": response.content}
-    body: dict[str, Any] = response.json() if response.content else {}
+    try:
+        body: dict[str, Any] = response.json() if response.content else {}
+    except ValueError:  # not our gateway's answer (a proxy's error page, another service on the port)
+        fail(f"{response.status_code}: {settings.gateway_url} answered something other than the gateway's JSON")
     if response.status_code >= 400:
         error = body.get("error", {})
-        message = error.get("message") if isinstance(error, dict) else error
-        console.print(f"[red]{response.status_code}:[/] {escape(str(message))}", soft_wrap=True)  # one line
-        raise typer.Exit(1)
+        fail(f"{response.status_code}: {error.get('message') if isinstance(error, dict) else error}")
     return body
 
 

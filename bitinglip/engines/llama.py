@@ -223,6 +223,10 @@ class LlamaEngine:
         eos = self._token_text(llama_cpp.llama_vocab_eos(self.vocab))
         return Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos, add_generation_prompt=True)
 
+    @property
+    def has_chat_template(self) -> bool:
+        return self._chat is not None
+
     def _meta(self, key: str) -> str | None:
         buffer = ctypes.create_string_buffer(1 << 16)
         n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buffer, len(buffer))

@@ -389,7 +389,7 @@ class ModelPool:
             engine = loaded.engine
             if not isinstance(engine, TextGenerator):  # a text model is served by a text engine
                 raise TypeError(f"the engine of {loaded.manifest.id!r} does not generate text")
-            input_ids = engine.encode(params.prompt, params.template_messages())
+            input_ids = engine.encode(params.prompt, params.template_messages(engine.has_chat_template))
             engine.check_length(input_ids, sampling.max_tokens)
             item = TextRequest(input_ids, sampling, sink, tenant=tenant)
             if cancelled is not None:

@@ -53,6 +53,11 @@ class Engine(Protocol):
 class TextGenerator(Engine, Protocol):
     """An engine serving text models: the pool tokenizes and checks the context before queueing."""
 
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether the model ships a chat template: a plain prompt is then sent as a user message."""
+        ...
+
     def encode(self, prompt: str | None, messages: list[dict[str, Any]] | None) -> list[int]: ...
 
     def check_length(self, input_ids: list[int], max_tokens: int) -> None: ...

@@ -136,6 +136,10 @@ class TextEngine:
     def memory_bytes(self) -> int:
         return module_bytes([self.model])
 
+    @property
+    def has_chat_template(self) -> bool:
+        return getattr(self.tokenizer, "chat_template", None) is not None
+
     def unload(self) -> None:
         self._running = None
         self.model = None  # the tokenizer stays: it is small, and a batch still running may use it

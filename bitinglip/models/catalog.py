@@ -21,6 +21,7 @@ class CatalogEntry(BaseModel):
     revision: str = "main"
     description: str = ""
     backend: Backend | None = None  # None: chosen at install from the files ("auto")
+    hf_id: str | None = None  # the Hugging Face repository the weights come from: an alias of the model
 
 
 @lru_cache(maxsize=1)

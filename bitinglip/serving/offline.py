@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from bitinglip.errors import InvalidRequest
-from bitinglip.http import validation_message
 from bitinglip.outputs import Embeddings, GeneratedImage, TextGeneration, TextStreamEvent
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 from bitinglip.serving.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from bitinglip.serving.serving import OpenAIServing
 from bitinglip.types import Priority
+from bitinglip.validation_errors import validation_message
 
 if TYPE_CHECKING:
     from bitinglip.engines.pool import ModelPool
@@ -35,7 +35,7 @@ def check_body(url: str, body: dict[str, Any]) -> str | None:
     try:
         ROUTES[url][0].model_validate(body)
     except ValidationError as exc:
-        return validation_message(list(exc.errors()))[0]
+        return validation_message(exc.errors(), body)[0]
     return None
 
 

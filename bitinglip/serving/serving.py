@@ -17,7 +17,6 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from bitinglip.errors import BitingLipError, InvalidRequest
-from bitinglip.http import validation_message
 from bitinglip.outputs import (
     Embeddings,
     GeneratedImage,
@@ -50,6 +49,7 @@ from bitinglip.serving.protocol import (
     new_id,
     now,
 )
+from bitinglip.validation_errors import validation_message
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,8 @@ class OpenAIServing:
     def _completion_requests(self, req: CompletionRequest) -> list[TextGenerationParams]:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         return [
-            _params(req, i, prompt=prompt, max_tokens=req.max_tokens or 16, logprobs=req.logprobs)
+            # raw, as in OpenAI and vLLM: a completion continues the text, never a chat template's turn
+            _params(req, i, prompt=prompt, max_tokens=req.max_tokens or 16, logprobs=req.logprobs, raw=True)
             for prompt in prompts
             for i in range(req.n)
         ]

@@ -185,7 +185,7 @@ def test_batch_line_with_a_lone_surrogate_is_an_error_line(platform: Platform) -
         ]
         assert [e["custom_id"] for e in errors] == ["bad"]
         assert errors[0]["error"]["code"] == "invalid_body", errors
-        assert "line 2: messages: at [0].content, a lone UTF-16 surrogate" in errors[0]["error"]["message"], errors
+        assert "line 2: `messages`: at [0].content, a lone UTF-16 surrogate" in errors[0]["error"]["message"], errors
 
 
 def test_unexpected_batch_failure_records_no_internal_text(platform: Platform, s3_server: S3Server) -> None:

@@ -62,12 +62,18 @@ def restricted(platform: Platform, keys: dict[str, str]) -> Iterator[dict[str, s
 
 
 def same_as_unknown(withheld: httpx.Response, unknown: httpx.Response, model: str) -> None:
-    """The answer for a withheld model is the answer for a missing one, name aside."""
+    """The answer for a withheld model is the answer for a missing one, name aside; the names it
+    suggests instead (closest to what was typed) are only ever models the caller may use."""
     hidden = envelope(withheld, 404, "not_found_error")
     missing = envelope(unknown, 404, "not_found_error")
     assert hidden["code"] == missing["code"] == "model_not_found", (hidden, missing)
     assert hidden["param"] == missing["param"]
-    assert hidden["message"].replace(model, "X") == missing["message"].replace(UNKNOWN, "X"), (hidden, missing)
+    said, _, suggested = hidden["message"].partition("installed")
+    assert said.replace(model, "X") == missing["message"].partition("installed")[0].replace(UNKNOWN, "X"), (
+        hidden,
+        missing,
+    )
+    assert not set(re.findall(r"`([^`@]+)", suggested)) & set(RESTRICTED), hidden
 
 
 def test_access_rules_are_admin_only_and_validated(platform: Platform, tenants: dict[str, str]) -> None:
