@@ -63,9 +63,8 @@ def test_bad_embedding_inputs(platform: Platform, client: openai.OpenAI) -> None
     assert_envelope(rest.post("/api/v1/inference/embeddings", json={"input": []}), 400)
     too_many = ["x"] * (platform.settings.max_embedding_inputs + 1)
     assert_envelope(rest.post("/api/v1/inference/embeddings", json={"input": too_many}), 400)
-    assert_envelope(
-        rest.post("/api/v1/inference/embeddings", json={"model": "smollm2-135m-instruct", "input": "x"}), 404
-    )
+    wrong_task = rest.post("/api/v1/inference/embeddings", json={"model": "smollm2-135m-instruct", "input": "x"})
+    assert "is a text-generation model" in str(assert_envelope(wrong_task, 400, "model_task_mismatch")["message"])
     with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model=MODEL, input=[])
     with pytest.raises(openai.BadRequestError):
