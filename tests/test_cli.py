@@ -228,8 +228,10 @@ def test_models_pull_follows_a_download_on_a_remote_gateway(platform: Platform) 
         assert f"installed {name}@" in pulled.stdout and "Traceback" not in pulled.stderr
         jobs = platform.client().get("/api/v1/tasks", params={"type": "download", "limit": 20}).json()["items"]
         (job,) = [j for j in jobs if j["model"].startswith(f"{name}@")]
-        assert job["status"] == "completed" and job["progress"]["phase"] == "install", job
-        assert job["progress"]["done"] == job["progress"]["total"] > 0
+        assert job["status"] == "completed" and job["progress"]["phase"] == "completed", job
+        assert (
+            job["progress"]["fraction"] == 1.0 and job["progress"]["bytes_done"] == job["progress"]["bytes_total"] > 0
+        )
     finally:
         assert cli(platform, "models", "rm", name, "--force").returncode == 0
     failed = _run(remote, "models", "pull", name, "--source", source, "--task", "embedding", "--backend", "llama.cpp")
