@@ -95,7 +95,8 @@ def build(response_format: ResponseFormat | None, tools: Sequence[Tool] | None, 
         for t in calls
     ]
     if len(text_schema or "") + sum(len(p) for p in parameters) > MAX_SCHEMA_CHARS:
-        raise InvalidRequest(f"schemas may take up to {MAX_SCHEMA_CHARS} characters of JSON together", param="tools")
+        param = "tools" if calls else "response_format"
+        raise InvalidRequest(f"{param}: schemas may take up to {MAX_SCHEMA_CHARS} characters of JSON", param=param)
     if text_schema is not None:
         _check(LLMatcher.grammar_from_json_schema(text_schema), "response_format")
     for t, p in zip(calls, parameters, strict=True):
