@@ -9,6 +9,7 @@ restarts from its prompt is a new row with a fresh matcher. Matchers run on the 
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -100,7 +101,12 @@ def from_llama(vocab: Any, end_tokens: list[int], n_vocab: int) -> Vocabulary:
     """A GGUF model's vocabulary, read through llama.cpp (its own tokenizer, special tokens marked)."""
     from llguidance.llamacpp import lltokenizer_from_vocab
 
-    return Vocabulary(lambda: lltokenizer_from_vocab(vocab, n_vocab=n_vocab, eos_token=end_tokens), n_vocab)
+    def build() -> LLTokenizer:
+        with warnings.catch_warnings():  # it reads each token's attributes by a name llama.cpp deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return lltokenizer_from_vocab(vocab, n_vocab=n_vocab, eos_token=end_tokens)
+
+    return Vocabulary(build, n_vocab)
 
 
 def from_transformers(tokenizer: Any, end_tokens: list[int], logits: int) -> Vocabulary:
