@@ -921,6 +921,16 @@ export interface components {
              * @default 1
              */
             n?: number;
+            /**
+             * Parallel Tool Calls
+             * @description Only false (or absent) is accepted: a reply makes at most one call.
+             */
+            parallel_tool_calls?: boolean | null;
+            /**
+             * Response Format
+             * @description Constrain the reply while it is generated: {"type": "json_object"} (any JSON object) or {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}; {"type": "text"} is the default.
+             */
+            response_format?: (components["schemas"]["TextFormat"] | components["schemas"]["JsonObjectFormat"] | components["schemas"]["JsonSchemaFormat"]) | null;
             /** Seed */
             seed?: number | null;
             /** Stop */
@@ -936,6 +946,16 @@ export interface components {
              * @default 1
              */
             temperature?: number;
+            /**
+             * Tool Choice
+             * @description "auto" (default with tools): text or one call; "required": one call; "none": no call; {"type": "function", "function": {"name": ...}}: a call of that function.
+             */
+            tool_choice?: ("none" | "auto" | "required") | components["schemas"]["NamedToolChoice"] | null;
+            /**
+             * Tools
+             * @description Functions the model may call (OpenAI's shape); the reply's `tool_calls` hold the call, if any.
+             */
+            tools?: components["schemas"]["Tool"][] | null;
             /** Top Logprobs */
             top_logprobs?: number | null;
             /**
@@ -977,19 +997,25 @@ export interface components {
              * @enum {string}
              */
             role: "system" | "user" | "assistant" | "tool" | "developer";
+            /** Tool Call Id */
+            tool_call_id?: string | null;
+            /** Tool Calls */
+            tool_calls?: components["schemas"]["ToolCall"][] | null;
         } & {
             [key: string]: unknown;
         };
         /** ChatMessageOut */
         ChatMessageOut: {
             /** Content */
-            content: string;
+            content: string | null;
             /**
              * Role
              * @default assistant
              * @constant
              */
             role?: "assistant";
+            /** Tool Calls */
+            tool_calls?: components["schemas"]["ToolCall"][] | null;
         };
         /** CompletionChoice */
         CompletionChoice: {
@@ -1041,6 +1067,11 @@ export interface components {
             n?: number;
             /** Prompt */
             prompt: string | string[];
+            /**
+             * Response Format
+             * @description Constrain the reply while it is generated: {"type": "json_object"} (any JSON object) or {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}; {"type": "text"} is the default.
+             */
+            response_format?: (components["schemas"]["TextFormat"] | components["schemas"]["JsonObjectFormat"] | components["schemas"]["JsonSchemaFormat"]) | null;
             /** Seed */
             seed?: number | null;
             /** Stop */
@@ -1355,6 +1386,37 @@ export interface components {
             /** Status Details */
             status_details?: string | null;
         };
+        /** FunctionCall */
+        FunctionCall: {
+            /** Arguments */
+            arguments: string;
+            /** Name */
+            name: string;
+        };
+        /** FunctionDefinition */
+        FunctionDefinition: {
+            /** Description */
+            description?: string | null;
+            /** Name */
+            name: string;
+            /**
+             * Parameters
+             * @description JSON Schema of the arguments.
+             */
+            parameters?: {
+                [key: string]: unknown;
+            } | null;
+            /**
+             * Strict
+             * @description Accepted either way: arguments always match.
+             */
+            strict?: boolean | null;
+        };
+        /** FunctionName */
+        FunctionName: {
+            /** Name */
+            name: string;
+        };
         /**
          * GeneratedImage
          * @description One image as the gateway hands it out: inline (`b64_json`) or stored (`url`).
@@ -1630,6 +1692,51 @@ export interface components {
             /** Worker */
             worker: string | null;
         };
+        /**
+         * JsonObjectFormat
+         * @description Any JSON object.
+         */
+        JsonObjectFormat: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "json_object";
+        };
+        /**
+         * JsonSchemaFormat
+         * @description A JSON value matching `json_schema.schema`.
+         */
+        JsonSchemaFormat: {
+            json_schema: components["schemas"]["JsonSchemaSpec"];
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "json_schema";
+        };
+        /**
+         * JsonSchemaSpec
+         * @description `schema` is kept under that name on the wire (pydantic's own `schema` attribute is in the way).
+         */
+        JsonSchemaSpec: {
+            /** Description */
+            description?: string | null;
+            /** Name */
+            name: string;
+            /**
+             * Schema
+             * @description The JSON Schema the reply must match.
+             */
+            schema: {
+                [key: string]: unknown;
+            };
+            /**
+             * Strict
+             * @description Accepted either way: the schema is always enforced.
+             */
+            strict?: boolean | null;
+        };
         /** KeyCreateRequest */
         KeyCreateRequest: {
             /**
@@ -1854,6 +1961,15 @@ export interface components {
             /** Task */
             task: string;
         };
+        /** NamedToolChoice */
+        NamedToolChoice: {
+            function: components["schemas"]["FunctionName"];
+            /**
+             * Type
+             * @constant
+             */
+            type: "function";
+        };
         /** PromptTokensDetails */
         PromptTokensDetails: {
             /**
@@ -1957,6 +2073,14 @@ export interface components {
         } & {
             [key: string]: unknown;
         };
+        /** TextFormat */
+        TextFormat: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "text";
+        };
         /**
          * TextGenerationParams
          * @description Text generation: a raw `prompt` or chat `messages`, and sampling settings.
@@ -1995,6 +2119,11 @@ export interface components {
             model?: string | null;
             /** Prompt */
             prompt?: string | null;
+            /**
+             * Response Format
+             * @description Constrain the reply while it is generated: {"type": "json_object"} (any JSON object) or {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}; {"type": "text"} is the default.
+             */
+            response_format?: (components["schemas"]["TextFormat"] | components["schemas"]["JsonObjectFormat"] | components["schemas"]["JsonSchemaFormat"]) | null;
             /** Seed */
             seed?: number | null;
             /** Stop */
@@ -2004,6 +2133,16 @@ export interface components {
              * @default 1
              */
             temperature?: number;
+            /**
+             * Tool Choice
+             * @description "auto" (default with tools): text or one call; "required": one call; "none": no call; {"type": "function", "function": {"name": ...}}: a call of that function.
+             */
+            tool_choice?: ("none" | "auto" | "required") | components["schemas"]["NamedToolChoice"] | null;
+            /**
+             * Tools
+             * @description Functions the model may call (OpenAI's shape); the reply's `tool_calls` hold the call, if any.
+             */
+            tools?: components["schemas"]["Tool"][] | null;
             /**
              * Top P
              * @default 1
@@ -2045,6 +2184,11 @@ export interface components {
             model?: string | null;
             /** Prompt */
             prompt?: string | null;
+            /**
+             * Response Format
+             * @description Constrain the reply while it is generated: {"type": "json_object"} (any JSON object) or {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}; {"type": "text"} is the default.
+             */
+            response_format?: (components["schemas"]["TextFormat"] | components["schemas"]["JsonObjectFormat"] | components["schemas"]["JsonSchemaFormat"]) | null;
             /** Seed */
             seed?: number | null;
             /** Stop */
@@ -2060,6 +2204,16 @@ export interface components {
              */
             temperature?: number;
             /**
+             * Tool Choice
+             * @description "auto" (default with tools): text or one call; "required": one call; "none": no call; {"type": "function", "function": {"name": ...}}: a call of that function.
+             */
+            tool_choice?: ("none" | "auto" | "required") | components["schemas"]["NamedToolChoice"] | null;
+            /**
+             * Tools
+             * @description Functions the model may call (OpenAI's shape); the reply's `tool_calls` hold the call, if any.
+             */
+            tools?: components["schemas"]["Tool"][] | null;
+            /**
              * Top P
              * @default 1
              */
@@ -2071,7 +2225,7 @@ export interface components {
              * Finish Reason
              * @enum {string}
              */
-            finish_reason: "stop" | "length" | "cancelled";
+            finish_reason: "stop" | "length" | "cancelled" | "tool_calls";
             /** Logprobs */
             logprobs?: components["schemas"]["Logprob"][] | null;
             /** Model */
@@ -2079,6 +2233,8 @@ export interface components {
             /** Text */
             text: string;
             timings: components["schemas"]["TextTimings"];
+            /** Tool Calls */
+            tool_calls?: components["schemas"]["ToolCall"][] | null;
             usage: components["schemas"]["TextUsage"];
             /** Worker */
             worker: string;
@@ -2134,6 +2290,30 @@ export interface components {
              * @constant
              */
             token_type?: "bearer";
+        };
+        /** Tool */
+        Tool: {
+            function: components["schemas"]["FunctionDefinition"];
+            /**
+             * Type
+             * @constant
+             */
+            type: "function";
+        };
+        /**
+         * ToolCall
+         * @description A call the model made (a reply) or made earlier (an assistant message of the history).
+         */
+        ToolCall: {
+            function: components["schemas"]["FunctionCall"];
+            /** Id */
+            id: string;
+            /**
+             * Type
+             * @default function
+             * @constant
+             */
+            type?: "function";
         };
         /** Usage */
         Usage: {
