@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 import torch
@@ -24,14 +24,16 @@ from tests.unit.test_llama_engine import _engine as llama_engine
 
 
 class City(BaseModel):
-    """What the openai SDK's `parse` sends for such a model: no other keys (additionalProperties: false)."""
+    """What the openai SDK's `parse` sends for such a model: no other keys (additionalProperties: false).
+    Bounded, as a schema for a 135M model at temperature 0.9 must be: unbounded, it may write landmarks
+    until max_tokens (grammatical, but cut)."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str
-    country: str
+    name: str = Field(max_length=40)
+    country: str = Field(max_length=40)
     is_capital: bool
     founded: int = Field(ge=-1000, le=2100)
-    landmarks: list[str]
+    landmarks: list[Annotated[str, Field(max_length=40)]] = Field(max_length=3)
 
 
 CITY = {"type": "json_schema", "json_schema": {"name": "city", "schema": City.model_json_schema()}}
@@ -73,13 +75,17 @@ def run(engine: TextGenerator, requests: list[TextRequest]) -> list[TextResult]:
 def test_every_seed_gives_a_valid_object_beside_a_free_row(engine: TextGenerator) -> None:
     free = TextRequest(engine.encode(None, ASK), SamplingParams(max_tokens=24, temperature=0.0))
     alone = run(engine, [TextRequest(free.input_ids, free.sampling)])[0].text
-    sampling = [SamplingParams(max_tokens=200, temperature=0.9, seed=s) for s in range(4)]
+    sampling = [SamplingParams(max_tokens=320, temperature=0.9, seed=s) for s in range(4)]
     rows = [constrained(engine, s, response_format=CITY) for s in sampling]
     *replies, beside = run(engine, [*rows, free])
     for reply in replies:
         assert reply.finish_reason == "stop", reply.text
         City.model_validate_json(reply.text)
-    assert beside.text == alone  # a free row in the same batch is not masked
+    # a free row in the same batch is not masked: it answers in prose, as alone (word for word on
+    # transformers; llama.cpp's greedy text is best effort across batch shapes, docs/architecture.md §3.15)
+    assert beside.completion_tokens == 24 and not beside.text.startswith("{")
+    if isinstance(engine, TextEngine):
+        assert beside.text == alone
 
 
 def test_a_reply_cut_by_max_tokens_ends_with_length(engine: TextGenerator) -> None:
@@ -116,7 +122,7 @@ def test_a_preempted_constrained_row_keeps_to_its_grammar(engine: TextGenerator)
     it with a fresh matcher (so its seeded reply is the one it gives unpreempted)."""
     assert isinstance(engine, LlamaEngine | TextEngine)
     engine.reset()
-    sampling = SamplingParams(max_tokens=200, temperature=0.9, seed=11)
+    sampling = SamplingParams(max_tokens=320, temperature=0.9, seed=11)
     expected = run(engine, [constrained(engine, sampling, response_format=CITY)])[0].text
     job = constrained(engine, sampling, response_format=CITY)
     other = TextRequest(engine.encode(None, ASK), SamplingParams(max_tokens=12, temperature=0.0))

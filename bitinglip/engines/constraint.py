@@ -35,7 +35,13 @@ class Vocabulary:
     def tokenizer(self) -> LLTokenizer:
         with self._lock:
             if self._tokenizer is None:
-                self._tokenizer = self._build()
+                try:
+                    self._tokenizer = self._build()
+                except ValueError as exc:  # a tokenizer llguidance cannot read (a slow Hugging Face one)
+                    raise InvalidRequest(
+                        f"this model cannot constrain its replies (response_format, tools): {exc}",
+                        param="response_format",
+                    ) from exc
             return self._tokenizer
 
     def compile(self, grammar: str) -> Constraint:
