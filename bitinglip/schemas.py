@@ -212,10 +212,11 @@ class TextGenerationParams(UnicodeRequest):
     def constrained(self) -> bool:
         """Whether the reply follows a grammar (a response format, or tools it may call)."""
         formatted = self.response_format is not None and self.response_format.type != "text"
-        return formatted or bool(grammar.active_tools(self.tools, self.tool_choice))
+        return formatted or self.calls_tools
 
     @property
     def calls_tools(self) -> bool:
+        """Whether the reply may be a tool call (tools given, and `tool_choice` is not "none")."""
         return bool(grammar.active_tools(self.tools, self.tool_choice))
 
     def grammar(self) -> str | None:
