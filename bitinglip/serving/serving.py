@@ -259,7 +259,7 @@ class OpenAIServing:
             stream = calls[index]
             if stream is None:
                 return [chunk(index, {"content": event.delta}, logprobs=logprobs)]
-            deltas = stream.feed(event.delta)
+            deltas = stream.feed(event.delta) or ([{}] if logprobs else [])  # held text: its logprobs still go
             return [chunk(index, d, logprobs=logprobs if k == 0 else None) for k, d in enumerate(deltas)]
 
         def on_result(index: int, result: TextGeneration) -> list[dict[str, Any]]:
