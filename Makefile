@@ -39,6 +39,7 @@ bench: setup
 	$(PY) -m bench.batch
 	$(PY) -m bench.load
 	$(PY) -m bench.console_load
+	$(PY) -m bench.structured
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache web/dist web/node_modules

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, TypeAdapter
 
 from bitinglip.errors import BitingLipError
+from bitinglip.structured.formats import ToolCall
 from bitinglip.types import FinishReason, TokenLogprob
 
 
@@ -63,6 +64,8 @@ class TextGeneration(BaseModel):
     usage: TextUsage
     logprobs: list[Logprob] | None = None
     timings: TextTimings
+    # the call the reply holds when `tools` were given (then finish_reason is "tool_calls"); absent otherwise
+    tool_calls: Annotated[list[ToolCall] | None, Field(default=None, exclude_if=_unset)] = None
 
 
 class TextStreamDelta(BaseModel):

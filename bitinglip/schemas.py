@@ -10,6 +10,17 @@ from bitinglip.config import Settings
 from bitinglip.errors import InvalidRequest
 from bitinglip.keep_alive import KeepAlive
 from bitinglip.keep_alive import checked as checked_keep_alive
+from bitinglip.structured import grammar
+from bitinglip.structured.formats import (
+    RESPONSE_FORMAT_HELP,
+    TOOL_CHOICE_HELP,
+    TOOLS_HELP,
+    NamedToolChoice,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
 from bitinglip.types import SamplingParams
 
 MAX_SEED = 2**63 - 1
@@ -74,12 +85,26 @@ class ChatMessage(UnicodeRequest):
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=64)  # an assistant turn's calls
+    tool_call_id: str | None = Field(default=None, max_length=256)  # the call a tool turn answers
 
     def as_template_dict(self) -> dict[str, Any]:
+        """The turn as chat templates take it; tool calls and answers are adapted to the template by
+        `bitinglip.structured.tools.template_inputs`."""
         content = self.content
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
             content = "".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
-        return {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        turn: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        if self.tool_calls:
+            turn["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            turn["tool_call_id"] = self.tool_call_id
+        return turn
+
+    def chars(self) -> int:
+        """What the turn costs in prompt characters, its calls' text included."""
+        calls = sum(len(c.function.name) + len(c.function.arguments) for c in self.tool_calls or [])
+        return len(str(self.content or "")) + calls
 
 
 class EmbeddingParams(UnicodeRequest):
@@ -153,6 +178,9 @@ class TextGenerationParams(UnicodeRequest):
     min_tokens: int = Field(default=0, ge=0, description=MIN_TOKENS_HELP)
     ignore_eos: bool = Field(default=False, description=IGNORE_EOS_HELP)
     raw: bool = Field(default=False, description=RAW_HELP)
+    response_format: ResponseFormat | None = Field(default=None, description=RESPONSE_FORMAT_HELP)
+    tools: list[Tool] | None = Field(default=None, max_length=grammar.MAX_TOOLS, description=TOOLS_HELP)
+    tool_choice: ToolChoice | None = Field(default=None, description=TOOL_CHOICE_HELP)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -169,7 +197,38 @@ class TextGenerationParams(UnicodeRequest):
             raise ValueError("stop strings must not be empty")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise ValueError("min_tokens must be <= max_tokens")
+        self._check_tools()
+        if self.constrained and (self.min_tokens or self.ignore_eos):
+            raise ValueError(
+                "min_tokens and ignore_eos cannot be combined with response_format or tools: the grammar ends the reply"
+            )
         return self
+
+    def _check_tools(self) -> None:
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: function names must be unique")
+        if self.tools and self.messages is None:
+            raise ValueError("tools need `messages` (a chat), not a raw `prompt`")
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise ValueError("tool_choice: a call is asked for, but no tools are given")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice: no tool is named {self.tool_choice.function.name!r}")
+
+    @property
+    def constrained(self) -> bool:
+        """Whether the reply follows a grammar (a response format, or tools it may call)."""
+        formatted = self.response_format is not None and self.response_format.type != "text"
+        return formatted or self.calls_tools
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the reply may be a tool call (tools given, and `tool_choice` is not "none")."""
+        return bool(grammar.active_tools(self.tools, self.tool_choice))
+
+    def grammar(self) -> str | None:
+        """The llguidance grammar the reply follows, or None; a 400 naming the field when it is refused."""
+        return grammar.build(self.response_format, self.tools, self.tool_choice)
 
     def check_limits(self, settings: Settings) -> None:
         """The gateway refuses at the door what a worker would refuse after a hop (or a queue)."""
@@ -178,6 +237,7 @@ class TextGenerationParams(UnicodeRequest):
             raise InvalidRequest(f"prompt is longer than {settings.max_prompt_chars} characters", param="prompt")
         if (self.max_tokens or settings.default_max_tokens) > settings.max_tokens_cap:
             raise InvalidRequest(f"max_tokens must be <= {settings.max_tokens_cap}", param="max_tokens")
+        self.grammar()  # a schema llguidance refuses is a 400 here, before anything is queued
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
         return SamplingParams(
@@ -198,7 +258,13 @@ class TextGenerationParams(UnicodeRequest):
             return [{"role": "user", "content": self.prompt}] if chat_model and not self.raw else None
         return [m.as_template_dict() for m in self.messages]
 
+    def template_tools(self) -> list[Tool] | None:
+        """The tools a template renders: none with `tool_choice: "none"` (the model cannot call them)."""
+        return grammar.active_tools(self.tools, self.tool_choice) or None
+
     def prompt_chars(self) -> int:
+        """Characters of the prompt, tool definitions included (they are rendered into it)."""
         if self.prompt is not None:
             return len(self.prompt)
-        return sum(len(str(m.content or "")) for m in self.messages or [])
+        tools = sum(len(t.model_dump_json()) for t in self.template_tools() or [])
+        return sum(m.chars() for m in self.messages or []) + tools

@@ -69,4 +69,4 @@ class TokenLogprob:
     top: tuple[tuple[str, float], ...] = ()
 
 
-FinishReason = Literal["stop", "length", "cancelled"]
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]

@@ -24,6 +24,7 @@ from bitinglip.db.session import Database
 from bitinglip.db.tables import ApiKey, UsageCounter, UsageHold
 from bitinglip.errors import RateLimited
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
+from bitinglip.structured.tools import TOOLS_PROMPT
 
 # Tokens a tokenizer may add around one text (BOS/EOS, a leading-space marker), and a chat template
 # around one message (role markers). With byte-level tokenizers a text never has more tokens than
@@ -44,7 +45,10 @@ def prompt_tokens_estimate(params: TextGenerationParams) -> int:
     if params.prompt is not None:
         return _utf8(params.prompt) + TEXT_ALLOWANCE
     messages = [m.as_template_dict() for m in params.messages or []]
-    return TEXT_ALLOWANCE + sum(_utf8(str(m["content"])) + MESSAGE_ALLOWANCE for m in messages)
+    turns = sum(_utf8(str(m["content"])) + _utf8(str(m.get("tool_calls") or "")) + MESSAGE_ALLOWANCE for m in messages)
+    tools = params.template_tools()  # rendered into the prompt, with the instructions around them
+    listing = _utf8(TOOLS_PROMPT) + sum(_utf8(t.model_dump_json()) for t in tools) if tools else 0
+    return TEXT_ALLOWANCE + turns + listing
 
 
 def text_tokens_estimate(params: TextGenerationParams, default_max_tokens: int) -> int:

@@ -29,10 +29,13 @@ from jinja2 import TemplateError
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from bitinglip.engines.batcher import Batcher, BatchKnobs, ContinuousBatcher, DynamicBatcher
+from bitinglip.engines.constraint import Constraint, from_llama
 from bitinglip.engines.protocol import Placement
 from bitinglip.engines.rows import MAX_TEMPERATURE, MIN_LOGPROB, Row, check_context
 from bitinglip.engines.types import GenerationFailed, TextRequest, TextResult, TokenLogprob
 from bitinglip.errors import InvalidRequest
+from bitinglip.structured.formats import Tool
+from bitinglip.structured.tools import template_inputs, template_takes_tools
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,8 @@ class LlamaEngine:
             [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)], dtype=np.intp
         )
         self._chat = self._chat_formatter()
+        self._takes_tools = template_takes_tools(self._meta("tokenizer.chat_template"))
+        self._vocabulary = from_llama(self.vocab, [int(t) for t in self._end_tokens], self.n_vocab)
         self._ctx: Any = None
         self._batch: Any = None
         self._slots = 0
@@ -240,14 +245,17 @@ class LlamaEngine:
             return ""
         return bytes(llama_cpp.llama_vocab_get_text(self.vocab, token) or b"").decode(errors="replace")
 
-    def encode(self, prompt: str | None, messages: list[dict[str, Any]] | None) -> list[int]:
+    def encode(
+        self, prompt: str | None, messages: list[dict[str, Any]] | None, tools: list[Tool] | None = None
+    ) -> list[int]:
         if messages is not None:
             if not messages:
                 raise InvalidRequest("messages must not be empty", param="messages")
             if self._chat is None:
                 raise InvalidRequest(f"model {self.name!r} has no chat template; send a prompt", param="messages")
+            turns, definitions = template_inputs(messages, tools, self._takes_tools)
             try:
-                rendered = self._chat(messages=cast(Any, messages))  # OpenAI-shaped dicts
+                rendered = self._chat(messages=cast(Any, turns), tools=cast(Any, definitions))  # OpenAI-shaped dicts
             except (TemplateError, ValueError) as exc:  # the template's own checks (e.g. roles must alternate)
                 raise InvalidRequest(
                     f"the model's chat template refused these messages: {exc}", param="messages"
@@ -274,6 +282,9 @@ class LlamaEngine:
 
     def check_length(self, input_ids: list[int], max_tokens: int) -> None:
         check_context(input_ids, max_tokens, self.context_length)
+
+    def constraint(self, grammar: str) -> Constraint:
+        return self._vocabulary.compile(grammar)
 
     # -- decoding (the compute thread)
 
@@ -483,6 +494,8 @@ class LlamaEngine:
                 return
             if row.request.sampling.holds_eos(len(row.tokens)):  # min_tokens / ignore_eos
                 logits[self._end_tokens] = -np.inf
+            if row.matcher is not None:  # response_format, tools: what the grammar allows next
+                row.matcher.mask(logits)
             token = self._sample(logits, row)
             top = row.request.sampling.logprobs
             row.advance(

@@ -40,6 +40,7 @@ from bitinglip.models.backends import Backend
 from bitinglip.models.names import split_model_id
 from bitinglip.models.store import Manifest, ModelStore
 from bitinglip.schemas import ImageParams, TextGenerationParams
+from bitinglip.structured.tools import parse_call
 
 KeepAliveValue = str | int | float | None  # a request's keep_alive, as it came (bitinglip/keep_alive.py)
 
@@ -389,9 +390,14 @@ class ModelPool:
             engine = loaded.engine
             if not isinstance(engine, TextGenerator):  # a text model is served by a text engine
                 raise TypeError(f"the engine of {loaded.manifest.id!r} does not generate text")
-            input_ids = engine.encode(params.prompt, params.template_messages(engine.has_chat_template))
+            input_ids = engine.encode(
+                params.prompt, params.template_messages(engine.has_chat_template), params.template_tools()
+            )
             engine.check_length(input_ids, sampling.max_tokens)
-            item = TextRequest(input_ids, sampling, sink, tenant=tenant)
+            grammar = params.grammar()
+            # compiled off the compute thread (and off the loop: a first use builds the vocabulary)
+            constraint = None if grammar is None else await asyncio.to_thread(engine.constraint, grammar)
+            item = TextRequest(input_ids, sampling, sink, tenant=tenant, constraint=constraint)
             if cancelled is not None:
                 item.cancelled = cancelled
             try:
@@ -399,6 +405,8 @@ class ModelPool:
             except asyncio.CancelledError:
                 item.cancelled.set()  # the caller went away: free the slot in the running batch
                 raise
+        if params.calls_tools and (call := parse_call(result.text)) is not None:
+            result.tool_calls, result.finish_reason = [call], "tool_calls"
         self._observe_text(loaded.manifest.id, result)
         return result
 

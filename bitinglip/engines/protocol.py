@@ -15,6 +15,9 @@ from bitinglip.engines.batcher import Batcher, BatchKnobs
 if TYPE_CHECKING:
     import torch
 
+    from bitinglip.engines.constraint import Constraint
+    from bitinglip.structured.formats import Tool
+
 OnBatch = Callable[[int], None]  # told the size of each batch the batcher runs
 
 
@@ -58,9 +61,19 @@ class TextGenerator(Engine, Protocol):
         """Whether the model ships a chat template: a plain prompt is then sent as a user message."""
         ...
 
-    def encode(self, prompt: str | None, messages: list[dict[str, Any]] | None) -> list[int]: ...
+    def encode(
+        self, prompt: str | None, messages: list[dict[str, Any]] | None, tools: list[Tool] | None = None
+    ) -> list[int]:
+        """The prompt's tokens: a raw prompt, or messages through the chat template with the tools
+        the reply may call (bitinglip.structured.tools)."""
+        ...
 
     def check_length(self, input_ids: list[int], max_tokens: int) -> None: ...
+
+    def constraint(self, grammar: str) -> Constraint:
+        """The grammar (bitinglip.structured.grammar) compiled against this model's vocabulary; the
+        tokenizer's side is built on first use, so call it off the compute thread."""
+        ...
 
 
 EngineLoader = Callable[[str, Path, Placement], Engine]  # (model id, files, placement) -> engine

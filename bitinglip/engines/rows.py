@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bitinglip.engines.constraint import RowMatcher
 from bitinglip.engines.types import FinishReason, GenerationFailed, TextDelta, TextRequest, TextResult, TokenLogprob
 from bitinglip.errors import ContextLengthExceeded, InvalidRequest
 
@@ -32,6 +33,11 @@ class Row:
     started_at: float = field(default_factory=time.perf_counter)
     first_token_at: float = 0.0
     cached: int = 0  # prompt tokens the engine took from its prefix cache
+    matcher: RowMatcher | None = None  # its place in the request's grammar (a fresh row starts its own)
+
+    def __post_init__(self) -> None:
+        if self.matcher is None and self.request.constraint is not None:
+            self.matcher = self.request.constraint.matcher()
 
     @property
     def done(self) -> bool:
@@ -47,6 +53,8 @@ class Row:
         params = self.request.sampling
         if logprob is not None:
             self.logprobs.append(logprob)
+        if self.matcher is not None and not self.matcher.accept(token):
+            raise RuntimeError(f"the grammar refused a sampled token: {self.matcher.error}")
         if eos:
             self.finish = "stop"
             self.eos = True
@@ -57,6 +65,8 @@ class Row:
             if stop_at >= 0:
                 self.text = self.text[:stop_at]
                 self.finish = "stop"
+            elif self.matcher is not None and self.matcher.complete:
+                self.finish = "stop"  # the grammar is done: nothing but its end could follow
             elif len(self.tokens) >= params.max_tokens:
                 self.finish = "length"
         if self.finish is None and self.request.cancelled.is_set():

@@ -26,6 +26,7 @@ from jinja2 import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bitinglip.engines.batcher import Batcher, BatchKnobs, ContinuousBatcher, DynamicBatcher
+from bitinglip.engines.constraint import Constraint, from_transformers
 from bitinglip.engines.device import module_bytes, release_memory
 from bitinglip.engines.rows import MAX_TEMPERATURE, MIN_LOGPROB, Row, check_context
 from bitinglip.engines.types import (
@@ -36,6 +37,8 @@ from bitinglip.engines.types import (
     TokenLogprob,
 )
 from bitinglip.errors import InvalidRequest
+from bitinglip.structured.formats import Tool
+from bitinglip.structured.tools import template_inputs, template_takes_tools
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,10 @@ class TextEngine:
         # transformers renamed `past_key_values` to `cache` in 5.x; use whichever this version takes.
         self._running: _Running | None = None
         self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        template = getattr(tokenizer, "chat_template", None)
+        self._takes_tools = template_takes_tools(template if isinstance(template, str) else None)
+        logits = max(len(tokenizer), int(getattr(model.config, "vocab_size", 0) or 0))
+        self._vocabulary = from_transformers(tokenizer, sorted(self.eos_ids), logits)
 
     @classmethod
     def load(cls, name: str, path: Path, device: str, dtype: torch.dtype, device_map: str | None) -> TextEngine:
@@ -147,14 +154,19 @@ class TextEngine:
 
     # -- request preparation (cheap, runs on the caller's thread)
 
-    def encode(self, prompt: str | None, messages: list[dict[str, Any]] | None) -> list[int]:
+    def encode(
+        self, prompt: str | None, messages: list[dict[str, Any]] | None, tools: list[Tool] | None = None
+    ) -> list[int]:
         if messages is not None:
             if not messages:
                 raise InvalidRequest("messages must not be empty", param="messages")
             if getattr(self.tokenizer, "chat_template", None) is None:
                 raise InvalidRequest(f"model {self.name!r} has no chat template; send a prompt", param="messages")
+            turns, definitions = template_inputs(messages, tools, self._takes_tools)
             try:
-                ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+                ids = self.tokenizer.apply_chat_template(
+                    turns, tools=definitions, add_generation_prompt=True, tokenize=True
+                )
             except (TemplateError, ValueError) as exc:  # the template's own checks (e.g. roles must alternate)
                 raise InvalidRequest(
                     f"the model's chat template refused these messages: {exc}", param="messages"
@@ -168,6 +180,9 @@ class TextEngine:
 
     def check_length(self, input_ids: list[int], max_tokens: int) -> None:
         check_context(input_ids, max_tokens, self.context_length)
+
+    def constraint(self, grammar: str) -> Constraint:
+        return self._vocabulary.compile(grammar)
 
     # -- decoding
 
@@ -236,11 +251,14 @@ class TextEngine:
         held = [b for b, row in enumerate(running.rows) if row.request.sampling.holds_eos(len(row.tokens))]
         if held and self.eos_ids:  # min_tokens / ignore_eos: the end is not in the distribution
             logits[torch.tensor(held)[:, None], torch.tensor(sorted(self.eos_ids))] = float("-inf")
+        self._constrain(logits, running.rows)
         chosen, usable = self._sample(logits, running.rows)
         keep: list[int] = []
         finished: list[int] = []
         for b, row in enumerate(running.rows):
-            if not usable[b]:
+            if row.error is not None:
+                pass  # its grammar failed (logged): it ends alone
+            elif not usable[b]:
                 log.warning("non-finite logits for one row on %s; that request fails alone", self.name)
                 row.error = GenerationFailed()
             else:
@@ -256,6 +274,18 @@ class TextEngine:
             running.select(keep)
             return done
         return []
+
+    def _constrain(self, logits: torch.Tensor, rows: list[_Row]) -> None:
+        """Mask what each constrained row's grammar refuses (response_format, tools), in place."""
+        for b, row in enumerate(rows):
+            if row.matcher is None:
+                continue
+            try:
+                refused = ~torch.from_numpy(row.matcher.allowed())
+                logits[b, : refused.shape[0]].masked_fill_(refused.to(logits.device), float("-inf"))
+            except Exception:
+                log.exception("the grammar failed for one row on %s; that request fails alone", self.name)
+                row.error = GenerationFailed()
 
     @torch.inference_mode()
     def run_batch(self, requests: list[TextRequest]) -> list[TextResult | GenerationFailed]:

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bitinglip.errors import BitingLipError
 from bitinglip.outputs import Logprob, PromptTokensDetails, TextGeneration, TextStreamDelta, TextTimings, TextUsage
@@ -15,6 +16,10 @@ from bitinglip.types import FinishReason as FinishReason
 from bitinglip.types import Priority as Priority
 from bitinglip.types import SamplingParams as SamplingParams
 from bitinglip.types import TokenLogprob as TokenLogprob
+
+if TYPE_CHECKING:
+    from bitinglip.engines.constraint import Constraint
+    from bitinglip.structured.formats import ToolCall
 
 
 class GenerationFailed(BitingLipError):
@@ -50,6 +55,7 @@ class TextRequest:
     cancelled: threading.Event = field(default_factory=threading.Event)
     tenant: str | None = None  # whose prompts it may share cached work with (the prefix cache)
     enqueued_at: float = field(default_factory=time.perf_counter)
+    constraint: Constraint | None = None  # the grammar the reply follows (response_format, tools)
 
 
 @dataclass
@@ -64,6 +70,7 @@ class TextResult:
     total_seconds: float = 0.0
     batch_size: int = 1
     cached_tokens: int = 0  # of the prompt, reused from a cached prefix rather than computed
+    tool_calls: list[ToolCall] | None = None  # the call the reply made (finish_reason "tool_calls")
 
     def to_output(self) -> TextGeneration:
         """The result as it leaves the worker (timings rounded to 10 µs)."""
@@ -77,6 +84,7 @@ class TextResult:
                 prompt_tokens_details=PromptTokensDetails(cached_tokens=self.cached_tokens),
             ),
             logprobs=None if self.logprobs is None else [Logprob.of(lp) for lp in self.logprobs],
+            tool_calls=self.tool_calls,
             timings=TextTimings(
                 queue_seconds=round(self.queue_seconds, 5),
                 first_token_seconds=round(self.first_token_seconds, 5),

@@ -1,5 +1,6 @@
 """OpenAI-compatible request/response shapes. All derive from one base model (vLLM's layout);
-unknown request fields are accepted and ignored (and logged), as vLLM does."""
+unknown request fields are accepted and ignored (and logged), as vLLM does, except those whose silent
+loss would change what a client gets back: those are refused by name (`REFUSED`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from bitinglip.keep_alive import KeepAlive
 from bitinglip.outputs import PromptTokensDetails, TextUsage
 from bitinglip.schemas import IGNORE_EOS_HELP, KEEP_ALIVE_HELP, MAX_SEED, MIN_TOKENS_HELP, ChatMessage, UnicodeRequest
+from bitinglip.structured.formats import (
+    RESPONSE_FORMAT_HELP,
+    TOOL_CHOICE_HELP,
+    TOOLS_HELP,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
+
+# Fields we do not support whose loss would change the reply's shape: a 400 naming them, not a log line.
+REFUSED = {
+    "functions": "functions are not supported; use tools",
+    "function_call": "function_call is not supported; use tools and tool_choice",
+}
 
 
 class OpenAIBase(UnicodeRequest):
@@ -19,6 +35,13 @@ class OpenAIBase(UnicodeRequest):
 
     def ignored_fields(self) -> list[str]:
         return sorted((self.model_extra or {}).keys())
+
+    @model_validator(mode="after")
+    def _refused(self) -> OpenAIBase:
+        for name in self.model_extra or {}:
+            if name in REFUSED:
+                raise ValueError(REFUSED[name])
+        return self
 
 
 class StreamOptions(OpenAIBase):
@@ -39,6 +62,7 @@ class SamplingFields(OpenAIBase):
     keep_alive: KeepAlive | None = Field(default=None, description=KEEP_ALIVE_HELP)  # extension
     min_tokens: int = Field(default=0, ge=0, description=MIN_TOKENS_HELP)  # vLLM's extension
     ignore_eos: bool = Field(default=False, description=IGNORE_EOS_HELP)  # vLLM's extension
+    response_format: ResponseFormat | None = Field(default=None, description=RESPONSE_FORMAT_HELP)
 
     @field_validator("seed")
     @classmethod
@@ -63,6 +87,18 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[Tool] | None = Field(default=None, description=TOOLS_HELP)
+    tool_choice: ToolChoice | None = Field(default=None, description=TOOL_CHOICE_HELP)
+    parallel_tool_calls: bool | None = Field(
+        default=None, description="Only false (or absent) is accepted: a reply makes at most one call."
+    )
+
+    @field_validator("parallel_tool_calls")
+    @classmethod
+    def _one_call(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("true is not supported: a reply makes at most one tool call; send false or leave it out")
+        return value
 
 
 class CompletionRequest(SamplingFields):
@@ -174,7 +210,8 @@ def now() -> int:
 
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None  # None when the reply is a tool call
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):

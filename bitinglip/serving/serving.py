@@ -49,11 +49,12 @@ from bitinglip.serving.protocol import (
     new_id,
     now,
 )
+from bitinglip.structured.tools import CallStream
 from bitinglip.validation_errors import validation_message
 
 log = logging.getLogger(__name__)
 
-_FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
+_FINISH = {"stop": "stop", "length": "length", "cancelled": "stop", "tool_calls": "tool_calls"}
 
 
 def _params(req: SamplingFields, index: int, **fields: Any) -> TextGenerationParams:
@@ -72,6 +73,7 @@ def _params(req: SamplingFields, index: int, **fields: Any) -> TextGenerationPar
             keep_alive=req.keep_alive,
             min_tokens=req.min_tokens,
             ignore_eos=req.ignore_eos,
+            response_format=req.response_format,
             **fields,
         )
     except ValidationError as exc:
@@ -217,7 +219,8 @@ class OpenAIServing:
         max_tokens = req.max_completion_tokens or req.max_tokens
         top = (req.top_logprobs or 0) if req.logprobs else None
         messages = [m.model_dump() for m in req.messages]
-        return [_params(req, i, messages=messages, max_tokens=max_tokens, logprobs=top) for i in range(req.n)]
+        tools = {"tools": req.tools, "tool_choice": req.tool_choice}
+        return [_params(req, i, messages=messages, max_tokens=max_tokens, logprobs=top, **tools) for i in range(req.n)]
 
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
         self._log_ignored(req)
@@ -229,7 +232,7 @@ class OpenAIServing:
             choices.append(
                 ChatChoice(
                     index=i,
-                    message=ChatMessageOut(content=r.text),
+                    message=ChatMessageOut(content=None if r.tool_calls else r.text, tool_calls=r.tool_calls),
                     finish_reason=_FINISH[r.finish_reason],
                     logprobs=_chat_logprobs(r.logprobs),
                 )
@@ -247,18 +250,29 @@ class OpenAIServing:
             return {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": req.model,
                     "choices": [choice]}  # fmt: skip
 
-        def on_delta(index: int, event: TextStreamDelta) -> dict[str, Any]:
-            return chunk(index, {"content": event.delta}, logprobs=_chat_logprobs(event.logprobs))
+        params = self._chat_requests(req)
+        # with tools, each choice's text goes through a CallStream: content, or a call's name and arguments
+        calls = [CallStream() if p.calls_tools else None for p in params]
 
-        def on_result(index: int, result: TextGeneration) -> dict[str, Any]:
-            return chunk(index, {}, _FINISH[result.finish_reason])
+        def on_delta(index: int, event: TextStreamDelta) -> list[dict[str, Any]]:
+            logprobs = _chat_logprobs(event.logprobs)
+            stream = calls[index]
+            if stream is None:
+                return [chunk(index, {"content": event.delta}, logprobs=logprobs)]
+            deltas = stream.feed(event.delta) or ([{}] if logprobs else [])  # held text: its logprobs still go
+            return [chunk(index, d, logprobs=logprobs if k == 0 else None) for k, d in enumerate(deltas)]
+
+        def on_result(index: int, result: TextGeneration) -> list[dict[str, Any]]:
+            stream = calls[index]
+            held = [] if stream is None else [chunk(index, d) for d in stream.finish()]
+            return [*held, chunk(index, {}, _FINISH[result.finish_reason])]
 
         def usage_chunk(usage: Usage) -> dict[str, Any]:
             return {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": req.model,
                     "choices": [], "usage": usage.model_dump()}  # fmt: skip
 
         first = [chunk(i, {"role": "assistant", "content": ""}) for i in range(req.n)]
-        return await self._stream(req, self._chat_requests(req), first, on_delta, on_result, usage_chunk)
+        return await self._stream(req, params, first, on_delta, on_result, usage_chunk)
 
     # -- completions
 
@@ -307,8 +321,8 @@ class OpenAIServing:
             req,
             self._completion_requests(req),
             [],
-            lambda i, e: chunk(i, e.delta, logprobs=_completion_logprobs(e.logprobs)),
-            lambda i, r: chunk(i, "", _FINISH[r.finish_reason]),
+            lambda i, e: [chunk(i, e.delta, logprobs=_completion_logprobs(e.logprobs))],
+            lambda i, r: [chunk(i, "", _FINISH[r.finish_reason])],
             usage_chunk,
         )
 
@@ -319,8 +333,8 @@ class OpenAIServing:
         req: SamplingFields,
         params: list[TextGenerationParams],
         first_chunks: list[dict[str, Any]],
-        on_delta: Callable[[int, TextStreamDelta], dict[str, Any]],
-        on_result: Callable[[int, TextGeneration], dict[str, Any]],
+        on_delta: Callable[[int, TextStreamDelta], list[dict[str, Any]]],
+        on_result: Callable[[int, TextGeneration], list[dict[str, Any]]],
         usage_chunk: Callable[[Usage], dict[str, Any]],
     ) -> AsyncIterator[dict[str, Any]]:
         """Connects every choice's stream first (so errors are plain HTTP errors), then merges them."""
@@ -353,10 +367,12 @@ class OpenAIServing:
                     if isinstance(event, TextStreamError):
                         yield {"error": event.error.model_dump()}
                     elif isinstance(event, TextStreamDelta):
-                        yield on_delta(index, event)
+                        for c in on_delta(index, event):
+                            yield c
                     else:
                         usage.add(event.result.usage)
-                        yield on_result(index, event.result)
+                        for c in on_result(index, event.result):
+                            yield c
                 if include_usage:
                     yield usage_chunk(usage)
             finally:

@@ -132,8 +132,14 @@ def test_completion_prompts_times_n_is_bounded() -> None:
 
 
 def test_unknown_fields_are_accepted_and_reported() -> None:
-    req = ChatCompletionRequest.model_validate({"model": "m", "messages": USER, "tools": [], "frequency_penalty": 1})
-    assert req.ignored_fields() == ["frequency_penalty", "tools"]
+    body = {"model": "m", "messages": USER, "tools": [], "frequency_penalty": 1, "logit_bias": {}}
+    req = ChatCompletionRequest.model_validate(body)
+    assert req.ignored_fields() == ["frequency_penalty", "logit_bias"]  # tools are a field now
+
+
+def test_fields_whose_loss_would_change_the_reply_are_refused() -> None:
+    with pytest.raises(ValidationError, match="use tools"):
+        ChatCompletionRequest.model_validate({"model": "m", "messages": USER, "functions": [{"name": "f"}]})
 
 
 def test_check_body_says_why_a_batch_line_is_invalid() -> None:

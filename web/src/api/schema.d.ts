@@ -464,26 +464,6 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/api/v1/usage/daily": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /**
-         * Daily Usage
-         * @description Use per user and per API key per day: a user's total (every key and sign-in), and each key's own.
-         */
-        get: operations["daily_usage_api_v1_usage_daily_get"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
     "/api/v1/users": {
         parameters: {
             query?: never;
@@ -941,6 +921,16 @@ export interface components {
              * @default 1
              */
             n?: number;
+            /**
+             * Parallel Tool Calls
+             * @description Only false (or absent) is accepted: a reply makes at most one call.
+             */
+            parallel_tool_calls?: boolean | null;
+            /**
+             * Response Format
+             * @description Constrain the reply while it is generated: {"type": "json_object"} (any JSON object) or {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}; {"type": "text"} is the default.
+             */
+            response_format?: (components["schemas"]["TextFormat"] | components["schemas"]["JsonObjectFormat"] | components["schemas"]["JsonSchemaFormat"]) | null;
             /** Seed */
             seed?: number | null;
             /** Stop */
@@ -956,6 +946,16 @@ export interface components {
              * @default 1
              */
             temperature?: number;
+            /**
+             * Tool Choice
+             * @description "auto" (default with tools): text or one call; "required": one call; "none": no call; {"type": "function", "function": {"name": ...}}: a call of that function.
+             */
+            tool_choice?: ("none" | "auto" | "required") | components["schemas"]["NamedToolChoice"] | null;
+            /**
+             * Tools
+             * @description Functions the model may call (OpenAI's shape); the reply's `tool_calls` hold the call, if any.
+             */
+            tools?: components["schemas"]["Tool"][] | null;
             /** Top Logprobs */
             top_logprobs?: number | null;
             /**
@@ -997,19 +997,25 @@ export interface components {
              * @enum {string}
              */
             role: "system" | "user" | "assistant" | "tool" | "developer";
+            /** Tool Call Id */
+            tool_call_id?: string | null;
+            /** Tool Calls */
+            tool_calls?: components["schemas"]["ToolCall"][] | null;
         } & {
             [key: string]: unknown;
         };
         /** ChatMessageOut */
         ChatMessageOut: {
             /** Content */
-            content: string;
+            content: string | null;
             /**
              * Role
              * @default assistant
              * @constant
              */
             role?: "assistant";
+            /** Tool Calls */
+            tool_calls?: components["schemas"]["ToolCall"][] | null;
         };
         /** CompletionChoice */
         CompletionChoice: {
@@ -1061,6 +1067,11 @@ export interface components {
             n?: number;
             /** Prompt */
             prompt: string | string[];
+            /**
+             * Response Format
+             * @description Constrain the reply while it is generated: {"type": "json_object"} (any JSON object) or {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}; {"type": "text"} is the default.
+             */
+            response_format?: (components["schemas"]["TextFormat"] | components["schemas"]["JsonObjectFormat"] | components["schemas"]["JsonSchemaFormat"]) | null;
             /** Seed */
             seed?: number | null;
             /** Stop */
@@ -1130,37 +1141,6 @@ export interface components {
             revoked_at: string | null;
             /** Tokens Per Day */
             tokens_per_day: number | null;
-            /** Username */
-            username: string;
-        };
-        /** DayUsage */
-        DayUsage: {
-            /**
-             * Day
-             * Format: date
-             * @description A UTC day.
-             */
-            day: string;
-            /**
-             * Images
-             * @description Images settled that day.
-             */
-            images: number;
-            /**
-             * Key Id
-             * @description null: the user's whole use that day, every key and sign-in together.
-             */
-            key_id: string | null;
-            /**
-             * Key Name
-             * @description The key's name, for a key's row.
-             */
-            key_name: string | null;
-            /**
-             * Tokens
-             * @description Tokens settled that day.
-             */
-            tokens: number;
             /** Username */
             username: string;
         };
@@ -1405,6 +1385,37 @@ export interface components {
             status?: "processed";
             /** Status Details */
             status_details?: string | null;
+        };
+        /** FunctionCall */
+        FunctionCall: {
+            /** Arguments */
+            arguments: string;
+            /** Name */
+            name: string;
+        };
+        /** FunctionDefinition */
+        FunctionDefinition: {
+            /** Description */
+            description?: string | null;
+            /** Name */
+            name: string;
+            /**
+             * Parameters
+             * @description JSON Schema of the arguments.
+             */
+            parameters?: {
+                [key: string]: unknown;
+            } | null;
+            /**
+             * Strict
+             * @description Accepted either way: arguments always match.
+             */
+            strict?: boolean | null;
+        };
+        /** FunctionName */
+        FunctionName: {
+            /** Name */
+            name: string;
         };
         /**
          * GeneratedImage
@@ -1661,10 +1672,7 @@ export interface components {
              * @enum {string}
              */
             priority: "high" | "normal" | "low";
-            /**
-             * Progress
-             * @description How far a long job is, pushed live by GET /api/v1/events. A download: `phase` (fetch, convert, install, completed), `fraction` (0-1 of the whole install) and what the fetch moved: `bytes_done`/`bytes_total`, `files_done`/`files_total` (a total of 0: not known). A batch: its `phase`, `total`/`completed`/`failed` lines and `chunks`.
-             */
+            /** Progress */
             progress: {
                 [key: string]: unknown;
             } | null;
@@ -1683,6 +1691,51 @@ export interface components {
             type: string;
             /** Worker */
             worker: string | null;
+        };
+        /**
+         * JsonObjectFormat
+         * @description Any JSON object.
+         */
+        JsonObjectFormat: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "json_object";
+        };
+        /**
+         * JsonSchemaFormat
+         * @description A JSON value matching `json_schema.schema`.
+         */
+        JsonSchemaFormat: {
+            json_schema: components["schemas"]["JsonSchemaSpec"];
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "json_schema";
+        };
+        /**
+         * JsonSchemaSpec
+         * @description `schema` is kept under that name on the wire (pydantic's own `schema` attribute is in the way).
+         */
+        JsonSchemaSpec: {
+            /** Description */
+            description?: string | null;
+            /** Name */
+            name: string;
+            /**
+             * Schema
+             * @description The JSON Schema the reply must match.
+             */
+            schema: {
+                [key: string]: unknown;
+            };
+            /**
+             * Strict
+             * @description Accepted either way: the schema is always enforced.
+             */
+            strict?: boolean | null;
         };
         /** KeyCreateRequest */
         KeyCreateRequest: {
@@ -1908,6 +1961,15 @@ export interface components {
             /** Task */
             task: string;
         };
+        /** NamedToolChoice */
+        NamedToolChoice: {
+            function: components["schemas"]["FunctionName"];
+            /**
+             * Type
+             * @constant
+             */
+            type: "function";
+        };
         /** PromptTokensDetails */
         PromptTokensDetails: {
             /**
@@ -2011,6 +2073,14 @@ export interface components {
         } & {
             [key: string]: unknown;
         };
+        /** TextFormat */
+        TextFormat: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "text";
+        };
         /**
          * TextGenerationParams
          * @description Text generation: a raw `prompt` or chat `messages`, and sampling settings.
@@ -2050,11 +2120,10 @@ export interface components {
             /** Prompt */
             prompt?: string | null;
             /**
-             * Raw
-             * @description Send `prompt` to the model exactly as it is. By default a model with a chat template gets the prompt as one user message through that template, as Ollama's generate does (/v1/completions is always raw).
-             * @default false
+             * Response Format
+             * @description Constrain the reply while it is generated: {"type": "json_object"} (any JSON object) or {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}; {"type": "text"} is the default.
              */
-            raw?: boolean;
+            response_format?: (components["schemas"]["TextFormat"] | components["schemas"]["JsonObjectFormat"] | components["schemas"]["JsonSchemaFormat"]) | null;
             /** Seed */
             seed?: number | null;
             /** Stop */
@@ -2064,6 +2133,16 @@ export interface components {
              * @default 1
              */
             temperature?: number;
+            /**
+             * Tool Choice
+             * @description "auto" (default with tools): text or one call; "required": one call; "none": no call; {"type": "function", "function": {"name": ...}}: a call of that function.
+             */
+            tool_choice?: ("none" | "auto" | "required") | components["schemas"]["NamedToolChoice"] | null;
+            /**
+             * Tools
+             * @description Functions the model may call (OpenAI's shape); the reply's `tool_calls` hold the call, if any.
+             */
+            tools?: components["schemas"]["Tool"][] | null;
             /**
              * Top P
              * @default 1
@@ -2106,11 +2185,10 @@ export interface components {
             /** Prompt */
             prompt?: string | null;
             /**
-             * Raw
-             * @description Send `prompt` to the model exactly as it is. By default a model with a chat template gets the prompt as one user message through that template, as Ollama's generate does (/v1/completions is always raw).
-             * @default false
+             * Response Format
+             * @description Constrain the reply while it is generated: {"type": "json_object"} (any JSON object) or {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}; {"type": "text"} is the default.
              */
-            raw?: boolean;
+            response_format?: (components["schemas"]["TextFormat"] | components["schemas"]["JsonObjectFormat"] | components["schemas"]["JsonSchemaFormat"]) | null;
             /** Seed */
             seed?: number | null;
             /** Stop */
@@ -2126,6 +2204,16 @@ export interface components {
              */
             temperature?: number;
             /**
+             * Tool Choice
+             * @description "auto" (default with tools): text or one call; "required": one call; "none": no call; {"type": "function", "function": {"name": ...}}: a call of that function.
+             */
+            tool_choice?: ("none" | "auto" | "required") | components["schemas"]["NamedToolChoice"] | null;
+            /**
+             * Tools
+             * @description Functions the model may call (OpenAI's shape); the reply's `tool_calls` hold the call, if any.
+             */
+            tools?: components["schemas"]["Tool"][] | null;
+            /**
              * Top P
              * @default 1
              */
@@ -2137,7 +2225,7 @@ export interface components {
              * Finish Reason
              * @enum {string}
              */
-            finish_reason: "stop" | "length" | "cancelled";
+            finish_reason: "stop" | "length" | "cancelled" | "tool_calls";
             /** Logprobs */
             logprobs?: components["schemas"]["Logprob"][] | null;
             /** Model */
@@ -2145,6 +2233,8 @@ export interface components {
             /** Text */
             text: string;
             timings: components["schemas"]["TextTimings"];
+            /** Tool Calls */
+            tool_calls?: components["schemas"]["ToolCall"][] | null;
             usage: components["schemas"]["TextUsage"];
             /** Worker */
             worker: string;
@@ -2201,6 +2291,30 @@ export interface components {
              */
             token_type?: "bearer";
         };
+        /** Tool */
+        Tool: {
+            function: components["schemas"]["FunctionDefinition"];
+            /**
+             * Type
+             * @constant
+             */
+            type: "function";
+        };
+        /**
+         * ToolCall
+         * @description A call the model made (a reply) or made earlier (an assistant message of the history).
+         */
+        ToolCall: {
+            function: components["schemas"]["FunctionCall"];
+            /** Id */
+            id: string;
+            /**
+             * Type
+             * @default function
+             * @constant
+             */
+            type?: "function";
+        };
         /** Usage */
         Usage: {
             /**
@@ -2219,26 +2333,6 @@ export interface components {
              * @default 0
              */
             total_tokens?: number;
-        };
-        /** UsageHistory */
-        UsageHistory: {
-            /**
-             * Data
-             * @description Newest day first; per day, each user's total row, then a row per key they used. Days and keys without use are left out.
-             */
-            data: components["schemas"]["DayUsage"][];
-            /**
-             * Since
-             * Format: date
-             * @description The first UTC day counted.
-             */
-            since: string;
-            /**
-             * Until
-             * Format: date
-             * @description The last: today (UTC), in flight work not counted yet.
-             */
-            until: string;
         };
         /** UsageView */
         UsageView: {
@@ -2290,16 +2384,11 @@ export interface components {
         UserUpdateRequest: {
             /**
              * Disabled
-             * @description Disable (or enable) the user; the last enabled admin cannot be disabled (409).
+             * @description Disable (or enable) the user.
              */
             disabled?: boolean | null;
             /** @description Replace the user's limits (every field; a null field is the settings' default). */
             limits?: components["schemas"]["UserLimitsBody"] | null;
-            /**
-             * Role
-             * @description Change the user's role; the last enabled admin cannot be demoted (409).
-             */
-            role?: ("admin" | "user") | null;
         };
         /** UserView */
         UserView: {
@@ -2417,15 +2506,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -2531,15 +2611,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -2636,15 +2707,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2757,15 +2819,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -2860,15 +2913,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2980,15 +3024,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -3085,15 +3120,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3206,15 +3232,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -3313,15 +3330,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3435,15 +3443,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -3547,15 +3546,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -3650,15 +3640,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3771,15 +3752,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -3876,15 +3848,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3996,15 +3959,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -4101,15 +4055,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4217,15 +4162,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4343,15 +4279,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -4448,15 +4375,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4572,15 +4490,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -4677,15 +4586,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4794,15 +4694,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -4901,15 +4792,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5023,15 +4905,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -5131,15 +5004,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5252,15 +5116,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -5357,15 +5212,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5479,15 +5325,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -5585,130 +5422,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description Invalid parameters */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description Rate limit or quota exceeded */
-            429: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description Overloaded or unavailable; retry after Retry-After */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-        };
-    };
-    daily_usage_api_v1_usage_daily_get: {
-        parameters: {
-            query?: {
-                /** @description How many UTC days, today included. */
-                days?: number;
-                /** @description One user's rows. A user may ask only for their own (another's is 403); an admin for anyone's, and without it gets everyone's. */
-                username?: string | null;
-            };
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["UsageHistory"];
-                };
-            };
-            /** @description Invalid request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description Missing, invalid, expired or revoked credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description Admins only */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description Not found (or not yours) */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description Conflict */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description Request body too large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5817,15 +5530,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -5924,15 +5628,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6047,15 +5742,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -6152,15 +5838,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6269,15 +5946,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -6372,15 +6040,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6485,15 +6144,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6606,15 +6256,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -6718,15 +6359,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -6823,15 +6455,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6945,15 +6568,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -7053,15 +6667,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -7174,15 +6779,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -7281,15 +6877,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -7402,15 +6989,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -7507,15 +7085,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -7626,15 +7195,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -7731,15 +7291,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -7852,15 +7403,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
             /** @description Invalid parameters */
             422: {
                 headers: {
@@ -7955,15 +7497,6 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorResponse"];
-                };
-            };
-            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
-            415: {
                 headers: {
                     [name: string]: unknown;
                 };
