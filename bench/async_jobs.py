@@ -76,7 +76,7 @@ def run_round(platform: Platform, submitters: int, tag: str) -> float:
     span = (max(finished) - min(created)).total_seconds()
     runs = {j["prefect_run_id"] for j in mine}
     latencies = [lat for _, lat in accepted]
-    print(f"{submitters:>2} submitter(s): {len(mine)} jobs, {len(failed)} not completed, {len(runs)} Prefect runs")
+    print(f"{submitters:>2} submitter(s): {len(mine)} jobs, {len(failed)} not completed, {len(runs)} task runs")
     print(
         f"    acceptance  p50 {median(latencies) * 1000:6.1f} ms  p95 {pct(latencies, 95) * 1000:6.1f} ms"
         "   (target p95 <= 20 ms)"
