@@ -81,7 +81,7 @@ def test_job_lifecycle_answers_paris_as_a_prefect_run(platform: Platform) -> Non
 
     job, seen = wait_done(client, accepted["id"])
     assert job["status"] == "completed", job
-    assert seen[0] == "queued" and seen[-1] == "completed"
+    assert seen[-1] == "completed"  # a warm worker, poked at once, may have claimed it before the first look
     assert set(seen) <= {"queued", "running", "completed"}
     assert "Paris" in job["result"]["text"]
     assert job["attempts"] == 1
