@@ -466,7 +466,7 @@ class Settings(BaseSettings):
         )
 
     def prefect_env(self) -> dict[str, str]:
-        """Prefect settings for every process we start: client, server and task workers must agree
+        """Prefect settings for every process we start: clients, server and model workers must agree
         on API and result storage, or background-task parameters go missing (docs/architecture.md §3.12)."""
         env = {
             "PREFECT_HOME": str(self.prefect_home),

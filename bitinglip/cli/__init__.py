@@ -122,7 +122,7 @@ def _serve(app: Any, host: str, port: int, trusted_proxies: list[str] | None = N
 
 @app.command()
 def worker() -> None:
-    """Run a model worker: warm models, dynamic batching, internal API, Prefect task worker."""
+    """Run a model worker: warm models, dynamic batching, internal API, the async-job pump."""
     settings = _settings("worker")
     from bitinglip.worker.app import create_worker_app
 

@@ -1,1 +1,1 @@
-"""The model worker process: warm engines behind an internal HTTP API and a Prefect task worker."""
+"""The model worker process: warm engines behind an internal HTTP API and a job pump that runs async jobs."""
