@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Delete, Update, delete, func, select, update
+from sqlalchemy import ColumnElement, CursorResult, Delete, Update, delete, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -36,6 +36,16 @@ def _rows(session: Session, statement: Update | Delete) -> int:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _claimable(warm: list[str], cold_after: timedelta) -> ColumnElement[bool]:
+    """What a model worker may claim: queued model-worker jobs of its warm models, or of any model
+    once they waited `cold_after` (one definition for the claim and the idle poll's look)."""
+    return (
+        (Job.status == "queued")
+        & Job.type.in_(types_run_by("model-worker"))
+        & (Job.model.in_(warm) | (Job.created_at < _now() - cold_after))
+    )
 
 
 @dataclass(frozen=True)
@@ -210,11 +220,7 @@ class JobStore:
         """Queued model-worker jobs, best priority then oldest, taken queued -> running in one UPDATE:
         those of models warm here at once, the others once they waited `cold_after` (then this worker
         loads the model). Workers racing for a row cannot both win: the UPDATE re-checks `queued`."""
-        claimable = (
-            (Job.status == "queued")
-            & Job.type.in_(types_run_by("model-worker"))
-            & (Job.model.in_(warm) | (Job.created_at < _now() - cold_after))
-        )
+        claimable = _claimable(warm, cold_after)
         candidates = (
             select(Job.id)
             .where(claimable)
@@ -246,11 +252,7 @@ class JobStore:
 
     def has_claimable(self, warm: list[str], cold_after: timedelta) -> bool:
         """One cheap indexed look, for an idle worker's poll."""
-        claimable = (
-            (Job.status == "queued")
-            & Job.type.in_(types_run_by("model-worker"))
-            & (Job.model.in_(warm) | (Job.created_at < _now() - cold_after))
-        )
+        claimable = _claimable(warm, cold_after)
         with self.db.session() as s:
             return s.scalar(select(Job.id).where(claimable).limit(1)) is not None
 
