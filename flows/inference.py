@@ -57,7 +57,7 @@ async def run_inference_job(job_id: str, type: str, model: str, owner: str, prio
     pump = runtime.pump
     job, cancelled, work = pump.claimed[job_id], pump.cancelled[job_id], pump.started.pop(job_id, None)
     status = await runtime.runner.execute(job, cancelled, run_id, final_try, work)
-    for i, path in enumerate(await runtime.runner.stored_images(job_id)):
+    for i, path in enumerate(await runtime.runner.stored_images(job, status)):
         await acreate_image_artifact(image_url=runtime.runner.image_url(path), description=f"job {job_id}, image {i}")
     if status == "cancelled":
         return Cancelled(message=f"job {job_id} was cancelled by its owner")

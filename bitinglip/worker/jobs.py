@@ -139,12 +139,12 @@ class JobRunner:
             return await self._finish(job, "failed", run_id, error=error)
         return await self._finish(job, status, run_id, result=result, engine_seconds=engine_seconds)
 
-    async def stored_images(self, job_id: str) -> list[str]:
-        """Paths of the PNGs an image job stored (none for other kinds)."""
-        job = await asyncio.to_thread(self.store.get, job_id)
-        if job.type != "image" or job.status != "completed":
+    async def stored_images(self, job: Job, status: str) -> list[str]:
+        """Paths of the PNGs a completed image job stored; other kinds and outcomes cost no read."""
+        if job.type != "image" or status != "completed":
             return []
-        return [img["path"] for img in (job.result or {}).get("images", [])]
+        stored = await asyncio.to_thread(self.store.get, job.id)
+        return [img["path"] for img in (stored.result or {}).get("images", [])]
 
     def image_url(self, path: str) -> str:
         """A signed, expiring link: the Prefect UI shows the image without the owner's key."""
