@@ -209,7 +209,10 @@ def test_pulling_a_model_shows_its_progress_live(page: Page, platform: Platform,
         page.get_by_test_id("models-table").get_by_role("cell", name=name, exact=True).wait_for()
         texts: list[str] = page.evaluate("window.pullTexts")
         percents = [int(m.group(1)) for t in texts if (m := re.search(r"(\d+)%$", t))]
-        assert percents == sorted(percents) and any(0 < p < 100 for p in percents), texts  # it moved, forward
+        # forward only; how many steps between 0% and 100% the page catches depends on how fast this machine
+        # copies 96 MB against the event stream's looks (a fast disk may show none), so the next line checks
+        # liveness: a running state reached the page, pushed, before the final one
+        assert percents == sorted(percents), texts
         phases = "fetching|verifying and installing"
         line = re.compile(rf"^({phases}) · [\d.]+ MB of 96\.0 MB · \d of 4 files · \d+%$")
         assert any(line.match(t) for t in texts[:-1]), texts  # what was done of what, while it ran
