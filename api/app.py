@@ -44,6 +44,7 @@ from bitinglip.jobs.reaper import Reaper
 from bitinglip.jobs.store import JobStore
 from bitinglip.models import registry
 from bitinglip.models.store import ModelStore
+from bitinglip.result_cache import ResultCache
 from bitinglip.results import ResultStore
 from bitinglip.serving.serving import OpenAIServing
 from flows.submit import submit_run
@@ -64,7 +65,7 @@ def build_state(settings: Settings, window: GatewayMetrics) -> GatewayState:
         redispatch_after=timedelta(seconds=settings.job_redispatch_after_s),
     )
     results = ResultStore(settings)
-    inference = InferenceService(settings, models, workers, client, results)
+    inference = InferenceService(settings, models, workers, client, results, ResultCache(settings))
     files = FileService(settings, FileStore(db), results)
     limiter = Limiter(settings, db)  # rate limits in memory or Redis; quotas in the DB's usage ledger
     return GatewayState(

@@ -21,6 +21,7 @@ from api.workers.service import WorkerDirectory
 from bitinglip.auth.principal import Principal
 from bitinglip.config import Settings
 from bitinglip.models.access import bind_caller
+from bitinglip.result_cache import CacheUse
 from bitinglip.serving.serving import OpenAIServing
 
 
@@ -74,8 +75,14 @@ def _settings(state: StateDep) -> Settings:
     return state.settings
 
 
-def _metered(state: StateDep, who: PrincipalDep) -> MeteredInference:
-    return MeteredInference(state.inference, state.limiter, who)
+def _metered(state: StateDep, who: PrincipalDep, request: Request, response: Response) -> MeteredInference:
+    """`Cache-Control: no-cache|no-store` opts out of the result cache; `X-Cache` says what it did."""
+
+    def report(outcome: str) -> None:
+        response.headers["X-Cache"] = outcome
+
+    use = CacheUse.from_header(request.headers.get("cache-control"), report)
+    return MeteredInference(state.inference, state.limiter, who, use)
 
 
 def _jobs(state: StateDep) -> JobService:

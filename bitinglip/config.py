@@ -127,6 +127,18 @@ class Settings(BaseSettings):
         default=None, description="Rate limits and quotas in Redis (replicated gateways); default in memory."
     )
     redis_prefix: str = Field(default="bitinglip", description="Prefix of every Redis key we write.")
+    result_cache_ttl_s: float = Field(
+        default=600,
+        ge=0,
+        description="How long a deterministic answer (greedy or seeded text, embeddings) is replayed to the same "
+        "user for the same request; 0 turns the result cache off. In Redis when `BITINGLIP_REDIS_URL` is set.",
+    )
+    result_cache_max_bytes: int = Field(
+        default=64 << 20, ge=0, description="Size of the in-memory result cache per gateway (least recent go first)."
+    )
+    result_cache_entry_max_bytes: int = Field(
+        default=1 << 20, ge=0, description="Larger answers are not stored in the result cache."
+    )
 
     # -- Prefect
     prefect_host: str = "127.0.0.1"
@@ -134,6 +146,17 @@ class Settings(BaseSettings):
     prefect_api_url: str | None = Field(default=None, description="External Prefect API; default local.")
     prefect_database_url: str | None = Field(
         default=None, description="Prefect server DB, e.g. postgresql+asyncpg://...; default SQLite."
+    )
+    pool_poll_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often the pool workers ask Prefect for flow runs to start (batches, downloads, purges): "
+        "lower starts them sooner at an idle cost to Prefect's server (docs/architecture.md §3.22).",
+    )
+    prefect_lean: bool = Field(
+        default=True,
+        description="Prefect's server runs only the services the platform uses, at relaxed intervals (its idle "
+        "cost: docs/architecture.md §3.22); false: Prefect's defaults, automations included.",
     )
     prefect_redis_url: str | None = Field(
         default=None, description="Prefect messaging, cache and leases on Redis (prefect-redis), e.g. redis://h:6379/1."
@@ -481,7 +504,7 @@ class Settings(BaseSettings):
             "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": self.prefect_ui_url,
             "PREFECT_LOCAL_STORAGE_PATH": str(self.results_dir / "prefect"),
             "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
-            "PREFECT_WORKER_QUERY_SECONDS": "2",
+            "PREFECT_WORKER_QUERY_SECONDS": f"{self.pool_poll_s:g}",
             "PREFECT_LOGGING_LEVEL": "INFO",  # run logs at INFO are what the Prefect UI shows per run
             "HF_HUB_OFFLINE": "1",
             "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -492,6 +515,8 @@ class Settings(BaseSettings):
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.prefect_database_url or (
             f"sqlite+aiosqlite:///{self.prefect_home / 'prefect.db'}"
         )
+        if self.prefect_lean:
+            env.update(LEAN_PREFECT)
         if self.prefect_auth_string is not None:
             auth = self.prefect_auth_string.get_secret_value()
             env["PREFECT_API_AUTH_STRING"] = auth
@@ -507,6 +532,21 @@ class Settings(BaseSettings):
                 }
             )
         return env
+
+
+# What an idle Prefect server does, cut to what the platform needs (docs/architecture.md §3.22): no automations
+# (the platform defines none) and no pause expirations (its flows never pause); the housekeeping loops that
+# poll the database every 5-20 s by default run once a minute. Event and task-run recording are untouched.
+LEAN_PREFECT = {
+    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "60",
+    "PREFECT_SERVER_SERVICES_CLEANUP_RECONCILER_LOOP_SECONDS": "60",
+    "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "60",
+    "PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS": "60",
+    "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "60",
+    "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS": "60",
+}
 
 
 @lru_cache(maxsize=1)

@@ -28,6 +28,9 @@ GATEWAY_REJECTED = Counter(
     "bitinglip_gateway_rejected_total", "Requests refused for load: rate limits, full queues, no worker.", ["reason"]
 )
 JOBS_SUBMITTED = Counter("bitinglip_jobs_submitted_total", "Async jobs accepted.", ["type"])
+RESULT_CACHE = Counter(
+    "bitinglip_result_cache_total", "Sync answers by result-cache outcome (hit, miss, bypass).", ["answer", "outcome"]
+)
 
 # -- model worker
 TTFT = Histogram("bitinglip_time_to_first_token_seconds", "Time to first token.", ["model"], buckets=LATENCY)

@@ -16,6 +16,7 @@ log by size (`child_logs`); test harnesses keep the plain defaults."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -298,6 +299,9 @@ class Supervisor:
         """As a subreaper we adopt the orphans of our children: wait for those that exited (no
         zombies pile up), and on the final sweep (`kill`) end every one still running."""
         ours = {c.process.pid for c in self.children}
+        if not kill:
+            self._reap_exited_orphans(ours)
+            return
         try:
             adopted = [p for p in psutil.Process().children() if p.pid not in ours]
         except psutil.Error:
@@ -310,6 +314,20 @@ class Supervisor:
                     os.waitpid(process.pid, os.WNOHANG)
             except (psutil.Error, ChildProcessError):
                 pass
+
+    @staticmethod
+    def _reap_exited_orphans(ours: set[int]) -> None:
+        """Reap adopted children that exited, without scanning /proc (that cost ~0.4% of a core at two
+        checks a second): waitid peeks at one exited child without reaping it; our own are left to poll()."""
+        while True:
+            try:
+                exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if exited is None or exited.si_pid in ours:
+                return
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(exited.si_pid, os.WNOHANG)
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

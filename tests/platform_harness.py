@@ -207,6 +207,7 @@ def platform_settings(home: Path, fast_heartbeat: bool = True) -> Settings:
             "job_orphan_after_s": 4.0,
             "reaper_interval_s": 1.0,
             "job_redispatch_after_s": 8.0,
+            "pool_poll_s": 2.0,  # batches and downloads start within 2 s, not 10
             "console_events_interval_s": 0.25,  # the console's live view samples progress often enough to see it move
         }
         if fast_heartbeat

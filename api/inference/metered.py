@@ -28,6 +28,7 @@ from bitinglip.auth.usage import (
 )
 from bitinglip.errors import BitingLipError
 from bitinglip.outputs import GeneratedImage, TextStreamDelta, TextStreamEvent, TextStreamResult
+from bitinglip.result_cache import DEFAULT_USE, CacheUse
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 
 T = TypeVar("T")
@@ -77,10 +78,13 @@ class Reservation:
 
 
 class MeteredInference:
-    def __init__(self, inner: InferenceService, limiter: Limiter, who: Principal) -> None:
+    def __init__(
+        self, inner: InferenceService, limiter: Limiter, who: Principal, cache: CacheUse = DEFAULT_USE
+    ) -> None:
         self.inner = inner
         self.limiter = limiter
         self.who = who
+        self.cache = cache  # a replayed answer is charged what it reports, like the call it replays
 
     @property
     def _default_max_tokens(self) -> int:
@@ -102,13 +106,15 @@ class MeteredInference:
         params.check_limits(self.inner.settings)  # a 400 before a 429: an oversize request reserves nothing
         amount = text_tokens_estimate(params, self._default_max_tokens)
         return await self._metered(
-            "tokens", amount, lambda: self.inner.generate_text(params), lambda r: r.usage.total_tokens
+            "tokens", amount, lambda: self.inner.generate_text(params, self.cache), lambda r: r.usage.total_tokens
         )
 
     async def embed(self, params: EmbeddingParams) -> RoutedEmbeddings:
         params.check_limits(self.inner.settings)  # a request that can never run is a 400, never a 429
         amount = embedding_tokens_estimate(params.texts())
-        return await self._metered("tokens", amount, lambda: self.inner.embed(params), lambda r: r.usage.total_tokens)
+        return await self._metered(
+            "tokens", amount, lambda: self.inner.embed(params, self.cache), lambda r: r.usage.total_tokens
+        )
 
     async def images(self, params: ImageParams, response_format: str) -> tuple[str, str, list[GeneratedImage]]:
         params.check_limits(self.inner.settings)

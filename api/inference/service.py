@@ -19,6 +19,7 @@ from api.workers.client import WorkerClient
 from api.workers.service import WorkerDirectory
 from bitinglip import signed_urls
 from bitinglip.config import Settings
+from bitinglip.db.tables import ModelRecord
 from bitinglip.db.workers import WorkerInfo
 from bitinglip.errors import BitingLipError, NoRoomToLoad, RemoteError, ServiceUnavailable
 from bitinglip.models import access
@@ -30,6 +31,7 @@ from bitinglip.outputs import (
     TextStreamError,
     TextStreamEvent,
 )
+from bitinglip.result_cache import DEFAULT_USE, CacheUse, ResultCache, cache_key, deterministic
 from bitinglip.results import ResultStore
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 from bitinglip.types import Priority
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 A = TypeVar("A", TextGeneration, Embeddings, ImageGeneration)
 T = TypeVar("T")
 
+CACHE_WORKER = "cache"  # the `worker` of an answer replayed from the result cache
 WORKERS_TRIED = 3  # per request, at most: a failover bounds latency, it does not scan a large cluster
 
 
@@ -64,34 +67,36 @@ class InferenceService:
         workers: WorkerDirectory,
         client: WorkerClient,
         results: ResultStore,
+        cache: ResultCache,
     ) -> None:
         self.settings = settings
+        self.cache = cache
         self.results = results
         self.models = models
         self.workers = workers
         self.client = client
 
-    async def _target(self, params: TextGenerationParams) -> tuple[str, dict[str, Any]]:
+    async def _target(self, params: TextGenerationParams) -> tuple[ModelRecord, dict[str, Any]]:
         params.check_limits(self.settings)
         record = await self.models.resolve(params.model or self.settings.default_text_model, "text")
         payload = params.model_dump(exclude_none=True, mode="json")
         # the tenant scopes the worker's prompt-prefix cache: another user's prompt is never reused,
         # so its timing or `cached_tokens` cannot tell one user what another just sent
         payload.update(model=record.id, priority=int(Priority.SYNC), tenant=access.current_caller().username)
-        return record.id, payload
+        return record, payload
 
-    async def generate_text(self, params: TextGenerationParams) -> TextInferenceResponse:
-        model_id, payload = await self._target(params)
-        result, worker = await self._call(model_id, "/internal/v1/text", payload, TextGeneration)
-        return TextInferenceResponse.of(model_id, worker, result)
+    async def generate_text(self, params: TextGenerationParams, use: CacheUse = DEFAULT_USE) -> TextInferenceResponse:
+        record, payload = await self._target(params)
+        result, worker = await self._cached_call(use, record, "/internal/v1/text", payload, TextGeneration)
+        return TextInferenceResponse.of(record.id, worker, result)
 
-    async def embed(self, params: EmbeddingParams) -> RoutedEmbeddings:
+    async def embed(self, params: EmbeddingParams, use: CacheUse = DEFAULT_USE) -> RoutedEmbeddings:
         record = await self.models.resolve(params.model or self.settings.default_embedding_model, "embedding")
         params.check_limits(self.settings)
         payload = {"model": record.id, "input": params.texts(), "priority": int(Priority.SYNC)}
         if params.keep_alive is not None:
             payload["keep_alive"] = params.keep_alive
-        result, worker = await self._call(record.id, "/internal/v1/embeddings", payload, Embeddings)
+        result, worker = await self._cached_call(use, record, "/internal/v1/embeddings", payload, Embeddings)
         return RoutedEmbeddings.of(record.id, worker, result)
 
     async def generate_image(self, params: ImageParams) -> RoutedImages:
@@ -137,6 +142,31 @@ class InferenceService:
         result.timings.gateway_seconds = round(time.perf_counter() - started, 5)
         return result, worker.id
 
+    async def _cached_call(
+        self, use: CacheUse, record: ModelRecord, path: str, payload: dict[str, Any], answer: type[A]
+    ) -> tuple[A, str]:
+        """`_call` through the result cache when the request is deterministic. A replayed answer has zero
+        engine timings and `worker` "cache": no engine worked for it."""
+        started = time.perf_counter()
+        served_by = CACHE_WORKER
+
+        async def on_a_worker() -> A:
+            nonlocal served_by
+            result, worker = await self._with_failover(record.id, path, payload, answer)
+            served_by = worker.id
+            return result
+
+        def key() -> str:
+            owner = access.current_caller().username
+            return cache_key(self.settings.redis_prefix, path, owner, record, payload)
+
+        result, replayed = await self.cache.through(use, key if deterministic(payload) else None, answer, on_a_worker)
+        if replayed:
+            engine_side = {name: 0 for name in type(result.timings).model_fields if name != "gateway_seconds"}
+            result.timings = result.timings.model_copy(update=engine_side)
+        result.timings.gateway_seconds = round(time.perf_counter() - started, 5)
+        return result, served_by
+
     async def _with_failover(
         self, model_id: str, path: str, payload: dict[str, Any], answer: type[A]
     ) -> tuple[A, WorkerInfo]:
@@ -169,7 +199,8 @@ class InferenceService:
     async def stream_text(self, params: TextGenerationParams) -> tuple[str, AsyncIterator[TextStreamEvent]]:
         """Resolves and connects before returning, so errors up to the first token are real HTTP
         errors; the iterator then yields the worker's events."""
-        model_id, payload = await self._target(params)
+        record, payload = await self._target(params)
+        model_id = record.id
 
         async def connect(worker: WorkerInfo) -> tuple[AsyncGenerator[TextStreamEvent, None], TextStreamEvent]:
             events = self.client.stream_text(worker, payload)
