@@ -24,6 +24,7 @@ from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact,
 from prefect.context import TaskRunContext
 from prefect.filesystems import RemoteFileSystem
 from prefect.runtime import flow_run
+from prefect.states import Cancelled, State
 
 from bitinglip.batches.files import FileStore, new_file_id
 from bitinglip.batches.format import (
@@ -344,7 +345,7 @@ def _input_name(db: Database, params: dict[str, Any]) -> str:
         return str(params.get("input_file_id") or "input")
 
 
-async def _run_job(settings: Settings, job_id: str) -> dict[str, Any]:
+async def _run_job(settings: Settings, job_id: str) -> dict[str, Any] | State[Any]:
     """An API batch: the job row carries the input; outputs become files the owner can download."""
     db = Database(settings.gateway_db_url)
     jobs = JobStore(db)
@@ -380,6 +381,8 @@ async def _run_job(settings: Settings, job_id: str) -> dict[str, Any]:
             status = "cancelled" if outcome.stopped == "cancelled" else "completed"
             await asyncio.to_thread(job.finish, status, result=result, progress={"phase": status, **outcome.counts()})
         await _summary(outcome, {"batch": job_id, "input": label, "owner": record.owner}, files)
+        if status == "cancelled":  # the run says so too, not Completed (its outputs so far are kept)
+            return Cancelled(message=f"batch {job_id} was cancelled by its owner", data=result)
         return result
     finally:
         batch_quota.bind_ledger(None)
@@ -443,7 +446,7 @@ async def batch_inference(
     input_path: str | None = None,
     output_path: str | None = None,
     endpoint: str | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State[Any]:
     """With `job_id`: the API batch it names. Otherwise every file matching `input_path` (a path,
     URL or glob; local or s3://) is run into `output_path/<file stem>/` (`{date}` is filled in):
     that is how scheduled deployments run."""
