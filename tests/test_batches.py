@@ -206,7 +206,7 @@ def test_a_batch_run_is_named_after_its_input_file_and_its_artifacts_describe_th
 ) -> None:
     """Found in the Prefect UI by file name, owner and type; the progress artifact names the batch (no
     server path), and the summary is a two-column table with a label on every row."""
-    filename = "..\\Q3 «leads» <img src=x>\x07.jsonl"  # as a hostile client may name an upload
+    filename = "..\\Q3 «leads» <img src=x>.jsonl"  # as a hostile client may name an upload
     lines = [chat_line(f"n-{i}", f"Name a colour {i}.") for i in range(4)] + ["{not json"]
     upload = sdk.files.create(file=(filename, jsonl(lines)), purpose="batch")
     batch = sdk.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
