@@ -21,6 +21,7 @@ from api.files import router as files_router
 from api.files.service import FileService
 from api.inference import router as inference_router
 from api.inference.service import InferenceService
+from api.jobs import events as job_events
 from api.jobs import router as jobs_router
 from api.jobs.service import JobService
 from api.models import router as models_router
@@ -160,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         auth_router.router,
         inference_router.router,
         jobs_router.router,
+        job_events.router,
         models_router.router,
         workers_router.router,
         openai_router.router,

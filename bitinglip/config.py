@@ -63,7 +63,7 @@ class Settings(BaseSettings):
         default=None, description="The built web console served at /ui; default: the project's web/dist."
     )
     console_events_interval_s: float = Field(
-        default=1.0, gt=0, le=60, description="How often the console's event stream looks for changes."
+        default=1.0, gt=0, le=60, description="How often event streams (the console's, a job's) look for changes."
     )
 
     # -- security

@@ -10,6 +10,7 @@ from bitinglip.config import Settings
 from bitinglip.models import installer
 from bitinglip.models.backends import RequestedBackend
 from bitinglip.models.catalog import Task
+from bitinglip.models.install_spec import resolve_install
 
 _LABELS = {"fetch": "fetching", "convert": "converting to safetensors", "install": "verifying + installing"}
 
@@ -49,11 +50,20 @@ def pull_with_progress(
     backend: RequestedBackend = "auto",
     task_type: Task | None = None,
 ) -> dict[str, object]:
+    from prefect import tags
+
     from flows.download import download_model
 
-    with install_progress(console) as progress:
+    spec = resolve_install(settings, name, source, revision, task_type, backend)  # refused before any run
+    with install_progress(console) as progress, tags(*cli_run_tags(settings, "download", spec.model_id)):
         remove = installer.add_progress_listener(PhaseBars(progress, name))
         try:
             return download_model(name=name, source=source, revision=revision, task_type=task_type, backend=backend)
         finally:
             remove()
+
+
+def cli_run_tags(settings: Settings, kind: str, model: str) -> list[str]:
+    """A run the CLI starts in its own process carries the tags a dispatched one does (flows/submit.py),
+    so the Prefect UI finds it by owner too: the home's admin, whose platform the local CLI runs."""
+    return ["bitinglip", kind, f"model:{model}", f"owner:{settings.admin_username}", "via:cli"]

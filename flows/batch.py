@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -23,6 +24,7 @@ from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact,
 from prefect.context import TaskRunContext
 from prefect.filesystems import RemoteFileSystem
 from prefect.runtime import flow_run
+from prefect.states import Cancelled, State
 
 from bitinglip.batches.files import FileStore, new_file_id
 from bitinglip.batches.format import (
@@ -197,7 +199,9 @@ async def _run_batch(
     may_use: access.ModelCheck | None = None,
     meter: ChunkMeter | None = None,
     owner: str | None = None,
+    label: str = "input",
 ) -> BatchOutcome:
+    """`label`: the input as people know it (the uploaded file's name), never a server path."""
     outcome = BatchOutcome()
     results = ResultStore(settings)
     pool = _model_pool(settings)
@@ -217,7 +221,11 @@ async def _run_batch(
     planned = chunks(parsed.items, settings.batch_chunk_size)
     outcome.chunks_total = len(planned)
     print(f"{outcome.total} requests: {len(parsed.items)} valid in {len(planned)} chunks, {outcome.failed} invalid")
-    artifact = cast(UUID, await acreate_progress_artifact(0.0, description=f"batch {input_url}"))
+    described = f"batch {job.job_id} · {label}" if job is not None else f"batch {label}"
+    described += (
+        f": {outcome.total} requests, {len(parsed.items)} valid in {len(planned)} chunks, {outcome.failed} invalid"
+    )
+    artifact = cast(UUID, await acreate_progress_artifact(0.0, description=described))
     report("in_progress")
     quota_out = False  # once the owner's quota runs out, the remaining lines fail without running
     for index, items in enumerate(planned):
@@ -287,16 +295,57 @@ async def _within_quota(
     return runs, pending
 
 
-async def _summary(outcome: BatchOutcome, where: dict[str, str | None]) -> None:
-    rows = [
-        {"": "requests", **{k: str(v) for k, v in outcome.counts().items()}},
-        {"": "chunks", **{k: str(v) for k, v in outcome.chunk_counts().items()}},
-    ]
-    rows += [{"": name, "total": str(path or "-")} for name, path in where.items()]
-    await acreate_table_artifact(rows, description="batch summary")
+def summary_rows(outcome: BatchOutcome, heading: dict[str, str], where: dict[str, str | None]) -> list[dict[str, str]]:
+    """The summary table: one labelled row per figure, two columns, so it fits the Prefect UI's page."""
+    chunks_done = outcome.chunk_counts()
+    figures = {
+        **heading,
+        "requests": str(outcome.total),
+        "completed": str(outcome.completed),
+        "failed": str(outcome.failed),
+        "chunks": f"{chunks_done['done']} of {chunks_done['total']} ({chunks_done['cached']} from cache)",
+        **{name: str(value or "-") for name, value in where.items()},
+    }
+    if outcome.stopped is not None:
+        figures["stopped"] = outcome.stopped
+    return [{"item": name, "value": value} for name, value in figures.items()]
 
 
-async def _run_job(settings: Settings, job_id: str) -> dict[str, Any]:
+async def _summary(outcome: BatchOutcome, heading: dict[str, str], where: dict[str, str | None]) -> None:
+    await acreate_table_artifact(summary_rows(outcome, heading, where), description="batch summary")
+
+
+def file_label(name: str, limit: int = 60) -> str:
+    """A file name as a run name or artifact shows it: its last path part, printable characters only
+    (no markup, no control characters), at most `limit` long; `input` when nothing is left."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = re.sub(r"[^\w.\-* ]+", "_", base, flags=re.UNICODE).strip(" ._")
+    cleaned = re.sub(r"\s+", " ", cleaned)
+    if len(cleaned) > limit:
+        cleaned = cleaned[: limit - 1].rstrip() + "…"
+    return cleaned or "input"
+
+
+async def _name_run(name: str) -> None:
+    """The flow run takes the batch's name once its input is known; a Prefect hiccup leaves the first one."""
+    from prefect import get_client
+
+    try:
+        async with get_client() as client:
+            await client.update_flow_run(flow_run_id=UUID(str(flow_run.get_id())), name=name)
+    except Exception as exc:
+        get_run_logger().warning("could not rename the run to %r: %s", name, exc)
+
+
+def _input_name(db: Database, params: dict[str, Any]) -> str:
+    """The uploaded input file's name (its id when the file is gone)."""
+    try:
+        return FileStore(db).get(str(params["input_file_id"])).filename
+    except (BitingLipError, KeyError):
+        return str(params.get("input_file_id") or "input")
+
+
+async def _run_job(settings: Settings, job_id: str) -> dict[str, Any] | State[Any]:
     """An API batch: the job row carries the input; outputs become files the owner can download."""
     db = Database(settings.gateway_db_url)
     jobs = JobStore(db)
@@ -307,6 +356,8 @@ async def _run_job(settings: Settings, job_id: str) -> dict[str, Any]:
                 return {"skipped": job.skipped}
             with job.failing():
                 params = record.params
+                label = file_label(await asyncio.to_thread(_input_name, db, params))
+                await _name_run(f"batch {label} · {record.owner}")
                 may_use = await asyncio.to_thread(access.job_access, db, record.owner, params.get("key_id"))
                 meter = await asyncio.to_thread(
                     batch_quota.meter_for, db, settings, job_id, record.owner, params.get("key_id")
@@ -321,6 +372,7 @@ async def _run_job(settings: Settings, job_id: str) -> dict[str, Any]:
                     may_use,
                     meter,
                     record.owner,
+                    label,
                 )
                 if outcome.stopped == "lost" or job.lost.is_set():  # another run owns the outputs now
                     return {"stopped": "another run holds this batch now"}
@@ -328,7 +380,9 @@ async def _run_job(settings: Settings, job_id: str) -> dict[str, Any]:
             result = {**files, "request_counts": outcome.counts(), "chunks": outcome.chunk_counts()}
             status = "cancelled" if outcome.stopped == "cancelled" else "completed"
             await asyncio.to_thread(job.finish, status, result=result, progress={"phase": status, **outcome.counts()})
-        await _summary(outcome, files)
+        await _summary(outcome, {"batch": job_id, "input": label, "owner": record.owner}, files)
+        if status == "cancelled":  # the run says so too, not Completed (its outputs so far are kept)
+            return Cancelled(message=f"batch {job_id} was cancelled by its owner", data=result)
         return result
     finally:
         batch_quota.bind_ledger(None)
@@ -377,13 +431,22 @@ def _dated(template: str) -> str:
     return template.replace("{date}", day.isoformat())
 
 
-@flow(name="batch-inference", flow_run_name="batch {job_id}", log_prints=True)
+def _first_run_name() -> str:
+    """An API batch is renamed after its input file once the run has read its job (`_run_job`); a
+    scheduled one is named after its input pattern's file name."""
+    parameters = flow_run.parameters
+    if parameters.get("job_id"):
+        return f"batch job {parameters['job_id']}"
+    return f"batch {file_label(str(parameters.get('input_path') or 'input'))}"
+
+
+@flow(name="batch-inference", flow_run_name=_first_run_name, log_prints=True)
 async def batch_inference(
     job_id: str | None = None,
     input_path: str | None = None,
     output_path: str | None = None,
     endpoint: str | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State[Any]:
     """With `job_id`: the API batch it names. Otherwise every file matching `input_path` (a path,
     URL or glob; local or s3://) is run into `output_path/<file stem>/` (`{date}` is filled in):
     that is how scheduled deployments run."""
@@ -397,13 +460,13 @@ async def batch_inference(
         chunk_task = await _chunk_task(settings)
         for url in await asyncio.to_thread(expand, settings, input_path):
             started = time.perf_counter()
-            outcome = await _run_batch(settings, chunk_task, url, endpoint, None)
             stem = url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".jsonl")
+            outcome = await _run_batch(settings, chunk_task, url, endpoint, None, label=file_label(stem))
             folder = f"{_dated(output_path).rstrip('/')}/{stem}"
             where: dict[str, str | None] = {"output": f"{folder}/output.jsonl", "errors": f"{folder}/errors.jsonl"}
             await asyncio.to_thread(write_url, settings, f"{folder}/output.jsonl", to_jsonl(outcome.outputs))
             await asyncio.to_thread(write_url, settings, f"{folder}/errors.jsonl", to_jsonl(outcome.errors))
-            await _summary(outcome, where)
+            await _summary(outcome, {"input": file_label(stem)}, where)
             summary[url] = {
                 **where,
                 "request_counts": outcome.counts(),

@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import EMBEDDING_MODEL, TEXT_MODEL, S3Server
 from tests.platform_harness import Platform
+from tests.prefect_runs import artifacts_of, flow_run, flow_runs_tagged, table_rows
 
 
 def chat_line(custom_id: str, content: str, max_tokens: int = 4) -> dict[str, Any]:
@@ -196,6 +197,41 @@ def test_cancel_stops_after_the_chunk_in_flight_and_keeps_partial_results(
     outputs = parse(sdk.files.content(done.output_file_id).text)
     assert len(outputs) == done.request_counts.completed
     assert len({o["custom_id"] for o in outputs}) == len(outputs)
+    run = flow_run(platform, _claimant(_job(platform, batch.id)))
+    assert run.state.type.value == "CANCELLED"  # the run says what became of the batch, not Completed
+
+
+def test_a_batch_run_is_named_after_its_input_file_and_its_artifacts_describe_the_batch(
+    platform: Platform, sdk: openai.OpenAI
+) -> None:
+    """Found in the Prefect UI by file name, owner and type; the progress artifact names the batch (no
+    server path), and the summary is a two-column table with a label on every row."""
+    filename = "..\\Q3 «leads» <img src=x>.jsonl"  # as a hostile client may name an upload
+    lines = [chat_line(f"n-{i}", f"Name a colour {i}.") for i in range(4)] + ["{not json"]
+    upload = sdk.files.create(file=(filename, jsonl(lines)), purpose="batch")
+    batch = sdk.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    done = wait_batch(sdk, batch.id)
+    assert done.status == "completed", done
+    job = _job(platform, batch.id)
+    run = flow_run(platform, _claimant(job))
+    label = "Q3 _leads_ _img src_x_.jsonl"
+    assert run.name == f"batch {label} · {job['owner']}"
+    assert {"bitinglip", "batch", f"owner:{job['owner']}"} <= set(run.tags)
+    assert run.parameters == {"job_id": batch.id}
+    (tagged,) = [r for r in flow_runs_tagged(platform, f"owner:{job['owner']}", "batch", count=1) if r.id == run.id]
+    assert tagged.name == run.name
+
+    artifacts = artifacts_of(platform, str(run.id), ("progress", "table"))
+    progress = artifacts["progress"]
+    assert progress.description == f"batch {batch.id} · {label}: 5 requests, 4 valid in 1 chunks, 1 invalid"
+    assert progress.data == 100.0
+    assert str(platform.settings.home_dir) not in progress.description and "s3://" not in progress.description
+    rows = table_rows(artifacts["table"])
+    assert all(set(row) == {"item", "value"} for row in rows), rows
+    figures = {row["item"]: row["value"] for row in rows}
+    assert figures["batch"] == batch.id and figures["input"] == label and figures["owner"] == job["owner"]
+    assert (figures["requests"], figures["completed"], figures["failed"]) == ("5", "4", "1")
+    assert figures["output_file_id"] == done.output_file_id and figures["error_file_id"] == done.error_file_id
 
 
 def test_bad_files_and_batches_get_clear_errors(platform: Platform, sdk: openai.OpenAI) -> None:

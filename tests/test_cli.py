@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import EMBEDDING_MODEL
 from tests.platform_harness import Platform, free_port
+from tests.prefect_runs import flow_run, flow_runs_tagged
 
 
 def cli(platform: Platform, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -207,6 +208,11 @@ def test_models_pull_from_a_source_takes_a_task(platform: Platform) -> None:
     pulled = cli(platform, "models", "pull", name, "--source", source, "--task", "embedding", timeout=300)
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     assert f"installed {name}@" in pulled.stdout
+    # a run the CLI starts in its own process is tagged like the API's, with the home's admin as owner
+    admin = platform.settings.admin_username
+    (run,) = flow_runs_tagged(platform, f"owner:{admin}", "via:cli", f"model:{name}@main")
+    assert run.name == f"download {name}" and run.state.type.value == "COMPLETED"
+    assert {"bitinglip", "download"} <= set(run.tags)
     try:
         shown = cli(platform, "models", "show", name)
         assert shown.returncode == 0 and "embedding" in shown.stdout
@@ -232,6 +238,11 @@ def test_models_pull_follows_a_download_on_a_remote_gateway(platform: Platform) 
         assert (
             job["progress"]["fraction"] == 1.0 and job["progress"]["bytes_done"] == job["progress"]["bytes_total"] > 0
         )
+        # the flow run the gateway's dispatcher started: found by its owner, model and type; the job id a parameter
+        run = flow_run(platform, job["prefect_run_id"])
+        assert {"bitinglip", "download", f"model:{job['model']}", f"owner:{job['owner']}"} <= set(run.tags)
+        assert run.parameters["job_id"] == job["id"] and run.name == f"download {name}"
+        assert "via:cli" not in run.tags
     finally:
         assert cli(platform, "models", "rm", name, "--force").returncode == 0
     failed = _run(remote, "models", "pull", name, "--source", source, "--task", "embedding", "--backend", "llama.cpp")

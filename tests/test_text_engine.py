@@ -158,6 +158,38 @@ def test_a_preempted_row_restarts_and_gives_the_same_answer(engine: TextEngine) 
     assert engine.running_requests() == []
 
 
+def test_a_watched_async_jobs_row_is_still_preempted_and_its_text_never_repeats(engine: TextEngine) -> None:
+    """An async job's text goes to its token log (worker/tokens.py) through a sink that takes a restart:
+    its row makes way for interactive requests like any background row, and the log, told of the
+    restart, skips the text it already has, so the watched pieces add up to the result exactly."""
+    import asyncio
+
+    from bitinglip.worker.tokens import TokenLog
+
+    async def scenario() -> None:
+        log = TokenLog(asyncio.get_running_loop())
+        job = TextRequest(
+            chat(engine, "Write a short story about the sea."),
+            greedy(max_tokens=20),
+            sink=lambda delta: log.add(delta.text),
+            on_restart=log.restart,
+        )
+        done = {id(req): result for req, result in engine.step([job])}
+        for _ in range(6):
+            done.update({id(req): result for req, result in engine.step([])})
+        assert engine.preempt([job]) == [job] and engine.running_requests() == []
+        done.update({id(req): result for req, result in engine.step([job])})
+        for _ in range(60):
+            if done:
+                break
+            done.update({id(req): result for req, result in engine.step([])})
+        log.close()
+        pieces = [piece async for piece in log.follow() if piece is not None]
+        assert len(pieces) > 1 and "".join(text for _, text in pieces) == done[id(job)].text
+
+    asyncio.run(scenario())
+
+
 # -- one request must not fail its batch (security item 4)
 
 # Temperatures and top_p values the HTTP schemas let through (or that only the engine sees): each must be

@@ -3,8 +3,10 @@ validated into the typed outputs (`bitinglip.outputs`) as they arrive."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -15,6 +17,7 @@ from bitinglip.http import REQUEST_ID, worker_auth_header
 from bitinglip.outputs import STREAM_EVENT, TextStreamEvent
 
 M = TypeVar("M", bound=BaseModel)
+TOKENS_READ_TIMEOUT_S = 30.0  # the worker sends a keep-alive line every 5 s while a job is quiet
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -92,3 +95,22 @@ class WorkerClient:
                         yield event
         except httpx.TransportError as exc:
             raise ServiceUnavailable(f"model worker {worker.id} unreachable", retry_after=2) from exc
+
+    async def follow_tokens(self, worker: WorkerInfo, job_id: str, after: int) -> AsyncGenerator[tuple[int, str], None]:
+        """(number, piece) of a running text job's text after the `after`th, until its work ends on
+        the worker; nothing when the job is not generating there (finished, or elsewhere). A worker that
+        goes silent (no keep-alive line for TOKENS_READ_TIMEOUT_S) or unreachable ends it too: the
+        caller reads the job's row next, which says what became of it."""
+        url = f"{worker.url}/internal/v1/jobs/{quote(job_id, safe='')}/tokens"
+        try:
+            async with self._http.stream(
+                "GET", url, params={"after": after}, timeout=httpx.Timeout(TOKENS_READ_TIMEOUT_S, connect=5.0)
+            ) as response:
+                if response.status_code != 200:
+                    return
+                async for line in response.aiter_lines():
+                    piece = json.loads(line) if line else {}
+                    if "n" in piece:
+                        yield int(piece["n"]), str(piece["text"])
+        except (httpx.TransportError, ValueError, KeyError, TypeError):
+            return

@@ -465,4 +465,4 @@ def _watch_batch(batch_id: str) -> dict[str, Any]:
 
 
 # Commands kept in their own modules, registered on `app` (they import the helpers above).
-from bitinglip.cli import objects, ops  # noqa: E402,F401
+from bitinglip.cli import jobwatch, objects, ops  # noqa: E402,F401

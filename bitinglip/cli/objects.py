@@ -14,7 +14,7 @@ from rich.table import Table
 
 from bitinglip.cli import _gateway, _segment, app, batch_app, console
 
-tasks_app = typer.Typer(help="Async jobs (POST /api/v1/tasks): list, show, cancel.", no_args_is_help=True)
+tasks_app = typer.Typer(help="Async jobs (POST /api/v1/tasks): list, show, cancel, watch.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")

@@ -377,9 +377,11 @@ class ModelPool:
         sink: Callable[[TextDelta], None] | None = None,
         cancelled: threading.Event | None = None,
         tenant: str | None = None,
+        on_restart: Callable[[], None] | None = None,
     ) -> TextResult:
         """Tokenize, check the context, queue for the next batch and wait for the result. `tenant`:
-        the user it runs for; engines share cached prompt work only between requests of one tenant."""
+        the user it runs for; engines share cached prompt work only between requests of one tenant.
+        `on_restart`: `sink` takes the text again from the start after this call (TextRequest)."""
         if params.prompt_chars() > self.settings.max_prompt_chars:
             raise InvalidRequest(f"prompt is longer than {self.settings.max_prompt_chars} characters", param="prompt")
         sampling = params.sampling(self.settings.default_max_tokens)
@@ -397,7 +399,7 @@ class ModelPool:
             grammar = params.grammar()
             # compiled off the compute thread (and off the loop: a first use builds the vocabulary)
             constraint = None if grammar is None else await asyncio.to_thread(engine.constraint, grammar)
-            item = TextRequest(input_ids, sampling, sink, tenant=tenant, constraint=constraint)
+            item = TextRequest(input_ids, sampling, sink, tenant=tenant, constraint=constraint, on_restart=on_restart)
             if cancelled is not None:
                 item.cancelled = cancelled
             try:

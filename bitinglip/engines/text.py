@@ -336,12 +336,16 @@ class TextEngine:
     def preempt(self, requests: list[TextRequest]) -> list[TextRequest]:
         """Set these requests aside for interactive ones (the batcher's call, between steps): their rows
         leave the batch and its cache, and start again from their prompt when admitted again (same
-        seed, same text). A row that has streamed text stays, as a restart would send it twice."""
+        seed, same text). A row that has streamed text stays, as a restart would send it twice, unless
+        its sink takes a restart (`on_restart`: an async job's watched text)."""
         if self._running is None:
             return []
         wanted = {id(r) for r in requests}
         rows = self._running.rows
-        out = [b for b, row in enumerate(rows) if id(row.request) in wanted and row.request.sink is None]
+        out = [b for b, row in enumerate(rows) if id(row.request) in wanted and _restartable(row.request)]
+        for b in out:
+            if (restarted := rows[b].request.on_restart) is not None:
+                restarted()
         if out:
             self._running.select([b for b in range(len(rows)) if b not in out])
             if not self._running.rows:
@@ -413,3 +417,8 @@ class TextEngine:
                 (self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(values, indices, strict=True)
             )
         return TokenLogprob(self.tokenizer.decode([token]), float(logp[token]), alternatives)
+
+
+def _restartable(request: TextRequest) -> bool:
+    """Whether a row may start again from its prompt: nothing streamed it, or its sink takes a restart."""
+    return request.sink is None or request.on_restart is not None

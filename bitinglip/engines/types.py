@@ -56,6 +56,9 @@ class TextRequest:
     tenant: str | None = None  # whose prompts it may share cached work with (the prefix cache)
     enqueued_at: float = field(default_factory=time.perf_counter)
     constraint: Constraint | None = None  # the grammar the reply follows (response_format, tools)
+    on_restart: Callable[[], None] | None = None
+    """Set when `sink` can take the text again from the start (told by this call first): an engine may
+    then restart the row from its prompt although it streamed (an async job's watched text)."""
 
 
 @dataclass

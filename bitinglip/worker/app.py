@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 from prometheus_client import make_asgi_app
 
@@ -18,7 +18,7 @@ from bitinglip.config import Settings
 from bitinglip.db.session import Database
 from bitinglip.engines.pool import ModelPool
 from bitinglip.engines.types import TextDelta
-from bitinglip.errors import BitingLipError
+from bitinglip.errors import BitingLipError, NotFound
 from bitinglip.http import WorkerTokenRequired, install_error_handlers, install_request_ids
 from bitinglip.jobs.store import JobStore
 from bitinglip.models import registry
@@ -35,6 +35,7 @@ from bitinglip.worker.schemas import (
     WorkerTextRequest,
     WorkerUnloadRequest,
 )
+from bitinglip.worker.tokens import TokenLog
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
         pumping = asyncio.create_task(pump.run(), name="job-pump") if serve_jobs else None
         app.state.pool = pool
         app.state.pump = pump
+        app.state.runner = runner
         app.state.heartbeat = heartbeat
         unregister = metrics.register_pool(metrics.PoolCollector(pool.snapshot, _gpu_memory))
         log.info("worker %s ready on %s (%s)", settings.worker_name, settings.worker_url, pool.device)
@@ -109,6 +111,17 @@ def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
     async def poke_jobs(request: Request) -> None:
         """A gateway just queued jobs: look for them now rather than at the next idle poll."""
         request.app.state.pump.poke()
+
+    @app.get("/internal/v1/jobs/{job_id}/tokens")
+    async def job_tokens(job_id: str, request: Request, after: int = Query(default=0, ge=0)) -> StreamingResponse:
+        """NDJSON: `{"n": N, "text": ...}` per piece of a running text job's text after the `after`th,
+        `{}` every few seconds while none comes; ends when the job's work ends here. 404: not running
+        here (finished, queued, or on another worker)."""
+        runner: JobRunner = request.app.state.runner
+        log = runner.tokens.get(job_id)
+        if log is None:
+            raise NotFound(f"job {job_id!r} is not generating text on this worker", param="job_id")
+        return StreamingResponse(_token_lines(log, after), media_type="application/x-ndjson")
 
     @app.post("/internal/v1/models/{model_id}/load")
     async def load_model(model_id: str, body: WorkerLoadRequest, request: Request) -> dict[str, Any]:
@@ -193,6 +206,11 @@ async def _stream(pool: ModelPool, body: WorkerTextRequest) -> AsyncIterator[byt
             generation.cancel()
             with suppress(asyncio.CancelledError, Exception):
                 await generation
+
+
+async def _token_lines(log: TokenLog, after: int) -> AsyncIterator[bytes]:
+    async for piece in log.follow(after):
+        yield b"{}\n" if piece is None else (json.dumps({"n": piece[0], "text": piece[1]}) + "\n").encode()
 
 
 def _gpu_memory() -> int | None:

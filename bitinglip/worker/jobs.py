@@ -26,6 +26,7 @@ from bitinglip.results import ResultStore
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 from bitinglip.signed_urls import result_link
 from bitinglip.types import Priority
+from bitinglip.worker.tokens import JobTokens
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class JobRunner:
         self.worker_id = worker_id
         self.writer = FinishWriter(store, worker_id, usage.UsageLedger(store.db))
         self.results = ResultStore(settings)
+        self.tokens = JobTokens()  # running text jobs' text so far, for watchers (closed by the pump)
 
     def start(self, job: Job, cancelled: threading.Event) -> asyncio.Task[Computed]:
         """The job's work, started now: jobs claimed together reach the batcher together and share
@@ -151,8 +153,17 @@ class JobRunner:
         return result_link(self.settings, path, self.settings.artifact_link_ttl_s)[0]
 
     async def _text(self, job: Job, cancelled: threading.Event) -> tuple[str, dict[str, Any]]:
+        """Its text goes piece by piece to the job's token log, for whoever watches (worker/tokens.py)."""
         params = TextGenerationParams.model_validate({**job.params, "model": job.model})
-        result = await self.pool.generate_text(params, Priority(job.priority), cancelled=cancelled, tenant=job.owner)
+        tokens = self.tokens.open(job.id)
+        result = await self.pool.generate_text(
+            params,
+            Priority(job.priority),
+            sink=lambda delta: tokens.add(delta.text),
+            cancelled=cancelled,
+            tenant=job.owner,
+            on_restart=tokens.restart,
+        )
         status = "cancelled" if result.finish_reason == "cancelled" or cancelled.is_set() else "completed"
         return status, result.to_output().model_dump(mode="json")
 

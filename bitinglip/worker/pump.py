@@ -164,6 +164,7 @@ class JobPump:
                 work.cancel()  # its task run never took it (Prefect failed first): the job was released
             self.claimed.pop(job.id, None)
             self.cancelled.pop(job.id, None)
+            self.runner.tokens.close(job.id)  # after its outcome is recorded: a watcher reads it next
             counts[outcome] = counts.get(outcome, 0) + 1
 
     async def _watch_cancellation(self, every: float = 0.5) -> None:
