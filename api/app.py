@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await reaper.stop()
             await state.dispatcher.stop()
+            await state.jobs.intake.stop()
             await state.worker_client.close()
             await state.http.aclose()
             state.db.dispose()

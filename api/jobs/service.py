@@ -1,4 +1,5 @@
-"""Async jobs: accept durably (one INSERT, then 202), let the dispatcher create the Prefect run."""
+"""Async jobs: accept durably (the row and its quota hold committed, in a group with concurrent submissions,
+then 202); model workers pull them, the dispatcher starts flow runs for batches and downloads."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from bitinglip.config import Settings
 from bitinglip.db.tables import Job
 from bitinglip.http import REQUEST_ID
 from bitinglip.jobs.dispatcher import Dispatcher
-from bitinglip.jobs.store import JobStore
+from bitinglip.jobs.intake import JobIntake
+from bitinglip.jobs.store import JobStore, NewJob
 from bitinglip.results import ResultStore
 from bitinglip.types import Priority
 
@@ -48,6 +50,7 @@ class JobService:
         self.settings = settings
         self.limiter = limiter
         self.store = store
+        self.intake = JobIntake(store)  # accepted jobs are written in groups, one commit each
         self.models = models
         self.dispatcher = dispatcher  # flow-run jobs (batches, downloads)
         self.poker = poker  # model-worker jobs: the workers pull them
@@ -67,16 +70,17 @@ class JobService:
         record = await self.models.resolve(params.model or self.settings.default_model(request.type), request.type, who)
         kind, amount = usage.estimate(params, self.settings.default_max_tokens)
         ledger, caps = self._ledger, who.quota_caps(kind)
-        job = await asyncio.to_thread(
-            self.store.create,
-            type_=request.type,
-            model=record.id,
-            params=params.model_dump(exclude_none=True, exclude={"model"}, mode="json"),
-            priority=int(Priority.for_job(request.priority)),
-            owner=who.username,
-            request_id=REQUEST_ID.get(),
-            # the hold, named after the job (its worker settles it), commits with the row or not at all
-            within=lambda s, job_id: ledger.reserve_in(s, kind, amount, caps, hold_id=usage.job_hold_id(job_id)),
+        job = await self.intake.create(
+            NewJob(
+                type_=request.type,
+                model=record.id,
+                params=params.model_dump(exclude_none=True, exclude={"model"}, mode="json"),
+                priority=int(Priority.for_job(request.priority)),
+                owner=who.username,
+                request_id=REQUEST_ID.get(),
+                # the hold, named after the job (its worker settles it), commits with the row or not at all
+                within=lambda s, job_id: ledger.reserve_in(s, kind, amount, caps, hold_id=usage.job_hold_id(job_id)),
+            )
         )
         self.poker.poke(record.id)
         metrics.JOBS_SUBMITTED.labels(request.type).inc()

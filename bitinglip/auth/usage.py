@@ -204,11 +204,14 @@ class UsageLedger:
         replace: bool = False,
     ) -> Hold:
         """`reserve` inside the caller's transaction: the hold commits (or rolls back) with the work it
-        pays for, e.g. an async job's row, in one write instead of two."""
+        pays for, e.g. an async job's row, in one write instead of two. A refusal leaves the transaction
+        as it found it (counters already raised for this hold are lowered again), so one transaction can
+        take many holds and commit those that fit (docs/architecture.md §3.20)."""
         hold_id = hold_id or f"req:{uuid.uuid4().hex}"
         day = today()
         if replace:
             self._release(s, hold_id)
+        raised: list[str] = []
         for subject, limit in caps:
             self._ensure_counter(s, subject, day, kind)
             where = [UsageCounter.subject == subject, UsageCounter.day == day, UsageCounter.kind == kind]
@@ -216,7 +219,12 @@ class UsageLedger:
                 where.append(UsageCounter.used + UsageCounter.reserved + amount <= limit)
             held = s.execute(update(UsageCounter).where(*where).values(reserved=UsageCounter.reserved + amount))
             if _rows(held) != 1:
-                raise quota_exceeded(kind, self._counter(s, subject, limit, day, kind), amount)
+                refusal = quota_exceeded(kind, self._counter(s, subject, limit, day, kind), amount)
+                for done in raised:
+                    mine = [UsageCounter.subject == done, UsageCounter.day == day, UsageCounter.kind == kind]
+                    s.execute(update(UsageCounter).where(*mine).values(reserved=UsageCounter.reserved - amount))
+                raise refusal
+            raised.append(subject)
         s.add(UsageHold(id=hold_id, day=day, kind=kind, amount=amount, caps=[list(c) for c in caps]))
         return Hold(hold_id, kind, amount)
 

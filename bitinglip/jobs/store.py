@@ -22,7 +22,7 @@ from bitinglip.crypto import Cipher
 from bitinglip.db.paging import after_cursor
 from bitinglip.db.session import Database
 from bitinglip.db.tables import Job
-from bitinglip.errors import Conflict, NotFound
+from bitinglip.errors import BitingLipError, Conflict, NotFound
 from bitinglip.jobs.kinds import job_kind, types_run_by
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -65,6 +65,19 @@ class JobPage:
     total: int
 
 
+@dataclass(frozen=True)
+class NewJob:
+    """A job to accept; `within(session, job_id)` runs in the transaction that inserts it."""
+
+    type_: str
+    model: str
+    params: dict[str, Any]
+    priority: int
+    owner: str
+    request_id: str | None = None
+    within: Callable[[Session, str], object] | None = None
+
+
 class JobStore:
     def __init__(self, db: Database, cipher: Cipher | None = None) -> None:
         """`cipher` defaults to the keys in this process's settings (every process reads the same)."""
@@ -93,25 +106,46 @@ class JobStore:
         request_id: str | None = None,
         within: Callable[[Session, str], object] | None = None,
     ) -> Job:
-        """`within(session, job_id)` runs in the INSERT's transaction (the job's quota hold): one commit
-        per accepted job, which on SQLite is what bounds how many jobs a second the gateway can take."""
-        job = Job(
-            request_id=request_id,
+        """`within(session, job_id)` runs in the INSERT's transaction (the job's quota hold): the hold
+        commits with the row or not at all."""
+        (made,) = self.create_many([NewJob(type_, model, params, priority, owner, request_id, within)])
+        if isinstance(made, BitingLipError):
+            raise made
+        return made
+
+    def create_many(self, jobs: list[NewJob]) -> list[Job | BitingLipError]:
+        """Each job with its `within` (its quota hold) in one transaction and one commit for all; a job
+        whose `within` refuses it (a BitingLipError, which leaves the transaction as it found it) is
+        answered with that error and the others are written. Any other failure fails them all."""
+        made: list[Job | BitingLipError] = []
+        with self.db.session() as s:
+            for new in jobs:
+                job = self._row(new)
+                try:
+                    if new.within is not None:
+                        new.within(s, job.id)
+                except BitingLipError as refused:
+                    made.append(refused)
+                    continue
+                s.add(job)
+                made.append(job)
+        for new, written in zip(jobs, made, strict=True):
+            if isinstance(written, Job):
+                set_committed_value(written, "params", new.params)
+        return made
+
+    def _row(self, new: NewJob) -> Job:
+        return Job(
+            request_id=new.request_id,
             id=str(uuid.uuid4()),
-            type=type_,
-            model=model,
-            params=self.cipher.seal_json(params),
-            priority=priority,
-            owner=owner,
+            type=new.type_,
+            model=new.model,
+            params=self.cipher.seal_json(new.params),
+            priority=new.priority,
+            owner=new.owner,
             status="queued",
             created_at=_now(),
         )
-        with self.db.session() as s:
-            if within is not None:
-                within(s, job.id)
-            s.add(job)
-        set_committed_value(job, "params", params)
-        return job
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
         with self.db.session() as s:

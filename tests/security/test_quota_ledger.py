@@ -4,6 +4,7 @@ happens once, a key's narrower quota and its user's are held together or not at 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from collections.abc import Iterator
@@ -12,10 +13,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy.orm import Session
 
-from bitinglip.auth.usage import UsageLedger
+from bitinglip.auth.usage import UsageLedger, job_hold_id
 from bitinglip.db.session import Database
+from bitinglip.db.tables import Job
 from bitinglip.errors import RateLimited
+from bitinglip.jobs.intake import JobIntake
+from bitinglip.jobs.store import JobStore, NewJob
 
 POSTGRES = "postgres@127.0.0.1:5432"
 
@@ -97,3 +102,45 @@ def test_unlimited_users_are_counted_too(ledger: UsageLedger) -> None:
     ledger.settle(hold.id, 3)
     (counter,) = ledger.counters(caps, "images")
     assert (counter.used, counter.reserved, counter.remaining) == (3, 0, None)
+
+
+def test_a_group_of_jobs_commits_those_that_fit_and_refuses_the_others_alone(ledger: UsageLedger) -> None:
+    """Group commit (bitinglip/jobs/intake.py): one transaction takes many jobs' holds; a refused hold
+    leaves no trace, the jobs around it are written with theirs."""
+    store = JobStore(ledger.db)
+    user, key = ("user:gus", 100), ("key:g1", 20)
+
+    def job(amount: int, caps: list[tuple[str, int | None]]) -> NewJob:
+        def hold(s: Session, job_id: str) -> object:
+            return ledger.reserve_in(s, "tokens", amount, caps, hold_id=job_hold_id(job_id))
+
+        return NewJob("text", "m@1", {"prompt": "hi"}, 2, "gus", within=hold)
+
+    made = store.create_many([job(15, [user, key]), job(15, [user, key]), job(60, [user])])
+    assert isinstance(made[1], RateLimited) and "quota of 20" in str(made[1])  # the key's quota: 15 + 15 > 20
+    written = [m for m in made if not isinstance(m, RateLimited)]
+    assert len(written) == 2 and {j.id for j in store.many([j.id for j in written])} == {j.id for j in written}
+    # the refused job raised the user's counter before its key refused it; that was taken back
+    assert [c.reserved for c in ledger.counters([user, key], "tokens")] == [75, 15]
+
+
+def test_concurrent_submissions_through_the_intake_are_all_written_once(ledger: UsageLedger) -> None:
+    store, user = JobStore(ledger.db), ("user:hal", 100)
+
+    async def submit_all() -> list[Job | BaseException]:
+        intake = JobIntake(store)
+
+        def hold(s: Session, job_id: str) -> object:
+            return ledger.reserve_in(s, "tokens", 3, [user], hold_id=job_hold_id(job_id))
+
+        new = NewJob("text", "m@1", {"prompt": "hi"}, 2, "hal", within=hold)
+        try:
+            return await asyncio.gather(*(intake.create(new) for _ in range(40)), return_exceptions=True)
+        finally:
+            await intake.stop()
+
+    outcomes = asyncio.run(submit_all())
+    accepted = [o for o in outcomes if isinstance(o, Job)]
+    assert len(accepted) == 33 and all(isinstance(o, RateLimited) for o in outcomes if not isinstance(o, Job))
+    assert len(store.many([j.id for j in accepted])) == 33  # 33 x 3 = 99 <= 100: exactly what fits, each once
+    assert ledger.counters([user], "tokens")[0].reserved == 99
