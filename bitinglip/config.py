@@ -278,6 +278,39 @@ class Settings(BaseSettings):
     )
     reaper_interval_s: float = Field(default=5.0, gt=0, description="How often gateways look for orphaned jobs.")
 
+    # -- webhooks (bitinglip/webhooks) and idempotency keys
+    webhook_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Webhook targets allowed although private, loopback or link-local (JSON list): host names "
+        "as written in the URL, IP addresses or networks (10.0.0.0/8). Empty: only public addresses.",
+    )
+    webhook_attempts: int = Field(
+        default=8, ge=1, le=20, description="Tries per webhook event (the first and its retries) before it is given up."
+    )
+    webhook_backoff_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=600,
+        description="Wait before a webhook's first retry; each later retry waits twice the one before (with jitter).",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, le=60, description="How long one webhook attempt may take, connection included."
+    )
+    webhook_max_payload_bytes: int = Field(
+        default=64_000,
+        ge=2_000,
+        le=10_000_000,
+        description="Largest webhook body; a job whose result would pass it is sent without the result "
+        "(`result_omitted: true`: GET the job for it).",
+    )
+    idempotency_ttl_s: int = Field(
+        default=86400,
+        ge=60,
+        le=30 * 86400,
+        description="How long an Idempotency-Key is remembered: a create request repeated with it within this "
+        "returns the object the first one made.",
+    )
+
     # -- retention (a scheduled Prefect deployment purges what is older)
     retention_jobs_days: float | None = Field(
         default=30, gt=0, description="Finished async jobs and their results are purged after this; unset: kept."

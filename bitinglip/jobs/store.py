@@ -21,7 +21,7 @@ from bitinglip.config import get_settings
 from bitinglip.crypto import Cipher
 from bitinglip.db.paging import after_cursor
 from bitinglip.db.session import Database
-from bitinglip.db.tables import Job
+from bitinglip.db.tables import Job, WebhookDelivery
 from bitinglip.errors import Conflict, NotFound
 from bitinglip.jobs.kinds import job_kind, types_run_by
 
@@ -75,6 +75,7 @@ class JobStore:
         """Plaintext payload on the (detached) row, without marking it changed."""
         set_committed_value(job, "params", self.cipher.open_json(job.params))
         set_committed_value(job, "result", self.cipher.open_json(job.result))
+        set_committed_value(job, "webhook", self.cipher.open_json(job.webhook))
         return job
 
     def _opened(self, jobs: list[Job]) -> list[Job]:
@@ -91,10 +92,12 @@ class JobStore:
         priority: int,
         owner: str,
         request_id: str | None = None,
+        webhook: dict[str, Any] | None = None,
         within: Callable[[Session, str], object] | None = None,
     ) -> Job:
-        """`within(session, job_id)` runs in the INSERT's transaction (the job's quota hold): one commit
-        per accepted job, which on SQLite is what bounds how many jobs a second the gateway can take."""
+        """`within(session, job_id)` runs in the INSERT's transaction (the job's quota hold, its
+        idempotency key): one commit per accepted job, which on SQLite is what bounds how many jobs a
+        second the gateway can take. `webhook` ({"url", "events"}) is sealed like `params`."""
         job = Job(
             request_id=request_id,
             id=str(uuid.uuid4()),
@@ -105,12 +108,14 @@ class JobStore:
             owner=owner,
             status="queued",
             created_at=_now(),
+            webhook=self.cipher.seal_json(webhook),
         )
         with self.db.session() as s:
             if within is not None:
                 within(s, job.id)
             s.add(job)
         set_committed_value(job, "params", params)
+        set_committed_value(job, "webhook", webhook)
         return job
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
@@ -396,11 +401,18 @@ class JobStore:
             return list(s.scalars(query))
 
     def delete_many(self, job_ids: list[str]) -> int:
-        """Delete these rows if they are still finished (a re-queued job is not purged)."""
+        """Delete these rows if they are still finished (a re-queued job is not purged), and the
+        webhook attempts of those deleted."""
         if not job_ids:
             return 0
         with self.db.session() as s:
-            return _rows(s, delete(Job).where(Job.id.in_(job_ids), Job.status.in_(TERMINAL)))
+            deleted = _rows(s, delete(Job).where(Job.id.in_(job_ids), Job.status.in_(TERMINAL)))
+            s.execute(
+                delete(WebhookDelivery).where(
+                    WebhookDelivery.job_id.in_(job_ids), WebhookDelivery.job_id.not_in(select(Job.id))
+                )
+            )
+            return deleted
 
     def active_batch_inputs(self) -> set[str]:
         """Input file ids of batches not finished yet: their inputs must outlive any retention."""
@@ -410,20 +422,25 @@ class JobStore:
 
     def reseal_all(self, page: int = 200) -> int:
         """Rewrite every sealed (or still plaintext) payload under the newest key; returns rows changed.
-        `params` never change after creation and `result` only until a job finishes, so only settled
-        values are rewritten and no concurrent write can be lost."""
+        `params` and `webhook` never change after creation and `result` only until a job finishes, so
+        only settled values are rewritten and no concurrent write can be lost."""
         changed, last = 0, ""
         while True:
             with self.db.session() as s:
                 rows = s.execute(
-                    select(Job.id, Job.status, Job.params, Job.result).where(Job.id > last).order_by(Job.id).limit(page)
+                    select(Job.id, Job.status, Job.params, Job.result, Job.webhook)
+                    .where(Job.id > last)
+                    .order_by(Job.id)
+                    .limit(page)
                 ).all()
             if not rows:
                 return changed
-            for job_id, status, params, result in rows:
+            for job_id, status, params, result, webhook in rows:
                 values: dict[str, Any] = {}
                 if (sealed := self.cipher.reseal_json(params)) is not None:
                     values["params"] = sealed
+                if (sealed := self.cipher.reseal_json(webhook)) is not None:
+                    values["webhook"] = sealed
                 if status in TERMINAL and (sealed := self.cipher.reseal_json(result)) is not None:
                     values["result"] = sealed
                 if values:
