@@ -281,8 +281,8 @@ class Settings(BaseSettings):
     # -- webhooks (bitinglip/webhooks) and idempotency keys
     webhook_allow_hosts: list[str] = Field(
         default_factory=list,
-        description="Webhook targets allowed although private, loopback or link-local (JSON list): host names "
-        "as written in the URL, IP addresses or networks (10.0.0.0/8). Empty: only public addresses.",
+        description="Webhook targets allowed although private, loopback or link-local (JSON list): hosts as "
+        "written in the URL (a name or an address) and networks (10.0.0.0/8). Empty: only public addresses.",
     )
     webhook_attempts: int = Field(
         default=8, ge=1, le=20, description="Tries per webhook event (the first and its retries) before it is given up."

@@ -27,14 +27,10 @@ def _run_name(parameters: dict[str, Any]) -> str:
     return f"{delivery.event} webhook · job {delivery.job_id}"
 
 
-def _worth_retrying(task: object, task_run: object, state: State[Any]) -> bool:
-    try:
-        state.result()
-    except DeliveryFailed:
-        return True
-    except Exception:
-        return False
-    return False
+async def _worth_retrying(task: object, task_run: object, state: State[Any]) -> bool:
+    """A receiver that did not take the event is tried again; a refused URL is not. Async: in an async
+    task's engine, `state.result()` hands back a coroutine instead of raising."""
+    return isinstance(await state.aresult(raise_on_failure=False), DeliveryFailed)
 
 
 @task(

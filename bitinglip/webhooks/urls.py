@@ -75,9 +75,10 @@ def parse(url: str) -> tuple[SplitResult, str, int]:
     if not host:
         raise WebhookRefused("the webhook URL has no host")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        given = parts.port
     except ValueError as exc:
         raise WebhookRefused("the webhook URL's port is not a number from 1 to 65535") from exc
+    port = given if given is not None else (443 if parts.scheme == "https" else 80)
     if port == 0:
         raise WebhookRefused("the webhook URL's port is not a number from 1 to 65535")
     literal = _literal(host)
@@ -114,11 +115,12 @@ def resolve(host: str, port: int) -> list[str]:
 
 
 def check(url: str, allow: Sequence[str] = (), resolver: Resolver = resolve) -> Target:
-    """The URL checked, resolved and pinned; WebhookRefused says why not. `allow`: host names (as
-    written in URLs), addresses or networks whose private addresses are allowed anyway."""
+    """The URL checked, resolved and pinned; WebhookRefused says why not. `allow`: hosts (names or
+    addresses, matched as written in the URL) and networks (CIDR: 10.0.0.0/8, matched against every
+    address the host resolves to) that may be private anyway."""
     parts, host, port = parse(url)
-    names = {entry.lower().rstrip(".") for entry in allow if _network(entry) is None}
-    networks = [net for entry in allow if (net := _network(entry)) is not None]
+    names = {entry.lower().strip("[]").rstrip(".") for entry in allow if "/" not in entry}
+    networks = [net for entry in allow if "/" in entry and (net := _network(entry)) is not None]
     addresses = [host] if _literal(host) is not None else resolver(host, port)
     if not addresses:
         raise WebhookRefused(f"the webhook host {host!r} does not resolve")
@@ -135,7 +137,7 @@ def check(url: str, allow: Sequence[str] = (), resolver: Resolver = resolve) -> 
 
 def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     try:
-        return ipaddress.ip_network(entry.strip("[]"), strict=False)
+        return ipaddress.ip_network(entry, strict=False)
     except ValueError:
         return None
 
