@@ -101,7 +101,8 @@ def test_keys_are_each_users_own(platform: Platform, users: dict[str, str]) -> N
 
 @pytest.mark.parametrize(
     "value",
-    [b"", b" ", b"a" * 256, b"key with spaces", b"tab\tkey", b"\xe9t\xe9", b"nul\x7f"],
+    # (a lone space or DEL never leaves the client or passes the server's HTTP parser: not ours to test)
+    [b"", b"a" * 256, b"k" * 5000, b"key with spaces", b"tab\tkey", b"\xe9t\xe9", "ключ".encode()],
 )
 def test_malformed_keys_are_refused(platform: Platform, users: dict[str, str], value: bytes) -> None:
     alice = platform.client(users["alice"])

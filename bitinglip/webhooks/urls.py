@@ -66,7 +66,11 @@ def parse(url: str) -> tuple[SplitResult, str, int]:
         raise WebhookRefused(f"the webhook URL is longer than {MAX_URL_LENGTH} characters")
     if any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in url):
         raise WebhookRefused("the webhook URL has spaces, control or non-ASCII characters (percent-encode them)")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.hostname  # noqa: B018  # raises on a malformed bracketed host
+    except ValueError as exc:
+        raise WebhookRefused("the webhook URL is malformed") from exc
     if parts.scheme not in ("http", "https"):
         raise WebhookRefused("the webhook URL must be http:// or https://")
     if "@" in parts.netloc:

@@ -50,6 +50,8 @@ HOSTILE = [
     "http://example.com/\r\nX-Injected: 1",
     "http://ex\u00e4mple.com/",
     "http:///nohost",
+    "http://[::1/",
+    "http://[not-an-address]/",
     "http://-bad-.example/",
     "http://" + "a" * MAX_URL_LENGTH + ".com/",
 ]
