@@ -107,7 +107,7 @@ def test_job_events_arrive_signed_with_the_owners_secret(
     assert events[1]["data"]["status"] == "completed" and events[1]["data"]["result"] == done["result"]
     assert {start.path, completed.path} == {"/alice"}
     assert start.headers["content-type"] == "application/json" and "authorization" not in start.headers
-    assert "\"prompt\"" not in completed.body.decode() and "Say hi." not in completed.body.decode()
+    assert '"prompt"' not in completed.body.decode() and "Say hi." not in completed.body.decode()
     with pytest.raises(WebhookVerificationError):  # another user's secret does not verify it
         Webhook(bob.get("/api/v1/webhooks/secret").json()["secret"]).verify(completed.body, completed.headers)
 
