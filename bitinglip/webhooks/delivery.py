@@ -105,6 +105,10 @@ class WebhookSender:
         except httpx.HTTPError as exc:
             error = "could not connect" if isinstance(exc, httpx.ConnectError) else "the connection failed"
             raise DeliveryFailed(error) from exc
+        except Exception as exc:  # ours (the DB briefly away): worth another try; the detail is in our log
+            log.warning("webhook attempt for job %s failed on our side", delivery.job_id, exc_info=True)
+            error = "internal error"
+            raise DeliveryFailed(error) from exc
         finally:
             await asyncio.to_thread(
                 self.store.record, delivery.job_id, delivery.event, delivery.message_id, attempt, status, error
