@@ -30,6 +30,7 @@ from api.openai import router as openai_router
 from api.state import GatewayState
 from api.telemetry import GatewayMetrics, InFlight, RequestMetrics
 from api.usage import router as usage_router
+from api.webhooks import router as webhooks_router
 from api.workers import router as workers_router
 from api.workers.client import WorkerClient
 from api.workers.poke import JobPoker
@@ -40,6 +41,7 @@ from bitinglip.batches.files import FileStore
 from bitinglip.config import Settings, get_settings
 from bitinglip.db.session import STARTUP_LOCK, Database
 from bitinglip.http import ERROR_RESPONSES, BodySizeLimit, install_error_handlers, install_request_ids
+from bitinglip.idempotency import IdempotencyStore
 from bitinglip.jobs.dispatcher import Dispatcher
 from bitinglip.jobs.reaper import Reaper
 from bitinglip.jobs.store import JobStore
@@ -48,6 +50,7 @@ from bitinglip.models.store import ModelStore
 from bitinglip.result_cache import ResultCache
 from bitinglip.results import ResultStore
 from bitinglip.serving.serving import OpenAIServing
+from bitinglip.webhooks.store import WebhookStore
 from flows.submit import submit_run
 
 log = logging.getLogger(__name__)
@@ -67,7 +70,9 @@ def build_state(settings: Settings, window: GatewayMetrics) -> GatewayState:
     )
     results = ResultStore(settings)
     inference = InferenceService(settings, models, workers, client, results, ResultCache(settings))
-    files = FileService(settings, FileStore(db), results)
+    idempotency = IdempotencyStore(db, settings.idempotency_ttl_s)
+    webhooks = WebhookStore(db)
+    files = FileService(settings, FileStore(db), results, idempotency)
     limiter = Limiter(settings, db)  # rate limits in memory or Redis; quotas in the DB's usage ledger
     return GatewayState(
         settings=settings,
@@ -81,11 +86,13 @@ def build_state(settings: Settings, window: GatewayMetrics) -> GatewayState:
         files=files,
         auth=AuthService(settings, AccountStore(db), limiter),
         limiter=limiter,
-        batches=BatchService(store, files, dispatcher, limiter),
+        batches=BatchService(store, files, dispatcher, limiter, webhooks, idempotency),
         metrics=window,
-        jobs=JobService(settings, store, models, dispatcher, JobPoker(workers, client), limiter),
+        jobs=JobService(settings, store, models, dispatcher, JobPoker(workers, client), limiter, webhooks, idempotency),
         dispatcher=dispatcher,
         http=httpx.AsyncClient(),
+        webhooks=webhooks,
+        idempotency=idempotency,
     )
 
 
@@ -170,6 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         files_router.results_router,
         batches_router.router,
         usage_router.router,
+        webhooks_router.router,
         observability.router,
     ):
         app.include_router(router, dependencies=[Depends(authenticated)], responses=ERROR_RESPONSES)

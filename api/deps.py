@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Header, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.auth.service import AuthService
@@ -20,6 +20,7 @@ from api.usage.service import UsageService
 from api.workers.service import WorkerDirectory
 from bitinglip.auth.principal import Principal
 from bitinglip.config import Settings
+from bitinglip.idempotency import HEADER, check_key
 from bitinglip.models.access import bind_caller
 from bitinglip.result_cache import CacheUse
 from bitinglip.serving.serving import OpenAIServing
@@ -121,6 +122,27 @@ def _usage(state: StateDep) -> UsageService:
     return UsageService(state.settings, state.auth.accounts, state.limiter)
 
 
+def _idempotency_key(
+    request: Request,
+    _declared: Annotated[
+        str | None,
+        Header(
+            alias=HEADER,
+            description="Repeat a create safely: the same key with the same request returns the object the first "
+            "one made (with `Idempotent-Replayed: true`); with another request it is a 409. Yours alone; "
+            "remembered for BITINGLIP_IDEMPOTENCY_TTL_S (24 h). 1-255 visible ASCII characters.",
+        ),
+    ] = None,
+) -> str | None:
+    return check_key(request.headers.getlist(HEADER))
+
+
+def replayed(response: Response, replay: bool) -> None:
+    """Marks an answer that repeats what an earlier request with the same Idempotency-Key made."""
+    if replay:
+        response.headers["Idempotent-Replayed"] = "true"
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 InferenceDep = Annotated[MeteredInference, Depends(_metered)]
 JobServiceDep = Annotated[JobService, Depends(_jobs)]
@@ -135,3 +157,4 @@ UsageServiceDep = Annotated[UsageService, Depends(_usage)]
 AdminDep = Annotated[Principal, Depends(_admin)]
 OwnerDep = Annotated[str, Depends(_owner)]
 ScopeDep = Annotated[str | None, Depends(_scope)]
+IdempotencyKeyDep = Annotated[str | None, Depends(_idempotency_key)]

@@ -18,9 +18,11 @@ from api.workers.service import WorkerDirectory
 from bitinglip.auth.limits import Limiter
 from bitinglip.config import Settings
 from bitinglip.db.session import Database
+from bitinglip.idempotency import IdempotencyStore
 from bitinglip.jobs.dispatcher import Dispatcher
 from bitinglip.results import ResultStore
 from bitinglip.serving.serving import OpenAIServing
+from bitinglip.webhooks.store import WebhookStore
 
 
 @dataclass
@@ -41,3 +43,5 @@ class GatewayState:
     metrics: GatewayMetrics
     dispatcher: Dispatcher
     http: httpx.AsyncClient
+    webhooks: WebhookStore
+    idempotency: IdempotencyStore

@@ -151,12 +151,12 @@ class Settings(BaseSettings):
         default=10.0,
         gt=0,
         description="How often the pool workers ask Prefect for flow runs to start (batches, downloads, purges): "
-        "lower starts them sooner at an idle cost to Prefect's server (docs/architecture.md §3.22).",
+        "lower starts them sooner at an idle cost to Prefect's server (docs/architecture.md §3.23).",
     )
     prefect_lean: bool = Field(
         default=True,
         description="Prefect's server runs only the services the platform uses, at relaxed intervals (its idle "
-        "cost: docs/architecture.md §3.22); false: Prefect's defaults, automations included.",
+        "cost: docs/architecture.md §3.23); false: Prefect's defaults, automations included.",
     )
     prefect_redis_url: str | None = Field(
         default=None, description="Prefect messaging, cache and leases on Redis (prefect-redis), e.g. redis://h:6379/1."
@@ -300,6 +300,39 @@ class Settings(BaseSettings):
         "run (the claim keeps a job from running twice).",
     )
     reaper_interval_s: float = Field(default=5.0, gt=0, description="How often gateways look for orphaned jobs.")
+
+    # -- webhooks (bitinglip/webhooks) and idempotency keys
+    webhook_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Webhook targets allowed although private, loopback or link-local (JSON list): hosts as "
+        "written in the URL (a name or an address) and networks (10.0.0.0/8). Empty: only public addresses.",
+    )
+    webhook_attempts: int = Field(
+        default=8, ge=1, le=20, description="Tries per webhook event (the first and its retries) before it is given up."
+    )
+    webhook_backoff_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=600,
+        description="Wait before a webhook's first retry; each later retry waits twice the one before (with jitter).",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, le=60, description="How long one webhook attempt may take, connection included."
+    )
+    webhook_max_payload_bytes: int = Field(
+        default=64_000,
+        ge=2_000,
+        le=10_000_000,
+        description="Largest webhook body; a job whose result would pass it is sent without the result "
+        "(`result_omitted: true`: GET the job for it).",
+    )
+    idempotency_ttl_s: int = Field(
+        default=86400,
+        ge=60,
+        le=30 * 86400,
+        description="How long an Idempotency-Key is remembered: a create request repeated with it within this "
+        "returns the object the first one made.",
+    )
 
     # -- retention (a scheduled Prefect deployment purges what is older)
     retention_jobs_days: float | None = Field(
@@ -534,7 +567,7 @@ class Settings(BaseSettings):
         return env
 
 
-# What an idle Prefect server does, cut to what the platform needs (docs/architecture.md §3.22): no automations
+# What an idle Prefect server does, cut to what the platform needs (docs/architecture.md §3.23): no automations
 # (the platform defines none) and no pause expirations (its flows never pause); the housekeeping loops that
 # poll the database every 5-20 s by default run once a minute. Event and task-run recording are untouched.
 LEAN_PREFECT = {

@@ -15,6 +15,8 @@ import datetime as dt
 import hashlib
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 from uuid import UUID
@@ -40,6 +42,7 @@ from bitinglip.batches.format import (
 )
 from bitinglip.config import Settings, get_settings
 from bitinglip.db.session import Database
+from bitinglip.db.tables import Job
 from bitinglip.engines.pool import ModelPool
 from bitinglip.errors import BitingLipError, error_record
 from bitinglip.jobs.flowjob import FlowJob
@@ -49,7 +52,8 @@ from bitinglip.models.store import ModelStore
 from bitinglip.results import ResultStore
 from bitinglip.serving.offline import OfflineOpenAI, check_body
 from bitinglip.storage import expand, read_url, s3_filesystem, s3_options, write_url
-from flows import batch_quota
+from bitinglip.webhooks.delivery import Deliveries
+from flows import batch_quota, webhooks
 from flows.batch_quota import ChunkMeter
 
 _pool: ModelPool | None = None  # one per flow-run process: models load once, not once per chunk
@@ -349,12 +353,14 @@ async def _run_job(settings: Settings, job_id: str) -> dict[str, Any] | State[An
     """An API batch: the job row carries the input; outputs become files the owner can download."""
     db = Database(settings.gateway_db_url)
     jobs = JobStore(db)
+    hooks = webhooks.deliveries(settings, db)  # its webhook's events: task runs of this flow run
     try:
         with FlowJob(jobs, job_id, str(flow_run.get_id()), settings.worker_heartbeat_s) as job:
             record = await asyncio.to_thread(job.claim, settings.job_max_attempts)
             if record is None:
                 return {"skipped": job.skipped}
-            with job.failing():
+            hooks.send(record, "start")
+            with _failed_event(hooks, record), job.failing():
                 params = record.params
                 label = file_label(await asyncio.to_thread(_input_name, db, params))
                 await _name_run(f"batch {label} · {record.owner}")
@@ -380,6 +386,7 @@ async def _run_job(settings: Settings, job_id: str) -> dict[str, Any] | State[An
             result = {**files, "request_counts": outcome.counts(), "chunks": outcome.chunk_counts()}
             status = "cancelled" if outcome.stopped == "cancelled" else "completed"
             await asyncio.to_thread(job.finish, status, result=result, progress={"phase": status, **outcome.counts()})
+            hooks.send(record, status)
         await _summary(outcome, {"batch": job_id, "input": label, "owner": record.owner}, files)
         if status == "cancelled":  # the run says so too, not Completed (its outputs so far are kept)
             return Cancelled(message=f"batch {job_id} was cancelled by its owner", data=result)
@@ -387,7 +394,19 @@ async def _run_job(settings: Settings, job_id: str) -> dict[str, Any] | State[An
     finally:
         batch_quota.bind_ledger(None)
         await _close_pool()
+        await hooks.wait()  # the batch is recorded already; its webhook's retries end before the run does
+        await hooks.close()
         db.dispose()
+
+
+@contextmanager
+def _failed_event(hooks: Deliveries, record: Job) -> Iterator[None]:
+    """A batch that fails (recorded by `FlowJob.failing` inside) sends its `failed` event."""
+    try:
+        yield
+    except Exception:
+        hooks.send(record, "failed")
+        raise
 
 
 def _store_outputs(

@@ -27,15 +27,11 @@ def _run_name(parameters: dict[str, Any]) -> str:
     return f"{parameters['type']} job {parameters['job_id']} · {parameters['owner']} · {priority}"
 
 
-def _transient(task: object, task_run: object, state: State[Any]) -> bool:
-    """Only a transient failure is worth another try; a bad request failed for good."""
-    try:
-        state.result()
-    except TransientJobError:
-        return True
-    except Exception:
-        return False
-    return False
+async def _transient(task: object, task_run: object, state: State[Any]) -> bool:
+    """Only a transient failure is worth another try; a bad request failed for good. Async: in Prefect's
+    async task engine a sync `state.result()` returns a coroutine instead of raising, so nothing was ever
+    retried."""
+    return isinstance(await state.aresult(raise_on_failure=False), TransientJobError)
 
 
 @task(

@@ -20,10 +20,12 @@ from bitinglip.batches.files import FileStore
 from bitinglip.config import Settings, get_settings
 from bitinglip.crypto import Cipher
 from bitinglip.db.session import Database
+from bitinglip.idempotency import IdempotencyStore
 from bitinglip.jobs.store import JobStore
 from bitinglip.results import OWN_PREFIXES, ResultStore
+from bitinglip.webhooks.store import WebhookStore
 
-KINDS = ("jobs", "results", "files", "batches")
+KINDS = ("jobs", "results", "files", "batches", "idempotency_keys")
 
 
 def _days(settings: Settings, kind: str) -> float | None:
@@ -32,6 +34,7 @@ def _days(settings: Settings, kind: str) -> float | None:
         "results": settings.retention_jobs_days,  # results without a job expire with the jobs
         "files": settings.retention_files_days,
         "batches": settings.retention_batches_days,
+        "idempotency_keys": settings.idempotency_ttl_s / 86400,  # lapsed keys are of no use
     }[kind]
 
 
@@ -43,6 +46,7 @@ def _purge(kind: str, settings: Settings, db: Database, before: datetime) -> ret
         "results": lambda: retention.purge_results(results, before),
         "files": lambda: retention.purge_files(jobs, results, files, before),
         "batches": lambda: retention.purge_batches(jobs, results, files, before),
+        "idempotency_keys": lambda: retention.Removed(rows=IdempotencyStore(db, 0).purge(before)),
     }
     return purges[kind]()
 
@@ -100,7 +104,8 @@ def reseal_jobs() -> int:
     settings = get_settings()
     db = Database(settings.gateway_db_url)
     try:
-        return JobStore(db, Cipher.from_settings(settings)).reseal_all()
+        cipher = Cipher.from_settings(settings)
+        return JobStore(db, cipher).reseal_all() + WebhookStore(db, cipher).reseal_all()
     finally:
         db.dispose()
 

@@ -31,6 +31,11 @@ BATCH_LIMITS = {  # small chunks so a short batch has many; small bounds so the 
     "BITINGLIP_MAX_FILE_BYTES": "200000",
     "BITINGLIP_MAX_BATCH_LINES": "500",
 }
+WEBHOOKS = {  # the tests' receivers listen on 127.0.0.1; retries close together so a comeback is seen soon
+    "BITINGLIP_WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]',
+    "BITINGLIP_WEBHOOK_BACKOFF_S": "0.5",
+    "BITINGLIP_WEBHOOK_ATTEMPTS": "10",
+}
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +124,7 @@ def platform(
 ) -> Iterator[Platform]:
     """The whole platform, with results (images) on the S3 server."""
     home = home_with_store(tmp_path_factory.mktemp("home"), model_store)
-    running = Platform(platform_settings(home), env_overrides={**s3_server.env, **BATCH_LIMITS})
+    running = Platform(platform_settings(home), env_overrides={**s3_server.env, **BATCH_LIMITS, **WEBHOOKS})
     try:
         running.start_all(timeout=120)
         yield running

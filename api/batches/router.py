@@ -1,16 +1,20 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from api.batches.schemas import BatchCreateRequest, BatchList, BatchObject
-from api.deps import BatchServiceDep, PrincipalDep, ScopeDep
+from api.deps import BatchServiceDep, IdempotencyKeyDep, PrincipalDep, ScopeDep, replayed
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
 
 @router.post("", response_model=BatchObject)
-async def create_batch(body: BatchCreateRequest, batches: BatchServiceDep, who: PrincipalDep) -> BatchObject:
-    return await batches.create(body, who)
+async def create_batch(
+    body: BatchCreateRequest, batches: BatchServiceDep, who: PrincipalDep, response: Response, key: IdempotencyKeyDep
+) -> BatchObject:
+    batch, replay = await batches.create(body, who, key)
+    replayed(response, replay)
+    return batch
 
 
 @router.get("", response_model=BatchList)

@@ -7,9 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from api.webhooks.schemas import WebhookAttemptView, WebhookRequest, WebhookView, attempt_views
 from bitinglip.batches.format import ENDPOINTS
 from bitinglip.db.tables import Job
 from bitinglip.schemas import UnicodeRequest
+from bitinglip.webhooks.store import Attempt
 
 Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
 assert set(Endpoint.__args__) == set(ENDPOINTS)  # type: ignore[attr-defined]
@@ -19,7 +21,10 @@ BatchStatus = Literal[
 ]
 
 
-class BatchCreateRequest(UnicodeRequest):
+class BatchCreateRequest(UnicodeRequest, WebhookRequest):
+    """OpenAI's fields, plus `webhook` and `webhook_events_filter` (the openai SDK sends them in
+    `extra_body`)."""
+
     input_file_id: str = Field(min_length=1, max_length=40)
     endpoint: Endpoint
     completion_window: Literal["24h"] = "24h"
@@ -67,9 +72,12 @@ class BatchObject(BaseModel):
     metadata: dict[str, str] | None
     model: str | None = None
     prefect_run_id: str | None = None  # extension: follow the batch in the Prefect UI
+    # extensions beside OpenAI's fields (never inside `metadata`, which is the caller's own)
+    webhook: WebhookView | None = None
+    webhook_deliveries: list[WebhookAttemptView] = Field(default_factory=list)
 
     @classmethod
-    def from_job(cls, job: Job) -> BatchObject:
+    def from_job(cls, job: Job, attempts: list[Attempt] | None = None) -> BatchObject:
         result, progress = job.result or {}, job.progress or {}
         counts = result.get("request_counts") or {
             k: progress[k] for k in ("total", "completed", "failed") if k in progress
@@ -102,6 +110,8 @@ class BatchObject(BaseModel):
             metadata=job.params.get("metadata"),
             model=job.model,
             prefect_run_id=job.prefect_run_id,
+            webhook=WebhookView.of(job.webhook),
+            webhook_deliveries=attempt_views(attempts),
         )
 
 

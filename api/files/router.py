@@ -4,7 +4,7 @@ import mimetypes
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
-from api.deps import FileServiceDep, OwnerDep, ScopeDep
+from api.deps import FileServiceDep, IdempotencyKeyDep, OwnerDep, ScopeDep, replayed
 from api.files.schemas import FileDeleted, FileList, FileObject
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -13,9 +13,16 @@ results_router = APIRouter(prefix="/api/v1/files", tags=["files"])
 
 @router.post("", response_model=FileObject)
 async def upload_file(
-    files: FileServiceDep, owner: OwnerDep, file: UploadFile = File(...), purpose: str = Form(...)
+    files: FileServiceDep,
+    owner: OwnerDep,
+    response: Response,
+    key: IdempotencyKeyDep,
+    file: UploadFile = File(...),
+    purpose: str = Form(...),
 ) -> FileObject:
-    return await files.upload(await file.read(), file.filename or "", purpose, owner)
+    uploaded, replay = await files.upload(await file.read(), file.filename or "", purpose, owner, key)
+    replayed(response, replay)
+    return uploaded
 
 
 @router.get("", response_model=FileList)

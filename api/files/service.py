@@ -12,19 +12,38 @@ from bitinglip.batches.format import count_lines
 from bitinglip.config import Settings
 from bitinglip.db.tables import FileRecord
 from bitinglip.errors import InvalidRequest, NotFound
+from bitinglip.idempotency import Claim, IdempotencyStore, digest
 from bitinglip.results import ResultStore
 
 PURPOSES = ("batch",)
 RESULT_PREFIXES = ("images/", "jobs/")  # what /api/v1/files serves; uploads and batch outputs go by file id
+ROUTE = "POST /v1/files"
 
 
 class FileService:
-    def __init__(self, settings: Settings, files: FileStore, results: ResultStore) -> None:
+    def __init__(
+        self, settings: Settings, files: FileStore, results: ResultStore, idempotency: IdempotencyStore
+    ) -> None:
         self.settings = settings
         self.files = files
         self.results = results
+        self.idempotency = idempotency
 
-    async def upload(self, data: bytes, filename: str, purpose: str, owner: str) -> FileObject:
+    async def upload(
+        self, data: bytes, filename: str, purpose: str, owner: str, key: str | None = None
+    ) -> tuple[FileObject, bool]:
+        """(the file, whether it is a replay): with an idempotency `key`, the same bytes and purpose
+        return the file the first upload made."""
+        claim = None
+        if key is not None:
+            claim = self.idempotency.claim(owner, key, ROUTE, digest(ROUTE, {"purpose": purpose}, data))
+
+        async def replay(file_id: str) -> FileObject:
+            return await self.get(file_id, owner)
+
+        return await self.idempotency.once(claim, lambda c: self._upload(data, filename, purpose, owner, c), replay)
+
+    async def _upload(self, data: bytes, filename: str, purpose: str, owner: str, claim: Claim | None) -> FileObject:
         if purpose not in PURPOSES:
             raise InvalidRequest(f"purpose must be one of {', '.join(PURPOSES)}", param="purpose")
         if not data.strip():
@@ -42,17 +61,22 @@ class FileService:
             )
         file_id = new_file_id()
         key = await asyncio.to_thread(self.results.put, f"files/{file_id}.jsonl", data)
-        record = await asyncio.to_thread(
-            lambda: self.files.create(
-                file_id=file_id,
-                owner=owner,
-                purpose=purpose,
-                filename=(filename or "upload.jsonl")[:255],
-                size=len(data),
-                key=key,
-                line_count=lines,
+        try:
+            record = await asyncio.to_thread(
+                lambda: self.files.create(
+                    file_id=file_id,
+                    owner=owner,
+                    purpose=purpose,
+                    filename=(filename or "upload.jsonl")[:255],
+                    size=len(data),
+                    key=key,
+                    line_count=lines,
+                    within=None if claim is None else claim.record,
+                )
             )
-        )
+        except Exception:  # no record (another upload with the idempotency key won): nothing left behind
+            await asyncio.to_thread(self.results.delete, key)
+            raise
         return FileObject.from_record(record)
 
     async def record(self, file_id: str, owner: str | None) -> FileRecord:

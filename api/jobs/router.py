@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
-from api.deps import JobServiceDep, PrincipalDep, ScopeDep
+from api.deps import IdempotencyKeyDep, JobServiceDep, PrincipalDep, ScopeDep, replayed
 from api.jobs.schemas import JobPageView, JobRequest, JobStatus, JobView, QueueStatus
 from api.jobs.service import JobDeleted
 
@@ -10,8 +10,12 @@ router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 
 @router.post("/tasks", status_code=202, response_model=JobView)
-async def submit_job(body: JobRequest, jobs: JobServiceDep, who: PrincipalDep) -> JobView:
-    return await jobs.submit(body, who)
+async def submit_job(
+    body: JobRequest, jobs: JobServiceDep, who: PrincipalDep, response: Response, key: IdempotencyKeyDep
+) -> JobView:
+    view, replay = await jobs.submit(body, who, key)
+    replayed(response, replay)
+    return view
 
 
 @router.get("/tasks", response_model=JobPageView)

@@ -8,29 +8,31 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Discriminator, Field, Tag
 
+from api.webhooks.schemas import WebhookAttemptView, WebhookRequest, WebhookView, attempt_views
 from bitinglip.db.tables import Job
 from bitinglip.jobs.kinds import job_kind
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
 from bitinglip.types import Priority
+from bitinglip.webhooks.store import Attempt
 
 PriorityName = Literal["high", "normal", "low"]
 Link = Callable[[str], tuple[str, int]]  # a stored result's path -> (signed URL, expiry)
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 
 
-class TextJobRequest(BaseModel):
+class TextJobRequest(WebhookRequest):
     type: Literal["text"] = "text"
     priority: PriorityName = "normal"
     params: TextGenerationParams
 
 
-class EmbeddingJobRequest(BaseModel):
+class EmbeddingJobRequest(WebhookRequest):
     type: Literal["embedding"]
     priority: PriorityName = "normal"
     params: EmbeddingParams
 
 
-class ImageJobRequest(BaseModel):
+class ImageJobRequest(WebhookRequest):
     type: Literal["image"]
     priority: PriorityName = "normal"
     params: ImageParams
@@ -86,9 +88,15 @@ class JobView(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     timings: JobTimings
+    webhook: WebhookView | None = Field(default=None, description="Where the job's events are POSTed, if anywhere.")
+    webhook_deliveries: list[WebhookAttemptView] = Field(
+        default_factory=list, description="Every attempt to deliver an event to the webhook, oldest first."
+    )
 
     @classmethod
-    def from_job(cls, job: Job, prefect_ui: str, link: Link | None = None) -> JobView:
+    def from_job(
+        cls, job: Job, prefect_ui: str, link: Link | None = None, attempts: list[Attempt] | None = None
+    ) -> JobView:
         def seconds(a: datetime | None, b: datetime | None) -> float | None:
             return None if a is None or b is None else round((b - a).total_seconds(), 4)
 
@@ -121,6 +129,8 @@ class JobView(BaseModel):
                 run_seconds=seconds(job.started_at, job.finished_at),
                 engine_seconds=job.engine_seconds,
             ),
+            webhook=WebhookView.of(job.webhook),
+            webhook_deliveries=attempt_views(attempts),
         )
 
 

@@ -206,7 +206,7 @@ class UsageLedger:
         """`reserve` inside the caller's transaction: the hold commits (or rolls back) with the work it
         pays for, e.g. an async job's row, in one write instead of two. A refusal leaves the transaction
         as it found it (counters already raised for this hold are lowered again), so one transaction can
-        take many holds and commit those that fit (docs/architecture.md §3.20)."""
+        take many holds and commit those that fit (docs/architecture.md §3.22)."""
         hold_id = hold_id or f"req:{uuid.uuid4().hex}"
         day = today()
         if replace:

@@ -5,10 +5,12 @@ bytes nobody can find."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, select
+from sqlalchemy.orm import Session
 
 from bitinglip.db.paging import after_cursor
 from bitinglip.db.session import Database
@@ -25,8 +27,18 @@ class FileStore:
         self.db = db
 
     def create(
-        self, *, owner: str, purpose: str, filename: str, size: int, key: str, line_count: int, file_id: str
+        self,
+        *,
+        owner: str,
+        purpose: str,
+        filename: str,
+        size: int,
+        key: str,
+        line_count: int,
+        file_id: str,
+        within: Callable[[Session, str], object] | None = None,
     ) -> FileRecord:
+        """`within(session, file_id)` runs in the record's transaction (its idempotency key)."""
         record = FileRecord(
             id=file_id,
             owner=owner,
@@ -38,6 +50,8 @@ class FileStore:
             created_at=datetime.now(UTC),
         )
         with self.db.session() as s:
+            if within is not None:
+                within(s, file_id)
             s.add(record)
         return record
 

@@ -72,6 +72,8 @@ class Job(Base):
     engine_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # long jobs (batches)
     heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)  # flow-run jobs beat while running
+    # {"url", "events"}: where its state changes are POSTed (sealed like params; bitinglip/webhooks)
+    webhook: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     __table_args__ = (
         Index("ix_jobs_dispatch", "status", "dispatched_at", "priority", "created_at"),
@@ -215,3 +217,45 @@ class UsageHold(Base):
     amount: Mapped[int] = mapped_column(BigInteger)
     caps: Mapped[list[Any]] = mapped_column(JSON)  # [[subject, limit or null], ...], in lock order
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookSecret(Base):
+    """A user's webhook signing secret (Standard Webhooks `whsec_...`), sealed when encryption keys are
+    configured: the user reads it back to verify deliveries, so it is kept, not hashed."""
+
+    __tablename__ = "webhook_secrets"
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"value": "whsec_..."} or its sealed form
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One attempt to deliver one event of a job (or batch) to its webhook: inserted, never updated, so
+    attempts of concurrent deliveries never overwrite each other."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(36), index=True)
+    event: Mapped[str] = mapped_column(String(16))
+    message_id: Mapped[str] = mapped_column(String(40))  # `webhook-id`: the same on every retry of an event
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class IdempotencyKey(Base):
+    """An `Idempotency-Key` a user sent with a create request: what the request was (route + body hash)
+    and what it made. Written in the creating transaction, so one key makes at most one object."""
+
+    __tablename__ = "idempotency_keys"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    route: Mapped[str] = mapped_column(String(64))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    object_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

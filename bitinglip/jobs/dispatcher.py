@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # An idle dispatcher's look at the job table when nothing poked it: a submission pokes its own gateway's
 # dispatcher and the reaper pokes after requeueing, so this only bounds how late a run left to redispatch
-# is noticed. Twice a second it cost an idle gateway ~0.3% of a core (docs/architecture.md §3.22).
+# is noticed. Twice a second it cost an idle gateway ~0.3% of a core (docs/architecture.md §3.23).
 IDLE_LOOK_S = 5.0
 
 SubmitRun = Callable[[JobKind, Dispatched], str]  # (kind, job) -> Prefect flow run id

@@ -2,7 +2,7 @@
 writes them in one transaction, so concurrent submitters share one commit (on SQLite one write lock and one
 WAL sync) instead of queueing for the lock one by one. Nothing waits on purpose: the submissions that
 arrive while a group is being written make the next group. A job is answered only after its group has
-committed (durable on 202); a refused quota hold refuses that job alone (docs/architecture.md §3.20)."""
+committed (durable on 202); a refused quota hold refuses that job alone (docs/architecture.md §3.22)."""
 
 from __future__ import annotations
 

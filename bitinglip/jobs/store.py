@@ -21,7 +21,7 @@ from bitinglip.config import get_settings
 from bitinglip.crypto import Cipher
 from bitinglip.db.paging import after_cursor
 from bitinglip.db.session import Database
-from bitinglip.db.tables import Job
+from bitinglip.db.tables import Job, WebhookDelivery
 from bitinglip.errors import BitingLipError, Conflict, NotFound
 from bitinglip.jobs.kinds import job_kind, types_run_by
 
@@ -76,6 +76,7 @@ class NewJob:
     owner: str
     request_id: str | None = None
     within: Callable[[Session, str], object] | None = None
+    webhook: dict[str, Any] | None = None  # {"url", "events"}, sealed like params
 
 
 class JobStore:
@@ -88,6 +89,7 @@ class JobStore:
         """Plaintext payload on the (detached) row, without marking it changed."""
         set_committed_value(job, "params", self.cipher.open_json(job.params))
         set_committed_value(job, "result", self.cipher.open_json(job.result))
+        set_committed_value(job, "webhook", self.cipher.open_json(job.webhook))
         return job
 
     def _opened(self, jobs: list[Job]) -> list[Job]:
@@ -104,11 +106,17 @@ class JobStore:
         priority: int,
         owner: str,
         request_id: str | None = None,
+        webhook: dict[str, Any] | None = None,
         within: Callable[[Session, str], object] | None = None,
     ) -> Job:
-        """`within(session, job_id)` runs in the INSERT's transaction (the job's quota hold): the hold
-        commits with the row or not at all."""
-        (made,) = self.create_many([NewJob(type_, model, params, priority, owner, request_id, within)])
+        """`within(session, job_id)` runs in the INSERT's transaction (the job's quota hold, its
+        idempotency key): the hold commits with the row or not at all. `webhook` ({"url", "events"}) is
+        sealed like `params`."""
+        return self.add(NewJob(type_, model, params, priority, owner, request_id, within, webhook))
+
+    def add(self, new: NewJob) -> Job:
+        """One job in a transaction of its own."""
+        (made,) = self.create_many([new])
         if isinstance(made, BitingLipError):
             raise made
         return made
@@ -132,6 +140,7 @@ class JobStore:
         for new, written in zip(jobs, made, strict=True):
             if isinstance(written, Job):
                 set_committed_value(written, "params", new.params)
+                set_committed_value(written, "webhook", new.webhook)
         return made
 
     def _row(self, new: NewJob) -> Job:
@@ -145,6 +154,7 @@ class JobStore:
             owner=new.owner,
             status="queued",
             created_at=_now(),
+            webhook=self.cipher.seal_json(new.webhook),
         )
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
@@ -430,11 +440,18 @@ class JobStore:
             return list(s.scalars(query))
 
     def delete_many(self, job_ids: list[str]) -> int:
-        """Delete these rows if they are still finished (a re-queued job is not purged)."""
+        """Delete these rows if they are still finished (a re-queued job is not purged), and the
+        webhook attempts of those deleted."""
         if not job_ids:
             return 0
         with self.db.session() as s:
-            return _rows(s, delete(Job).where(Job.id.in_(job_ids), Job.status.in_(TERMINAL)))
+            deleted = _rows(s, delete(Job).where(Job.id.in_(job_ids), Job.status.in_(TERMINAL)))
+            s.execute(
+                delete(WebhookDelivery).where(
+                    WebhookDelivery.job_id.in_(job_ids), WebhookDelivery.job_id.not_in(select(Job.id))
+                )
+            )
+            return deleted
 
     def active_batch_inputs(self) -> set[str]:
         """Input file ids of batches not finished yet: their inputs must outlive any retention."""
@@ -444,20 +461,25 @@ class JobStore:
 
     def reseal_all(self, page: int = 200) -> int:
         """Rewrite every sealed (or still plaintext) payload under the newest key; returns rows changed.
-        `params` never change after creation and `result` only until a job finishes, so only settled
-        values are rewritten and no concurrent write can be lost."""
+        `params` and `webhook` never change after creation and `result` only until a job finishes, so
+        only settled values are rewritten and no concurrent write can be lost."""
         changed, last = 0, ""
         while True:
             with self.db.session() as s:
                 rows = s.execute(
-                    select(Job.id, Job.status, Job.params, Job.result).where(Job.id > last).order_by(Job.id).limit(page)
+                    select(Job.id, Job.status, Job.params, Job.result, Job.webhook)
+                    .where(Job.id > last)
+                    .order_by(Job.id)
+                    .limit(page)
                 ).all()
             if not rows:
                 return changed
-            for job_id, status, params, result in rows:
+            for job_id, status, params, result, webhook in rows:
                 values: dict[str, Any] = {}
                 if (sealed := self.cipher.reseal_json(params)) is not None:
                     values["params"] = sealed
+                if (sealed := self.cipher.reseal_json(webhook)) is not None:
+                    values["webhook"] = sealed
                 if status in TERMINAL and (sealed := self.cipher.reseal_json(result)) is not None:
                     values["result"] = sealed
                 if values:

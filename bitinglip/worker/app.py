@@ -58,7 +58,9 @@ def create_worker_app(settings: Settings, serve_jobs: bool = True) -> FastAPI:
             except BitingLipError as exc:
                 log.error("cannot preload %s: %s", model, exc.message)
         runner = JobRunner(settings, pool, jobs, settings.worker_name)
-        pump = JobPump(settings, pool, jobs, runner, settings.worker_name)
+        from flows.webhooks import deliveries  # Prefect task runs, like the jobs themselves
+
+        pump = JobPump(settings, pool, jobs, runner, settings.worker_name, deliveries(settings, db))
         set_runtime(WorkerRuntime(settings, pool, runner, pump))
         heartbeat = Heartbeat(settings, db, pool)
         background = [

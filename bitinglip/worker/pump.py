@@ -26,6 +26,7 @@ from bitinglip.jobs.store import JobStore
 
 if TYPE_CHECKING:
     from bitinglip.engines.pool import ModelPool
+    from bitinglip.webhooks.delivery import Deliveries
     from bitinglip.worker.jobs import Computed, JobRunner
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,17 @@ BUSY_POLL_S = 0.05  # while a flow run is open: new jobs join within this
 
 
 class JobPump:
-    def __init__(self, settings: Settings, pool: ModelPool, store: JobStore, runner: JobRunner, worker_id: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: ModelPool,
+        store: JobStore,
+        runner: JobRunner,
+        worker_id: str,
+        webhooks: Deliveries | None = None,
+    ) -> None:
         self.settings = settings
+        self.webhooks = webhooks  # jobs' webhook events, task runs of the same flow run
         self.pool = pool
         self.runner = runner
         self.store = store
@@ -64,6 +74,8 @@ class JobPump:
         if in_flight:
             with suppress(Exception):
                 await asyncio.to_thread(self.store.release, in_flight, self.worker_id)
+        if self.webhooks is not None:
+            await self.webhooks.close()
 
     def _keep_our_sigterm(self) -> None:
         """Prefect's flow engine swaps in a SIGTERM handler that raises inside the event loop, where
@@ -102,15 +114,20 @@ class JobPump:
             except TimeoutError:
                 pass
 
+    @property
+    def _delivering(self) -> bool:
+        return self.webhooks is not None and self.webhooks.pending
+
     async def drain(self) -> dict[str, int]:
-        """Inside the flow run: claim what fits, start a task run per job, repeat until idle."""
+        """Inside the flow run: claim what fits, start a task run per job, repeat until idle; the run
+        stays open while webhook deliveries retry (they are its task runs)."""
         self._keep_our_sigterm()
         counts: dict[str, int] = {}
         idle_since = time.monotonic()
         watcher = asyncio.create_task(self._watch_cancellation())
         try:
             while not self._stopping and (
-                self._running or time.monotonic() - idle_since < self.settings.job_flow_idle_s
+                self._running or self._delivering or time.monotonic() - idle_since < self.settings.job_flow_idle_s
             ):
                 room = self.settings.worker_jobs_in_flight - len(self._running)
                 if room > 0:
@@ -121,6 +138,8 @@ class JobPump:
                         self.claimed[job.id] = job
                         self.cancelled[job.id] = threading.Event()
                         self.started[job.id] = self.runner.start(job, self.cancelled[job.id])
+                        if self.webhooks is not None:
+                            self.webhooks.send(job, "start")
                         run = asyncio.create_task(self._run(job, counts))
                         self._running.add(run)
                         run.add_done_callback(self._running.discard)
@@ -155,6 +174,8 @@ class JobPump:
                     return_state=True,
                 )
             outcome = str(getattr(state, "name", outcome))
+            if self.webhooks is not None and outcome in ("Completed", "Failed"):
+                self.webhooks.send(job, outcome.lower())  # in the background: the job is already recorded
         except Exception:  # Prefect could not start the run: back to the queue for another try
             log.exception("job %s: its task run could not start; it goes back to the queue", job.id)
             with suppress(Exception):

@@ -184,7 +184,7 @@ def test_scheduled_purge_removes_expired_rows_and_s3_objects(
     run, rows = _purge_run(platform, datetime.now(UTC) + AHEAD)
     assert run.state is not None and run.state.is_completed(), run.state
     report = {row["kind"]: row for row in rows}
-    assert set(report) == {"jobs", "results", "files", "batches"}
+    assert set(report) == {"jobs", "results", "files", "batches", "idempotency_keys"}
     assert (report["jobs"]["rows"], report["jobs"]["objects"]) == ("1", "1"), report
     assert (report["files"]["rows"], report["files"]["objects"]) == ("2", "2"), (
         report

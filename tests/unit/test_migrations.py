@@ -78,7 +78,10 @@ def upgrade_to(engine: Engine, revision: str) -> None:
 ADDED_COLUMNS: dict[str, dict[str, Any]] = {
     "models": {"backend": "transformers"},  # 0003
     "workers": {"memory_budget_bytes": None},  # 0004
+    "jobs": {"webhook": None},  # 0005
 }
+# Tables later revisions added (0005), beside the security wave's
+TODAY = SECURITY | {"webhook_secrets", "webhook_deliveries", "idempotency_keys"}
 
 
 def old_create_all(engine: Engine) -> None:
@@ -236,9 +239,9 @@ def tables_of(engine: Engine) -> set[str]:
 
 def assert_today_and_usable(db: Database) -> None:
     """Today's schema, exactly, and today's code works on it: limits, the usage ledger, access rules."""
-    assert tables_of(db.engine) == SECURITY | {VERSION_TABLE}
+    assert tables_of(db.engine) == TODAY | {VERSION_TABLE}
     with db.engine.connect() as conn:
-        assert schema_revision(conn) == schema_head() == "0004_worker_memory"
+        assert schema_revision(conn) == schema_head() == "0005_webhooks_idempotency"
     assert schema_diff(db.engine) == []  # what autogenerate would write: nothing
 
     with db.session() as s:
@@ -329,7 +332,7 @@ def test_fresh_database_is_exactly_todays_models(url: str) -> None:
         write_first_wave_rows(db.engine)
         assert_today_and_usable(db)
         Database(url).dispose()  # opening again: already at head, nothing happens
-        assert tables_of(db.engine) == SECURITY | {VERSION_TABLE}
+        assert tables_of(db.engine) == TODAY | {VERSION_TABLE}
     finally:
         db.dispose()
 
@@ -343,7 +346,7 @@ def test_migrations_go_down_and_up_again(url: str, raw: Engine) -> None:
     assert tables_of(raw) == FIRST_WAVE | {VERSION_TABLE}
     db = Database(url)
     try:
-        assert tables_of(db.engine) == SECURITY | {VERSION_TABLE}
+        assert tables_of(db.engine) == TODAY | {VERSION_TABLE}
     finally:
         db.dispose()
 
@@ -407,7 +410,7 @@ def test_processes_opening_a_fresh_database_together(url: str) -> None:
         assert proc.returncode == 0, err
     db = Database(url)
     try:
-        assert tables_of(db.engine) == SECURITY | {VERSION_TABLE}
+        assert tables_of(db.engine) == TODAY | {VERSION_TABLE}
         with db.engine.connect() as conn:
             assert conn.execute(text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar_one() == 1
     finally:

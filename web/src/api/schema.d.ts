@@ -543,6 +543,46 @@ export interface paths {
         patch: operations["update_user_api_v1_users__username__patch"];
         trace?: never;
     };
+    "/api/v1/webhooks/secret": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Secret
+         * @description Your webhook signing secret (made on first use): verify each delivery's `webhook-signature` with it.
+         */
+        get: operations["get_secret_api_v1_webhooks_secret_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/webhooks/secret/rotate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rotate Secret
+         * @description A new secret; deliveries from now on are signed with it, and the old one stops verifying.
+         */
+        post: operations["rotate_secret_api_v1_webhooks_secret_rotate_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/workers": {
         parameters: {
             query?: never;
@@ -796,7 +836,11 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
-        /** BatchCreateRequest */
+        /**
+         * BatchCreateRequest
+         * @description OpenAI's fields, plus `webhook` and `webhook_events_filter` (the openai SDK sends them in
+         *     `extra_body`).
+         */
         BatchCreateRequest: {
             /**
              * Completion Window
@@ -815,6 +859,16 @@ export interface components {
             metadata?: {
                 [key: string]: string;
             } | null;
+            /**
+             * Webhook
+             * @description An http(s) URL the job's events are POSTed to, signed with your webhook secret (GET /api/v1/webhooks/secret). Private, loopback and link-local addresses are refused unless an admin allowed them.
+             */
+            webhook?: string | null;
+            /**
+             * Webhook Events Filter
+             * @description Which events to send: `start`, `completed`, `failed`; default all three.
+             */
+            webhook_events_filter?: ("start" | "completed" | "failed")[] | null;
         };
         /** BatchError */
         BatchError: {
@@ -908,6 +962,9 @@ export interface components {
              * @enum {string}
              */
             status: "validating" | "failed" | "in_progress" | "finalizing" | "completed" | "expired" | "cancelling" | "cancelled";
+            webhook?: components["schemas"]["WebhookView"] | null;
+            /** Webhook Deliveries */
+            webhook_deliveries?: components["schemas"]["WebhookAttemptView"][];
         };
         /** Body_upload_file_v1_files_post */
         Body_upload_file_v1_files_post: {
@@ -1308,6 +1365,16 @@ export interface components {
              * @constant
              */
             type: "embedding";
+            /**
+             * Webhook
+             * @description An http(s) URL the job's events are POSTed to, signed with your webhook secret (GET /api/v1/webhooks/secret). Private, loopback and link-local addresses are refused unless an admin allowed them.
+             */
+            webhook?: string | null;
+            /**
+             * Webhook Events Filter
+             * @description Which events to send: `start`, `completed`, `failed`; default all three.
+             */
+            webhook_events_filter?: ("start" | "completed" | "failed")[] | null;
         };
         /**
          * EmbeddingParams
@@ -1616,6 +1683,16 @@ export interface components {
              * @constant
              */
             type: "image";
+            /**
+             * Webhook
+             * @description An http(s) URL the job's events are POSTed to, signed with your webhook secret (GET /api/v1/webhooks/secret). Private, loopback and link-local addresses are refused unless an admin allowed them.
+             */
+            webhook?: string | null;
+            /**
+             * Webhook Events Filter
+             * @description Which events to send: `start`, `completed`, `failed`; default all three.
+             */
+            webhook_events_filter?: ("start" | "completed" | "failed")[] | null;
         };
         /** ImageObject */
         ImageObject: {
@@ -1767,6 +1844,13 @@ export interface components {
             timings: components["schemas"]["JobTimings"];
             /** Type */
             type: string;
+            /** @description Where the job's events are POSTed, if anywhere. */
+            webhook?: components["schemas"]["WebhookView"] | null;
+            /**
+             * Webhook Deliveries
+             * @description Every attempt to deliver an event to the webhook, oldest first.
+             */
+            webhook_deliveries?: components["schemas"]["WebhookAttemptView"][];
             /** Worker */
             worker: string | null;
         };
@@ -2344,6 +2428,16 @@ export interface components {
              * @constant
              */
             type?: "text";
+            /**
+             * Webhook
+             * @description An http(s) URL the job's events are POSTed to, signed with your webhook secret (GET /api/v1/webhooks/secret). Private, loopback and link-local addresses are refused unless an admin allowed them.
+             */
+            webhook?: string | null;
+            /**
+             * Webhook Events Filter
+             * @description Which events to send: `start`, `completed`, `failed`; default all three.
+             */
+            webhook_events_filter?: ("start" | "completed" | "failed")[] | null;
         };
         /** TextTimings */
         TextTimings: {
@@ -2520,6 +2614,52 @@ export interface components {
             role: string;
             /** Username */
             username: string;
+        };
+        /**
+         * WebhookAttemptView
+         * @description One try to deliver one event; `webhook_id` is the `webhook-id` header, the same on every retry.
+         */
+        WebhookAttemptView: {
+            /**
+             * At
+             * Format: date-time
+             */
+            at: string;
+            /** Attempt */
+            attempt: number;
+            /** Delivered */
+            delivered: boolean;
+            /** Error */
+            error: string | null;
+            /** Event */
+            event: string;
+            /**
+             * Status Code
+             * @description The receiver's answer; null when none came (see `error`).
+             */
+            status_code: number | null;
+            /** Webhook Id */
+            webhook_id: string;
+        };
+        /** WebhookSecretView */
+        WebhookSecretView: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Secret
+             * @description Standard Webhooks secret (`whsec_` + base64): verifies `webhook-signature`.
+             */
+            secret: string;
+        };
+        /** WebhookView */
+        WebhookView: {
+            /** Events */
+            events: string[];
+            /** Url */
+            url: string;
         };
         /** WorkerOutcome */
         WorkerOutcome: {
@@ -5383,7 +5523,10 @@ export interface operations {
     submit_job_api_v1_tasks_post: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Repeat a create safely: the same key with the same request returns the object the first one made (with `Idempotent-Replayed: true`); with another request it is a 409. Yours alone; remembered for BITINGLIP_IDEMPOTENCY_TTL_S (24 h). 1-255 visible ASCII characters. */
+                "Idempotency-Key"?: string | null;
+            };
             path?: never;
             cookie?: never;
         };
@@ -6404,6 +6547,226 @@ export interface operations {
             };
         };
     };
+    get_secret_api_v1_webhooks_secret_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookSecretView"];
+                };
+            };
+            /** @description Invalid request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Missing, invalid, expired or revoked credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Admins only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not found (or not yours) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Invalid parameters */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Rate limit or quota exceeded */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Overloaded or unavailable; retry after Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    rotate_secret_api_v1_webhooks_secret_rotate_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookSecretView"];
+                };
+            };
+            /** @description Invalid request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Missing, invalid, expired or revoked credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Admins only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not found (or not yours) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The body is not sent as JSON (`Content-Type: application/json`) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Invalid parameters */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Rate limit or quota exceeded */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Overloaded or unavailable; retry after Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
     list_workers_api_v1_workers_get: {
         parameters: {
             query?: never;
@@ -6852,7 +7215,10 @@ export interface operations {
     create_batch_v1_batches_post: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Repeat a create safely: the same key with the same request returns the object the first one made (with `Idempotent-Replayed: true`); with another request it is a 409. Yours alone; remembered for BITINGLIP_IDEMPOTENCY_TTL_S (24 h). 1-255 visible ASCII characters. */
+                "Idempotency-Key"?: string | null;
+            };
             path?: never;
             cookie?: never;
         };
@@ -7648,7 +8014,10 @@ export interface operations {
     upload_file_v1_files_post: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Repeat a create safely: the same key with the same request returns the object the first one made (with `Idempotent-Replayed: true`); with another request it is a 409. Yours alone; remembered for BITINGLIP_IDEMPOTENCY_TTL_S (24 h). 1-255 visible ASCII characters. */
+                "Idempotency-Key"?: string | null;
+            };
             path?: never;
             cookie?: never;
         };
