@@ -40,6 +40,8 @@ bench: setup
 	$(PY) -m bench.load
 	$(PY) -m bench.console_load
 	$(PY) -m bench.structured
+	$(PY) -m bench.result_cache
+	$(PY) -m bench.idle
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache web/dist web/node_modules
