@@ -31,6 +31,10 @@ R = TypeVar("R", bound=BaseModel)
 
 # payload fields that do not shape the output: the queue a request waits in, how long its model stays warm
 _NOT_OUTPUT = frozenset({"priority", "keep_alive"})
+# part of every key: entries written by a release that stored another shape are never read by this one
+KEY_VERSION = 1
+# a slow or black-holed Redis costs a request at most this much per read or write
+REDIS_TIMEOUT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -57,10 +61,13 @@ def deterministic(payload: dict[str, Any]) -> bool:
     return temperature is None or temperature == 0 or payload.get("seed") is not None
 
 
-def cache_key(prefix: str, route: str, owner: str, model: ModelRecord, payload: dict[str, Any]) -> str:
-    """The installed files' hashes and the backend stand for the model: a reinstall that changed them misses."""
+def cache_key(
+    prefix: str, route: str, owner: str, model: ModelRecord, payload: dict[str, Any], defaults: dict[str, Any]
+) -> str:
+    """The installed files' hashes and the backend stand for the model: a reinstall that changed them misses.
+    `defaults`: settings that shape an answer when the request leaves a field out (default_max_tokens)."""
     shaping = {k: v for k, v in payload.items() if k not in _NOT_OUTPUT}
-    identity = [route, owner, model.id, model.backend, model.files, shaping]
+    identity = [KEY_VERSION, route, owner, model.id, model.backend, model.files, shaping, defaults]
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return f"{prefix}:result:{digest}"
 
@@ -72,7 +79,8 @@ class _Backend(Protocol):
 
 class _Memory:
     def __init__(self, max_bytes: int, ttl_s: float) -> None:
-        self._entries: TTLCache[str, bytes] = TTLCache(maxsize=max_bytes, ttl=ttl_s, getsizeof=len)
+        # an entry's size counts its key and bookkeeping too, so many small answers stay within the bound
+        self._entries: TTLCache[str, bytes] = TTLCache(maxsize=max_bytes, ttl=ttl_s, getsizeof=lambda v: len(v) + 200)
 
     async def get(self, key: str) -> bytes | None:
         return self._entries.get(key)
@@ -85,7 +93,7 @@ class _Redis:
     def __init__(self, url: str, ttl_s: float) -> None:
         from redis.asyncio import Redis
 
-        self._redis = Redis.from_url(url)
+        self._redis = Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
         self._ttl_ms = int(ttl_s * 1000)
 
     async def get(self, key: str) -> bytes | None:
@@ -120,10 +128,10 @@ class ResultCache:
         if key is None or not self.enabled or not (use.lookup or use.store):
             return await self._computed(use, route, "bypass", compute), False
         name = key()
-        if use.lookup and (stored := await self._get(name)) is not None:
+        if use.lookup and (replayed := await self._get(name, answer)) is not None:
             use.report("hit")
             metrics.RESULT_CACHE.labels(route, "hit").inc()
-            return answer.model_validate_json(stored), True
+            return replayed, True
         result = await self._computed(use, route, "miss" if use.lookup else "bypass", compute)
         if use.store:
             value = result.model_dump_json().encode()
@@ -138,10 +146,11 @@ class ResultCache:
         metrics.RESULT_CACHE.labels(route, outcome).inc()
         return result
 
-    async def _get(self, key: str) -> bytes | None:
+    async def _get(self, key: str, answer: type[R]) -> R | None:
         try:
-            return await self._backend.get(key)
-        except Exception as exc:  # any backend failure means "not cached"
+            stored = await self._backend.get(key)
+            return None if stored is None else answer.model_validate_json(stored)
+        except Exception as exc:  # a backend failure or an entry that does not read: "not cached"
             log.warning("result cache read failed: %r", exc)
             return None
 

@@ -77,7 +77,7 @@ class BatchService:
         webhook = None
         if (config := request.webhook_config()) is not None:
             allow = self.files.settings.webhook_allow_hosts
-            webhook = await asyncio.to_thread(urls.accept, *config, allow)
+            webhook = await urls.accept(*config, allow)
         owner = who.username
         record = await self.files.record(request.input_file_id, who.scope)
         if record.purpose != "batch":

@@ -34,6 +34,7 @@ from bitinglip.outputs import (
 from bitinglip.result_cache import DEFAULT_USE, CacheUse, ResultCache, cache_key, deterministic
 from bitinglip.results import ResultStore
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
+from bitinglip.structured.tools import new_call_id
 from bitinglip.types import Priority
 
 log = logging.getLogger(__name__)
@@ -157,13 +158,15 @@ class InferenceService:
             return result
 
         def key() -> str:
-            owner = access.current_caller().username
-            return cache_key(self.settings.redis_prefix, path, owner, record, payload)
+            owner, defaults = access.current_caller().username, {"max_tokens": self.settings.default_max_tokens}
+            return cache_key(self.settings.redis_prefix, path, owner, record, payload, defaults)
 
         result, replayed = await self.cache.through(use, key if deterministic(payload) else None, answer, on_a_worker)
         if replayed:
             engine_side = {name: 0 for name in type(result.timings).model_fields if name != "gateway_seconds"}
             result.timings = result.timings.model_copy(update=engine_side)
+            if isinstance(result, TextGeneration) and result.tool_calls:  # a call id names one reply, not two
+                result.tool_calls = [call.model_copy(update={"id": new_call_id()}) for call in result.tool_calls]
         result.timings.gateway_seconds = round(time.perf_counter() - started, 5)
         return result, served_by
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Header, Request
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from api.deps import PrincipalDep, ScopeDep, StateDep
 from api.jobs.watch import JobWatch, WatchSlots, resume_after
@@ -61,11 +62,16 @@ async def watch_job(
         state.jobs, state.workers, state.worker_client, state.settings.console_events_interval_s, still_valid
     )
 
-    slots.check(who.username)  # a 429 before the stream starts; the slot is held while it runs
+    release = slots.take(who.username)  # a 429 before the stream starts; the slot is held while it runs
 
     async def stream() -> AsyncIterator[dict[str, Any]]:
-        with slots.hold(who.username):
+        try:
             async for event in watch.events(first, scope, after):
                 yield event.sse()
+        finally:
+            release()
 
-    return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store"})
+    # released by the stream's end, or after the answer when the stream never started (a client gone at once)
+    return EventSourceResponse(
+        stream(), ping=15, headers={"Cache-Control": "no-store"}, background=BackgroundTask(release)
+    )

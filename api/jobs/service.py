@@ -80,7 +80,7 @@ class JobService:
         if (config := request.webhook_config()) is None:
             return None
         url, events = config
-        return await asyncio.to_thread(urls.accept, url, events, self.settings.webhook_allow_hosts)
+        return await urls.accept(url, events, self.settings.webhook_allow_hosts)
 
     def _link(self, path: str) -> tuple[str, int]:
         return signed_urls.result_link(self.settings, path, self.settings.result_link_ttl_s)

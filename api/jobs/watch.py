@@ -14,8 +14,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -63,23 +62,25 @@ class WatchSlots:
         self.limit = limit
         self.open: Counter[str] = Counter()
 
-    def check(self, username: str) -> None:
-        """Before a stream starts: 429 when the user has all their streams open already."""
+    def take(self, username: str) -> Callable[[], None]:
+        """Before a stream starts: a 429 when the user has all their streams open already, else the slot,
+        taken now (so a burst of requests cannot all pass a check first); the answer releases it, once."""
         if self.open[username] >= self.limit:
             raise RateLimited(
                 f"{self.limit} job event streams are open for this user; close one first",
                 limit=self.limit,
                 reset_after=RECHECK_S,
             )
-
-    @contextmanager
-    def hold(self, username: str) -> Iterator[None]:
-        """While a stream runs (taken inside it, so a stream that never started holds nothing)."""
         self.open[username] += 1
-        try:
-            yield
-        finally:
-            self.open[username] -= 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.open[username] -= 1
+
+        return release
 
 
 class JobWatch:
@@ -114,6 +115,11 @@ class JobWatch:
                 async for number, text in self._pieces(job.worker, job.id, pieces):
                     pieces = number
                     yield WatchEvent("token", json.dumps({"n": number, "text": text}), id=number)
+                    if time.monotonic() - checked >= RECHECK_S:  # a long reply: credentials revoked mid-way
+                        if not await self.still_valid():
+                            yield WatchEvent("goodbye", json.dumps({"reason": "the credentials are no longer valid"}))
+                            return
+                        checked = time.monotonic()
                 job = await self.jobs.get(job.id, scope)  # its work ended there: the row says how
                 if job.status in FINISHED:
                     continue

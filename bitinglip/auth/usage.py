@@ -209,7 +209,7 @@ class UsageLedger:
         take many holds and commit those that fit (docs/architecture.md §3.22)."""
         hold_id = hold_id or f"req:{uuid.uuid4().hex}"
         day = today()
-        if replace:
+        if replace:  # not for a shared transaction: a refusal below does not restore the released hold
             self._release(s, hold_id)
         raised: list[str] = []
         for subject, limit in caps:
@@ -236,9 +236,12 @@ class UsageLedger:
             return self._settle(s, hold_id, actual)
 
     def settle_many(self, outcomes: list[tuple[str, int]]) -> None:
-        """Several holds in one transaction (jobs that finish together)."""
+        """Several holds in one transaction (jobs that finish together), in the order of their owners, the
+        order in which accepted jobs' holds lock the same counters (bitinglip/jobs/store.py create_many)."""
         with self.db.session() as s:
-            for hold_id, actual in outcomes:
+            query = select(UsageHold.id, UsageHold.caps).where(UsageHold.id.in_([hold for hold, _ in outcomes]))
+            owner = {hold: str(caps[0][0]) if caps else "" for hold, caps in s.execute(query)}
+            for hold_id, actual in sorted(outcomes, key=lambda outcome: owner.get(outcome[0], "")):
                 self._settle(s, hold_id, actual)
 
     def counters(self, caps: list[Cap], kind: QuotaKind, day: str | None = None) -> list[Counter]:

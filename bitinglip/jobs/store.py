@@ -125,23 +125,26 @@ class JobStore:
         """Each job with its `within` (its quota hold) in one transaction and one commit for all; a job
         whose `within` refuses it (a BitingLipError, which leaves the transaction as it found it) is
         answered with that error and the others are written. Any other failure fails them all."""
-        made: list[Job | BitingLipError] = []
+        made: dict[int, Job | BitingLipError] = {}
+        # by owner: the quota counters each job's hold locks (its user's, then its key's) are taken in one
+        # order by every group and every settlement, so two transactions never wait on each other in a circle
+        order = sorted(range(len(jobs)), key=lambda i: jobs[i].owner)
         with self.db.session() as s:
-            for new in jobs:
-                job = self._row(new)
+            for i in order:
+                new, job = jobs[i], self._row(jobs[i])
                 try:
                     if new.within is not None:
                         new.within(s, job.id)
                 except BitingLipError as refused:
-                    made.append(refused)
+                    made[i] = refused
                     continue
                 s.add(job)
-                made.append(job)
-        for new, written in zip(jobs, made, strict=True):
-            if isinstance(written, Job):
+                made[i] = job
+        for i, new in enumerate(jobs):
+            if isinstance(written := made[i], Job):
                 set_committed_value(written, "params", new.params)
                 set_committed_value(written, "webhook", new.webhook)
-        return made
+        return [made[i] for i in range(len(jobs))]
 
     def _row(self, new: NewJob) -> Job:
         return Job(

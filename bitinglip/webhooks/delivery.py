@@ -85,7 +85,7 @@ class WebhookSender:
         it, WebhookRefused when the URL may not be called (now: DNS may have changed since acceptance)."""
         status, error = None, None
         try:
-            target = await asyncio.to_thread(urls.check, delivery.url, self.settings.webhook_allow_hosts)
+            target = await urls.checked(delivery.url, self.settings.webhook_allow_hosts)
             secret = await asyncio.to_thread(self.store.secret, delivery.owner)
             headers = signed_headers(secret.value, delivery.message_id, datetime.now(UTC), delivery.body)
             headers |= {"content-type": "application/json", "user-agent": USER_AGENT, "host": target.host_header}
@@ -93,13 +93,15 @@ class WebhookSender:
             request = self.client.build_request(
                 "POST", target.pinned_url, content=delivery.body, headers=headers, extensions=extensions
             )
-            response = await self.client.send(request, stream=True)  # the answer's body is never read
-            await response.aclose()
+            # httpx's timeout bounds each phase; this bounds the attempt (a receiver trickling its headers)
+            async with asyncio.timeout(self.settings.webhook_timeout_s):
+                response = await self.client.send(request, stream=True)  # the answer's body is never read
+                await response.aclose()
             status = response.status_code
         except urls.WebhookRefused as exc:
             error = exc.message
             raise
-        except httpx.TimeoutException as exc:
+        except (httpx.TimeoutException, TimeoutError) as exc:
             error = "timed out"
             raise DeliveryFailed(error) from exc
         except httpx.HTTPError as exc:

@@ -7,10 +7,12 @@ the connection (rebinding) cannot move it, and redirects are never followed."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import socket
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -21,6 +23,18 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# IPv6 forms that carry an IPv4 address in their last 32 bits (IPv4-compatible, SIIT, local-use NAT64):
+# Python calls several of them global, whatever the IPv4 address inside is
+_CARRIES_IPV4 = (
+    ipaddress.ip_network("::/96"),
+    ipaddress.ip_network("::ffff:0:0:0/96"),
+    ipaddress.ip_network("64:ff9b:1::/48"),
+)
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")  # deprecated, still routed inside some networks
+DNS_TIMEOUT_S = 5.0
+# Lookups run here, never in the event loop's default pool: a host whose DNS never answers can hold
+# these threads (until the resolver gives up), not the ones that check keys and read the database
+_DNS_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-dns")
 # a last label that is a number: resolvers and browsers read such a host as an IPv4 address in some
 # other spelling (2130706433, 0x7f.1, 127.1, 0177.0.0.1), which a check must not miss
 _NUMERIC_LAST_LABEL = re.compile(r"(^|\.)(0x[0-9a-f]*|[0-9]+)\.?$")
@@ -102,8 +116,10 @@ def is_public(ip: IPAddress) -> bool:
     """Reachable on the internet: not private, loopback, link-local (cloud metadata), shared, reserved,
     unspecified or multicast, also when an IPv6 address carries an IPv4 one (mapped, 6to4, NAT64)."""
     if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _SITE_LOCAL:
+            return False
         inner = ip.ipv4_mapped or ip.sixtofour
-        if inner is None and ip in _NAT64:
+        if inner is None and (ip in _NAT64 or any(ip in net for net in _CARRIES_IPV4)):
             inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if inner is not None:
             return is_public(inner)
@@ -146,7 +162,16 @@ def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None
         return None
 
 
-def accept(url: str, events: list[str], allow: Sequence[str]) -> dict[str, object]:
+async def checked(url: str, allow: Sequence[str], resolver: Resolver = resolve) -> Target:
+    """`check` off the event loop, in the lookups' own threads, within DNS_TIMEOUT_S."""
+    lookup = asyncio.get_running_loop().run_in_executor(_DNS_POOL, check, url, allow, resolver)
+    try:
+        return await asyncio.wait_for(lookup, DNS_TIMEOUT_S)
+    except TimeoutError:
+        raise WebhookRefused(f"the webhook host did not resolve within {DNS_TIMEOUT_S:g} s") from None
+
+
+async def accept(url: str, events: list[str], allow: Sequence[str]) -> dict[str, object]:
     """At acceptance (the gateway): the job's webhook, checked now as it will be at each delivery."""
-    check(url, allow)
+    await checked(url, allow)
     return {"url": url, "events": events}

@@ -85,10 +85,16 @@ class FinishWriter:
         """A ledger hiccup must not undo finished jobs: it is logged (the holds stay reserved)."""
         if self.ledger is None:
             return
+        holds = [(usage.job_hold_id(j), n) for j, n in used]
         try:
-            await asyncio.to_thread(self.ledger.settle_many, [(usage.job_hold_id(j), n) for j, n in used])
-        except Exception:
-            log.exception("settling the quota reservations of %d job(s) failed", len(used))
+            await asyncio.to_thread(self.ledger.settle_many, holds)
+        except Exception as exc:  # e.g. a deadlock victim on PostgreSQL: each on its own, once more
+            log.warning("settling %d quota reservations together failed (%r); one by one", len(used), exc)
+            for hold_id, n in holds:
+                try:
+                    await asyncio.to_thread(self.ledger.settle, hold_id, n)
+                except Exception:
+                    log.exception("settling the quota reservation %s failed", hold_id)
 
 
 class JobRunner:

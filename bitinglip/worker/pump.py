@@ -192,6 +192,8 @@ class JobPump:
         while True:
             await asyncio.sleep(every)
             pending = [job_id for job_id, event in self.cancelled.items() if not event.is_set()]
+            if not pending:  # idle: no thread hop twice a second for nothing
+                continue
             try:
                 for job_id in await asyncio.to_thread(self.store.cancel_requested, pending):
                     if event := self.cancelled.get(job_id):

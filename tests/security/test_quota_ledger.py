@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from bitinglip.auth.usage import UsageLedger, job_hold_id
 from bitinglip.db.session import Database
 from bitinglip.db.tables import Job
-from bitinglip.errors import RateLimited
+from bitinglip.errors import RateLimited, ServiceUnavailable
 from bitinglip.jobs.intake import JobIntake
 from bitinglip.jobs.store import JobStore, NewJob
 
@@ -144,3 +144,40 @@ def test_concurrent_submissions_through_the_intake_are_all_written_once(ledger: 
     assert len(accepted) == 33 and all(isinstance(o, RateLimited) for o in outcomes if not isinstance(o, Job))
     assert len(store.many([j.id for j in accepted])) == 33  # 33 x 3 = 99 <= 100: exactly what fits, each once
     assert ledger.counters([user], "tokens")[0].reserved == 99
+
+
+def test_one_jobs_failure_in_a_group_is_not_the_others(ledger: UsageLedger) -> None:
+    """A group whose transaction fails (here one row's own error; on PostgreSQL also a deadlock victim) is
+    written again one job per transaction: the others are accepted, the bad one hears its own error."""
+    store, user = JobStore(ledger.db), ("user:ivy", None)
+
+    def hold(s: Session, job_id: str) -> object:
+        return ledger.reserve_in(s, "tokens", 5, [user], hold_id=job_hold_id(job_id))
+
+    def broken(s: Session, job_id: str) -> object:
+        raise RuntimeError("this job's row cannot be written")
+
+    async def submit() -> list[Job | BaseException]:
+        intake = JobIntake(store)
+        good = NewJob("text", "m@1", {"prompt": "hi"}, 2, "ivy", within=hold)
+        bad = NewJob("text", "m@1", {"prompt": "hi"}, 2, "ivy", within=broken)
+        try:
+            return await asyncio.gather(*(intake.create(j) for j in (good, bad, good, good)), return_exceptions=True)
+        finally:
+            await intake.stop()
+
+    outcomes = asyncio.run(submit())
+    assert isinstance(outcomes[1], RuntimeError)
+    written = [o for o in outcomes if isinstance(o, Job)]
+    assert len(written) == 3 and len(store.many([j.id for j in written])) == 3
+    assert ledger.counters([user], "tokens")[0].reserved == 15  # three holds, none of the failed group's
+
+
+def test_a_stopped_intake_answers_every_submission() -> None:
+    async def after_stop() -> None:
+        intake = JobIntake(JobStore(Database("sqlite://")))
+        await intake.stop()
+        with pytest.raises(ServiceUnavailable, match="stopping"):
+            await intake.create(NewJob("text", "m@1", {}, 2, "ivy"))
+
+    asyncio.run(after_stop())

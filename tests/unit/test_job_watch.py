@@ -79,13 +79,16 @@ def test_a_last_event_id_the_stream_never_sent_is_refused(header: str) -> None:
     assert refused.value.param == "Last-Event-ID"
 
 
-def test_stream_slots_are_counted_per_user_and_given_back() -> None:
+def test_stream_slots_are_taken_at_once_per_user_and_given_back_once() -> None:
     slots = WatchSlots(limit=2)
-    with slots.hold("ada"), slots.hold("ada"):
-        with pytest.raises(RateLimited):
-            slots.check("ada")
-        slots.check("bob")  # another user's streams are theirs
-    slots.check("ada")
+    first, second = slots.take("ada"), slots.take("ada")  # taken when asked: a burst cannot pass a check first
+    with pytest.raises(RateLimited):
+        slots.take("ada")
+    slots.take("bob")()  # another user's streams are theirs
+    first()
+    first()  # released by the stream's end and by the answer's background task: counted once
+    third = slots.take("ada")
+    second(), third()
     assert slots.open["ada"] == 0
 
 

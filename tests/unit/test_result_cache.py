@@ -20,7 +20,7 @@ MODEL = ModelRecord(id="m@1", backend="llama.cpp", files={"w.gguf": {"sha256": "
 
 
 def _key(owner: str = "ann", model: ModelRecord = MODEL, **payload: Any) -> str:
-    return cache_key("p", "/internal/v1/text", owner, model, {"prompt": "hi", **payload})
+    return cache_key("p", "/internal/v1/text", owner, model, {"prompt": "hi", **payload}, {"max_tokens": 512})
 
 
 def test_the_key_names_the_owner_the_installed_files_and_what_shapes_the_answer() -> None:
@@ -29,6 +29,8 @@ def test_the_key_names_the_owner_the_installed_files_and_what_shapes_the_answer(
     other_backend = ModelRecord(id="m@1", backend="transformers", files=MODEL.files)
     distinct = {_key(), _key(owner="bob"), _key(model=reinstalled), _key(model=other_backend), _key(max_tokens=2)}
     assert len(distinct) == 5
+    other_default = cache_key("p", "/internal/v1/text", "ann", MODEL, {"prompt": "hi"}, {"max_tokens": 64})
+    assert other_default != _key()  # a request without max_tokens gets the setting's: part of what it asked
     assert _key().startswith("p:result:") and "hi" not in _key() and "ann" not in _key()  # a digest, no text
 
 
@@ -65,13 +67,13 @@ def _through(cache: ResultCache, key: str | None, n: int, use: CacheUse | None =
 
 
 def test_memory_cache_replays_expires_and_stays_within_its_bytes() -> None:
-    cache = ResultCache(Settings(result_cache_ttl_s=0.3, result_cache_max_bytes=200))
+    cache = ResultCache(Settings(result_cache_ttl_s=0.3, result_cache_max_bytes=2000))
     assert _through(cache, "k", 1) == (1, False, ["miss"])
     assert _through(cache, "k", 2) == (1, True, ["hit"])  # the stored answer, not the new computation
     assert _through(cache, None, 3) == (3, False, ["bypass"])  # not cacheable
     time.sleep(0.35)
     assert _through(cache, "k", 4) == (4, False, ["miss"])
-    for i in range(20):  # ~40 bytes each: the oldest leave, the bound holds
+    for i in range(20):  # ~240 bytes each as counted: the oldest leave, the bound holds
         _through(cache, f"fill-{i}", i)
     assert _through(cache, "fill-19", 0)[1] and not _through(cache, "fill-0", 0)[1]
 
@@ -93,7 +95,7 @@ def test_no_store_neither_reads_nor_writes() -> None:
 def test_redis_cache_is_shared_between_gateways_and_expires() -> None:
     prefix = f"bl-test-{uuid.uuid4().hex}"
     settings = Settings(redis_url="redis://127.0.0.1:6379/0", redis_prefix=prefix, result_cache_ttl_s=1)
-    key = cache_key(prefix, "/internal/v1/embeddings", "ann", MODEL, {"input": ["x"]})
+    key = cache_key(prefix, "/internal/v1/embeddings", "ann", MODEL, {"input": ["x"]}, {})
     one, two = ResultCache(settings), ResultCache(settings)  # two gateways
     try:
         assert _through(one, key, 7) == (7, False, ["miss"])
@@ -102,6 +104,13 @@ def test_redis_cache_is_shared_between_gateways_and_expires() -> None:
         assert 0 < ttl_ms <= 1000  # it expires with the setting
     finally:
         redis.Redis.from_url("redis://127.0.0.1:6379/0").delete(key)
+
+
+def test_an_entry_that_does_not_read_is_a_miss() -> None:
+    """An entry another release wrote in another shape (a shared Redis in a rolling upgrade)."""
+    cache = ResultCache(Settings())
+    asyncio.run(cache._backend.put("k", b'{"prompt_tokens": "not a number"}'))
+    assert _through(cache, "k", 4) == (4, False, ["miss"])
 
 
 def test_a_cache_that_is_down_costs_no_request() -> None:

@@ -5,9 +5,14 @@ the address that was checked."""
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import time
+
 import pytest
 
-from bitinglip.webhooks.urls import MAX_URL_LENGTH, WebhookRefused, check, parse
+from bitinglip.webhooks import urls
+from bitinglip.webhooks.urls import MAX_URL_LENGTH, WebhookRefused, check, is_public, parse
 
 HOSTILE = [
     "file:///etc/passwd",
@@ -115,3 +120,25 @@ def test_the_allow_list_opens_exactly_what_it_names() -> None:
 def test_parse_reports_the_port() -> None:
     assert parse("https://93.184.215.14/")[1:] == ("93.184.215.14", 443)
     assert parse("http://hooks.example.com/")[1:] == ("hooks.example.com", 80)
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["::7f00:1", "::ffff:0:7f00:1", "64:ff9b:1::a9fe:a9fe", "64:ff9b::a9fe:a9fe", "fec0::1", "::ffff:169.254.169.254"],
+)
+def test_ipv6_forms_carrying_a_private_ipv4_address_are_not_public(address: str) -> None:
+    """Python's `is_global` calls several of these global (IPv4-compatible, SIIT, local NAT64, site-local)."""
+    assert not is_public(ipaddress.ip_address(address))
+    with pytest.raises(WebhookRefused):
+        check(f"http://[{address}]/hook")
+
+
+def test_a_host_whose_dns_never_answers_is_refused_in_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(urls, "DNS_TIMEOUT_S", 0.2)
+
+    def hanging(host: str, port: int) -> list[str]:
+        time.sleep(1)
+        return ["93.184.216.34"]
+
+    with pytest.raises(WebhookRefused, match="did not resolve within"):
+        asyncio.run(urls.checked("https://slow.example.com/hook", (), hanging))
