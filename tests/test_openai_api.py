@@ -33,7 +33,8 @@ def test_chat_completion_answers_paris(client: openai.OpenAI) -> None:
 
 def test_chat_streaming_deltas_equal_the_non_stream_text(client: openai.OpenAI) -> None:
     kwargs = {"model": MODEL, "messages": CAPITAL, "max_tokens": 24, "temperature": 0}
-    plain = client.chat.completions.create(**kwargs).choices[0].message.content  # type: ignore[call-overload]
+    computed = {"Cache-Control": "no-store"}  # computed now, like the stream: not an earlier test's stored reply
+    plain = client.chat.completions.create(**kwargs, extra_headers=computed).choices[0].message.content  # type: ignore[call-overload]
     stream = client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})  # type: ignore[call-overload]
     deltas, finish, usage = [], None, None
     for chunk in stream:
@@ -64,7 +65,14 @@ def test_completion_with_stop_n_and_logprobs(client: openai.OpenAI) -> None:
 
 
 def test_completion_streaming(client: openai.OpenAI) -> None:
-    plain = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=10, temperature=0).choices[0].text
+    computed = {"Cache-Control": "no-store"}  # computed now, like the stream: not an earlier test's stored reply
+    plain = (
+        client.completions.create(
+            model=MODEL, prompt="The sky is", max_tokens=10, temperature=0, extra_headers=computed
+        )
+        .choices[0]
+        .text
+    )
     streamed = "".join(
         c.choices[0].text
         for c in client.completions.create(model=MODEL, prompt="The sky is", max_tokens=10, temperature=0, stream=True)
