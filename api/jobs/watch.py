@@ -55,6 +55,9 @@ def resume_after(last_event_id: str | None) -> int:
     return int(last_event_id.strip())
 
 
+LAPSED = WatchEvent("goodbye", json.dumps({"reason": "the credentials are no longer valid"}))
+
+
 class WatchSlots:
     """Open job streams per user on this gateway: each holds a connection and polls a row."""
 
@@ -115,25 +118,30 @@ class JobWatch:
                 async for number, text in self._pieces(job.worker, job.id, pieces):
                     pieces = number
                     yield WatchEvent("token", json.dumps({"n": number, "text": text}), id=number)
-                    if time.monotonic() - checked >= RECHECK_S:  # a long reply: credentials revoked mid-way
-                        if not await self.still_valid():
-                            yield WatchEvent("goodbye", json.dumps({"reason": "the credentials are no longer valid"}))
-                            return
-                        checked = time.monotonic()
+                    if (held := await self._recheck(checked)) is None:  # a long reply: revoked mid-way
+                        yield LAPSED
+                        return
+                    checked = held
                 job = await self.jobs.get(job.id, scope)  # its work ended there: the row says how
                 if job.status in FINISHED:
                     continue
             await asyncio.sleep(self.poll_s)
-            if time.monotonic() - checked >= RECHECK_S:
-                if not await self.still_valid():
-                    yield WatchEvent("goodbye", json.dumps({"reason": "the credentials are no longer valid"}))
-                    return
-                checked = time.monotonic()
+            if (held := await self._recheck(checked)) is None:
+                yield LAPSED
+                return
+            checked = held
             try:
                 job = await self.jobs.get(job.id, scope)
             except NotFound:
                 yield WatchEvent("goodbye", json.dumps({"reason": "the job was deleted"}))
                 return
+
+    async def _recheck(self, checked: float) -> float | None:
+        """When the credentials were last known to hold (asked again once RECHECK_S has passed since
+        `checked`); None when they no longer do."""
+        if time.monotonic() - checked < RECHECK_S:
+            return checked
+        return time.monotonic() if await self.still_valid() else None
 
     async def _pieces(self, worker_id: str, job_id: str, after: int) -> AsyncIterator[tuple[int, str]]:
         """The job's text from the worker running it; nothing when that worker is not known here."""
