@@ -25,7 +25,7 @@ SETTLE_S = 20  # after ready: first heartbeats, registrations, model warm-up
 def _component(p: psutil.Process) -> str:
     line = " ".join(p.cmdline())
     for marker, name in (
-        ("prefect server start", "prefect server"),
+        ("bitinglip.prefect_server", "prefect server"),
         ("--pool gpu", "pool worker gpu"),
         ("--pool cpu", "pool worker cpu"),
         ("bitinglip.cli worker", "model worker"),

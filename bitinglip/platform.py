@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from rich.console import Console
 from rich.markup import escape
 
-from bitinglip import procctl
+from bitinglip import prefect_server, procctl
 from bitinglip.config import Settings
 from bitinglip.pidfile import AlreadyRunning, PidFile
 from bitinglip.supervisor import Child, RestartPolicy, Supervisor
@@ -308,17 +308,7 @@ def _run(settings: Settings, console: Console, install: bool, replicas: int, sta
         with console.status("starting Prefect server"):
             sup.start(
                 "prefect-server",
-                [
-                    py,
-                    "-m",
-                    "prefect",
-                    "server",
-                    "start",
-                    "--host",
-                    settings.prefect_host,
-                    "--port",
-                    str(settings.prefect_port),
-                ],
+                prefect_server.command(settings, settings.prefect_host, settings.prefect_port),
                 restart=restart,
                 stop_last=True,  # the pool workers' shutdown talks to it
             )

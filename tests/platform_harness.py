@@ -14,6 +14,7 @@ import httpx
 import openai
 from pydantic import SecretStr
 
+from bitinglip import prefect_server
 from bitinglip.auth.credentials import new_api_key
 from bitinglip.config import Settings
 from bitinglip.home_secrets import SECRETS
@@ -82,17 +83,7 @@ class Platform:
     def start_prefect(self) -> None:
         self._start(
             "prefect-server",
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.settings.prefect_port),
-            ],
+            prefect_server.command(self.settings, "127.0.0.1", self.settings.prefect_port),
         )
         self.sup.wait_http(f"{self.settings.prefect_api}/health", timeout=120)
 

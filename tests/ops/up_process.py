@@ -86,7 +86,7 @@ class Up:
             time.sleep(0.5)
         self.platform = psutil.Process(self.pid).children(recursive=True)
         names = " ".join(" ".join(p.cmdline()) for p in self.platform)
-        for expected in ("prefect server start", "bitinglip.cli worker", "bitinglip.cli gateway", "--pool gpu"):
+        for expected in ("bitinglip.prefect_server", "bitinglip.cli worker", "bitinglip.cli gateway", "--pool gpu"):
             assert expected in names, names
 
     def wait_gone(self, timeout: float = STOP_GRACE_S + 40) -> None:

@@ -1,0 +1,69 @@
+"""`python -m bitinglip.prefect_server [--queue-poll-s S] <prefect server start arguments>`: Prefect's own
+server command, with its in-process task queue (docket) looking for due work every S seconds instead of
+every 250 ms.
+
+Why: that look is most of what an idle Prefect 3.9 server spends (0.7 of its 1.8% of a core here,
+docs/architecture.md §3.23), and Prefect builds docket's `Worker` with the library's defaults and no
+setting. The queue only carries housekeeping (late runs, lease and log clean-up, cancelling child runs),
+for which a second or two is nothing. The server runs in this process (`prefect server start` serves in
+the foreground), so the adjusted `Worker` is the one it uses. If a Prefect release moves that name, the
+server starts unchanged and says so in its log."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bitinglip.config import Settings
+
+log = logging.getLogger(__name__)
+
+# How often docket looks for due work on a lean server (its default: 250 ms).
+LEAN_QUEUE_POLL_S = 2.0
+
+
+def command(settings: Settings, host: str, port: int) -> list[str]:
+    """The argv that runs Prefect's server for this platform."""
+    lean = ["--queue-poll-s", f"{LEAN_QUEUE_POLL_S:g}"] if settings.prefect_lean else []
+    return [sys.executable, "-m", "bitinglip.prefect_server", *lean, "start", "--host", host, "--port", str(port)]
+
+
+def relax_task_queue(poll_s: float) -> bool:
+    """Docket's worker, as Prefect's server builds it, with `poll_s` for its due-work look; False if this
+    Prefect has no such hook (the server then runs with its defaults)."""
+    try:
+        from prefect.server.api import background_workers
+    except ImportError:
+        return False
+    worker = getattr(background_workers, "Worker", None)
+    if worker is None:
+        return False
+    interval = timedelta(seconds=poll_s)
+    relaxed = functools.partial(worker, minimum_check_interval=interval, scheduling_resolution=interval)
+    setattr(background_workers, "Worker", relaxed)  # noqa: B010 (a module's name, replaced for its callers)
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bitinglip.prefect_server", add_help=False)
+    parser.add_argument("--queue-poll-s", type=float, default=None)
+    known, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if known.queue_poll_s is not None:
+        if known.queue_poll_s <= 0:
+            parser.error("--queue-poll-s must be positive")
+        if not relax_task_queue(known.queue_poll_s):
+            logging.basicConfig()
+            log.warning("this Prefect has no docket Worker hook: its task queue polls at its defaults")
+    from prefect.cli import app
+
+    sys.argv = ["prefect", "server", *rest]
+    app()
+
+
+if __name__ == "__main__":
+    main()

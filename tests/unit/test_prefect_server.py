@@ -1,0 +1,44 @@
+"""The launcher of Prefect's server: the task queue's worker it builds polls at the given pace, and the
+platform asks for that pace only when lean."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from docket import Docket
+from prefect.server.api import background_workers
+
+from bitinglip import prefect_server
+from bitinglip.config import Settings
+
+
+def test_relaxed_queue_worker_polls_at_the_given_pace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(background_workers, "Worker", background_workers.Worker)  # restored after the test
+    assert prefect_server.relax_task_queue(2.0)
+    worker = background_workers.Worker(Docket(name="test-relaxed", url="memory://"))
+    assert worker.minimum_check_interval == timedelta(seconds=2)
+    assert worker.scheduling_resolution == timedelta(seconds=2)
+
+
+def test_command_relaxes_the_queue_only_when_lean(tmp_path: Path) -> None:
+    lean = prefect_server.command(Settings(home_dir=tmp_path, prefect_lean=True), "127.0.0.1", 4200)
+    assert lean[1:] == [
+        "-m",
+        "bitinglip.prefect_server",
+        "--queue-poll-s",
+        "2",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "4200",
+    ]
+    plain = prefect_server.command(Settings(home_dir=tmp_path, prefect_lean=False), "127.0.0.1", 4200)
+    assert "--queue-poll-s" not in plain and plain[-4:] == ["--host", "127.0.0.1", "--port", "4200"]
+
+
+def test_a_pace_that_is_not_positive_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        prefect_server.main(["--queue-poll-s", "0", "start"])
