@@ -26,9 +26,12 @@ from tests.platform_harness import Platform, platform_settings
 MODEL = "smollm2-135m-instruct"
 
 
-def user_store() -> ModelStore:
+def user_store(backend: str = "transformers") -> ModelStore:
+    """The user's store with SmolLM2 on transformers (the baselines are transformers' own generate loops), or
+    a bench store beside it with SmolLM2 on another backend (`llama.cpp`: what `bitinglip up` serves)."""
     settings = Settings()
-    store = ModelStore(settings.store_dir)
+    root = settings.store_dir if backend == "transformers" else settings.home_dir / f"bench-models-{backend}"
+    store = ModelStore(root)
     installed = {m.name for m in store.installed()}
     for name in (MODEL, "all-minilm-l6-v2"):
         if name not in installed:
@@ -41,14 +44,14 @@ def user_store() -> ModelStore:
                 name=name,
                 revision=entry.revision,
                 task=entry.task,
-                backend="transformers",  # the baselines are transformers' own generate loops
+                backend=backend if name == MODEL else "transformers",
             )
     return store
 
 
 @contextmanager
-def running_platform(env: dict[str, str] | None = None) -> Iterator[Platform]:
-    store = user_store()
+def running_platform(env: dict[str, str] | None = None, store: ModelStore | None = None) -> Iterator[Platform]:
+    store = store or user_store()
     with tempfile.TemporaryDirectory(prefix="bitinglip-bench-") as tmp:
         home = home_with_store(Path(tmp), store)
         platform = Platform(platform_settings(home, fast_heartbeat=False), env_overrides=env or {})

@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 
 from bench.harness import pct, running_platform, user_store
+from bitinglip.models.store import ModelStore
 from tests.cluster_harness import Cluster, ClusterResources
 from tests.conftest import home_with_store
 from tests.platform_harness import Platform, platform_settings
@@ -37,11 +38,11 @@ SENTENCES = ["A man is playing a guitar.", "The weather is nice today.", "Cats s
 
 
 @contextmanager
-def running_cluster() -> Iterator[Cluster]:
+def running_cluster(store: ModelStore) -> Iterator[Cluster]:
     resources = ClusterResources()
     resources.create()
     with tempfile.TemporaryDirectory(prefix="bitinglip-load-") as tmp:
-        home = home_with_store(Path(tmp), user_store())
+        home = home_with_store(Path(tmp), store)
         env = {**resources.env(), "BITINGLIP_WORKER_MODELS": '["smollm2-135m-instruct", "all-minilm-l6-v2"]'}
         settings = platform_settings(home, fast_heartbeat=False).model_copy(
             update={
@@ -165,13 +166,16 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--think", type=float, default=1.0, help="mean seconds a user waits between requests")
+    parser.add_argument("--backend", default="llama.cpp", help="SmolLM2's engine (default: what `up` serves)")
     args = parser.parse_args()
-    with running_platform() as platform:
+    store = user_store(args.backend)
+    with running_platform(store=store) as platform:
         embedded = drive(platform, [platform.gateway], args.users, args.seconds, args.think)
-    with running_cluster() as cluster:
+    with running_cluster(store) as cluster:
         clustered = drive(cluster, list(cluster.gateway_urls.values()), args.users, args.seconds, args.think)
     print(
-        f"{args.users} users, {args.seconds:.0f} s, think time ~{args.think:.1f} s, kinds {', '.join(KINDS)}"
+        f"SmolLM2 on {args.backend}; {args.users} users, {args.seconds:.0f} s, think time ~{args.think:.1f} s,"
+        f" kinds {', '.join(KINDS)}"
         " (sync/stream: 32-token chat replies; async: 8-token low-priority jobs; control: GET /api/v1/tasks)"
     )
     report("(a) embedded default (SQLite, one gateway, one worker)", embedded)
