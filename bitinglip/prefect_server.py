@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import logging
 import sys
 from datetime import timedelta
@@ -35,7 +36,7 @@ def command(settings: Settings, host: str, port: int) -> list[str]:
 
 def relax_task_queue(poll_s: float) -> bool:
     """Docket's worker, as Prefect's server builds it, with `poll_s` for its due-work look; False if this
-    Prefect has no such hook (the server then runs with its defaults)."""
+    Prefect or docket has no such hook (the server then runs with its defaults)."""
     try:
         from prefect.server.api import background_workers
     except ImportError:
@@ -43,6 +44,12 @@ def relax_task_queue(poll_s: float) -> bool:
     worker = getattr(background_workers, "Worker", None)
     if worker is None:
         return False
+    try:
+        accepted = inspect.signature(worker).parameters.keys()
+    except (TypeError, ValueError):
+        return False
+    if not {"minimum_check_interval", "scheduling_resolution"} <= accepted:
+        return False  # a docket that names them otherwise: its server must still start
     interval = timedelta(seconds=poll_s)
     relaxed = functools.partial(worker, minimum_check_interval=interval, scheduling_resolution=interval)
     setattr(background_workers, "Worker", relaxed)  # noqa: B010 (a module's name, replaced for its callers)

@@ -22,6 +22,16 @@ def test_relaxed_queue_worker_polls_at_the_given_pace(monkeypatch: pytest.Monkey
     assert worker.scheduling_resolution == timedelta(seconds=2)
 
 
+def test_a_worker_without_those_parameters_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    class OtherWorker:  # a docket release that names its intervals otherwise
+        def __init__(self, docket: object, poll_every: timedelta = timedelta(seconds=1)) -> None:
+            self.docket = docket
+
+    monkeypatch.setattr(background_workers, "Worker", OtherWorker)
+    assert not prefect_server.relax_task_queue(2.0)
+    assert background_workers.Worker is OtherWorker
+
+
 def test_command_relaxes_the_queue_only_when_lean(tmp_path: Path) -> None:
     lean = prefect_server.command(Settings(home_dir=tmp_path, prefect_lean=True), "127.0.0.1", 4200)
     assert lean[1:] == [
