@@ -15,6 +15,7 @@ import argparse
 import functools
 import inspect
 import logging
+import math
 import sys
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -61,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queue-poll-s", type=float, default=None)
     known, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if known.queue_poll_s is not None:
-        if known.queue_poll_s <= 0:
-            parser.error("--queue-poll-s must be positive")
+        if not (math.isfinite(known.queue_poll_s) and known.queue_poll_s > 0):  # nan passes a plain <= 0
+            parser.error("--queue-poll-s must be a positive number of seconds")
         if not relax_task_queue(known.queue_poll_s):
             logging.basicConfig()
             log.warning("this Prefect has no docket Worker hook: its task queue polls at its defaults")

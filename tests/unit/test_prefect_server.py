@@ -49,6 +49,7 @@ def test_command_relaxes_the_queue_only_when_lean(tmp_path: Path) -> None:
     assert "--queue-poll-s" not in plain and plain[-4:] == ["--host", "127.0.0.1", "--port", "4200"]
 
 
-def test_a_pace_that_is_not_positive_is_refused() -> None:
+@pytest.mark.parametrize("pace", ["0", "-1", "nan", "inf"])
+def test_a_pace_that_is_not_a_positive_number_is_refused(pace: str) -> None:
     with pytest.raises(SystemExit):
-        prefect_server.main(["--queue-poll-s", "0", "start"])
+        prefect_server.main(["--queue-poll-s", pace, "start"])
