@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import itertools
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -43,6 +44,48 @@ def module_bytes(modules: Iterable[Any]) -> int:
         if isinstance(module, torch.nn.Module):
             tensors = itertools.chain(module.parameters(), module.buffers())
             total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
+
+
+# safetensors' dtype names: bytes per element, and whether a model loaded in another dtype casts it
+_SAFETENSORS_DTYPES = {
+    "F64": (8, True),
+    "F32": (4, True),
+    "F16": (2, True),
+    "BF16": (2, True),
+    "I64": (8, False),
+    "I32": (4, False),
+    "I16": (2, False),
+    "I8": (1, False),
+    "U8": (1, False),
+    "BOOL": (1, False),
+}
+
+
+def weights_bytes(folder: Path, dtype: torch.dtype) -> int | None:
+    """Bytes the safetensors weights under `folder` take once loaded in `dtype`, read from their headers
+    (nothing is loaded): floating tensors are cast, the rest keep their type. Why: fp32 files loaded in
+    bf16 on a GPU take half their size, and the memory budget must not refuse or evict for the files'
+    size. None when there is nothing to read (no safetensors, or a type this does not know)."""
+    from safetensors import safe_open
+
+    files = sorted(folder.rglob("*.safetensors"))
+    if not files:
+        return None
+    itemsize = dtype.itemsize
+    total = 0
+    for file in files:
+        with safe_open(str(file), framework="pt") as weights:
+            for key in weights.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                tensor = weights.get_slice(key)
+                known = _SAFETENSORS_DTYPES.get(tensor.get_dtype())
+                if known is None:
+                    return None
+                size, floating = known
+                elements = 1
+                for dim in tensor.get_shape():
+                    elements *= dim
+                total += elements * (itemsize if floating else size)
     return total
 
 

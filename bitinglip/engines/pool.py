@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from bitinglip import keep_alive, metrics
 from bitinglip.config import Settings
 from bitinglip.engines.batcher import Batcher, BatchKnobs
-from bitinglip.engines.device import resolve_device, resolve_dtype
+from bitinglip.engines.device import resolve_device, resolve_dtype, weights_bytes
 from bitinglip.engines.embeddings import EmbeddingEngine, EmbeddingRequest, EmbeddingResult
 from bitinglip.engines.image import ImageEngine, ImageRequest, ImageResult
 from bitinglip.engines.protocol import Engine, EngineLoader, Placement, TextGenerator
@@ -204,7 +204,7 @@ class ModelPool:
         if loader is None:
             raise InvalidRequest(f"no engine serves {manifest.task} models on {manifest.backend}", param="model")
         loop = asyncio.get_running_loop()
-        estimate = self._measured.get(manifest.id, manifest.size_bytes)
+        estimate = self._measured.get(manifest.id) or self._estimate(manifest)
         await self._unload_all(self._plan(manifest.id, estimate), "to make room")
         started = time.perf_counter()
         path = self.store.path(manifest)
@@ -244,6 +244,15 @@ class ModelPool:
         self._models[manifest.id] = loaded
         log.info("loaded %s on %s in %.2fs (%s)", manifest.id, self.device, elapsed, megabytes(memory))
         return loaded
+
+    def _estimate(self, manifest: Manifest) -> int:
+        """Bytes a first load will take: a transformers model's weights at the dtype it loads in (fp32
+        files on a bf16 GPU take half their size, docs/architecture.md §3.24), else its files' size."""
+        if manifest.backend == "transformers":
+            loaded = weights_bytes(self.store.path(manifest), self.dtype)
+            if loaded is not None:
+                return loaded
+        return manifest.size_bytes
 
     def _background_beside_interactive(self) -> int | None:
         """The setting, else 0 on a CPU and no limit on a GPU (docs/architecture.md §3.14)."""

@@ -14,12 +14,14 @@ import torch
 from bitinglip.config import Settings
 from bitinglip.db.workers import loaded_model
 from bitinglip.engines.batcher import BatchKnobs, ContinuousBatcher, DynamicBatcher
+from bitinglip.engines.device import weights_bytes
 from bitinglip.engines.embeddings import EmbeddingEngine
 from bitinglip.engines.image import ImageEngine
 from bitinglip.engines.pool import ENGINES, ModelPool
 from bitinglip.engines.protocol import Engine, EngineLoader, Placement, TextGenerator
 from bitinglip.engines.text import TextEngine
 from bitinglip.engines.types import Priority
+from bitinglip.errors import NoRoomToLoad
 from bitinglip.models.store import ModelStore
 from tests.conftest import EMBEDDING_MODEL, IMAGE_MODEL, TEXT_MODEL_FP32
 
@@ -103,3 +105,35 @@ async def test_pool_reports_memory_and_unloads_what_it_evicts(model_store: Model
         assert [m["task"] for m in pool.loaded()] == ["text"]
     finally:
         await pool.close()
+
+
+# -- the estimate before a first load
+
+
+async def test_a_first_load_is_counted_at_the_dtype_it_loads_in(tmp_path: Path, model_store: ModelStore) -> None:
+    """fp32 files loaded in bf16 (a GPU's default dtype) take half their size: the budget counts the
+    weights in the dtype they load in, read from the safetensors headers, not the files (the real
+    MiniLM files and engine, on the CPU in bf16)."""
+    manifest = model_store.resolve(EMBEDDING_MODEL)
+    budget = int(manifest.size_bytes * 0.7)  # the bf16 weights fit, the fp32 files would not
+
+    def pool(dtype: str) -> ModelPool:
+        config = Settings(home=tmp_path, device="cpu", dtype=dtype, worker_memory_budget_bytes=budget, worker_models=[])
+        return ModelPool(config, model_store)
+
+    half = pool("bfloat16")
+    try:
+        loaded = await half.load(manifest.id)
+        estimate = weights_bytes(model_store.path(manifest), torch.bfloat16)
+        assert estimate is not None and abs(loaded.memory_bytes - estimate) < 0.01 * estimate  # buffers aside
+        assert loaded.memory_bytes <= budget < manifest.size_bytes
+        result = await half.embed(manifest.id, ["a cat"], Priority.SYNC)
+        assert len(result.vectors[0]) == 384
+    finally:
+        await half.close()
+    full = pool("float32")
+    try:
+        with pytest.raises(NoRoomToLoad, match="more than the whole budget"):
+            await full.load(manifest.id)
+    finally:
+        await full.close()
