@@ -289,3 +289,19 @@ def test_non_finite_logits_fail_their_row_only(engine: TextEngine) -> None:
     lp = engine._logprob(int(chosen[3]), logits[3], 5)
     assert all(math.isfinite(v) for _, v in lp.top) and lp.logprob <= 0
     assert engine._logprob(0, logits[3], 0).logprob == -9999.0  # -inf is reported as OpenAI does
+
+
+def test_rows_decode_their_text_as_the_tokenizer_does(engine: TextEngine) -> None:
+    """Rows decode through the fast tokenizer's backend (`_text_decoder`): the same text as
+    `tokenizer.decode`, special tokens skipped, a split multi-byte character left as the replacement."""
+    from bitinglip.engines.text import _text_decoder
+
+    decode = _text_decoder(engine.tokenizer)
+    samples = [
+        engine.encode(None, [{"role": "user", "content": "Héllo, wörld! 日本語 🙂  spaces  , punct ."}]),
+        engine.encode("  leading and trailing  ", None),
+        engine.encode("🙂", None)[:1],  # half of a character
+        [],
+    ]
+    for ids in samples:
+        assert decode(ids) == engine.tokenizer.decode(ids, skip_special_tokens=True)
