@@ -178,31 +178,30 @@ async def _beat_now(app: FastAPI) -> None:
 
 async def _stream(pool: ModelPool, body: WorkerTextRequest) -> AsyncIterator[bytes]:
     """NDJSON: one `{"delta": ...}` line per text piece, then `{"result": ...}` or `{"error": ...}`.
-    If the client goes away, the generator is closed and the request's slot in the batch is freed."""
+    If the client goes away, the generator is closed and the request's slot in the batch is freed.
+
+    One `await` per piece: the generation's end is a `None` in the same queue, put there after its
+    last piece (the compute thread hands both over through `call_soon_threadsafe`, in order), not a
+    second awaitable raced against the queue for every token."""
     loop = asyncio.get_running_loop()
-    deltas: asyncio.Queue[TextDelta] = asyncio.Queue()
+    deltas: asyncio.Queue[TextDelta | None] = asyncio.Queue()
 
     def sink(delta: TextDelta) -> None:  # called on the compute thread
         loop.call_soon_threadsafe(deltas.put_nowait, delta)
 
     generation = asyncio.create_task(pool.generate_text(body, body.priority, sink=sink, tenant=body.tenant))
+    generation.add_done_callback(lambda _: deltas.put_nowait(None))
     try:
-        while True:
-            getter = asyncio.create_task(deltas.get())
-            done, _ = await asyncio.wait({getter, generation}, return_when=asyncio.FIRST_COMPLETED)
-            if getter in done:
-                if line := _delta_line(getter.result()):
-                    yield line
-                continue
-            getter.cancel()
-            while not deltas.empty():
-                if line := _delta_line(deltas.get_nowait()):
-                    yield line
-            try:
-                yield _line(TextStreamResult(result=generation.result().to_output()))
-            except BitingLipError as exc:
-                yield _line(TextStreamError.of(exc))
-            return
+        while (delta := await deltas.get()) is not None:
+            if line := _delta_line(delta):
+                yield line
+        while not deltas.empty():  # nothing follows the end; kept so no piece could be dropped
+            if (late := deltas.get_nowait()) is not None and (line := _delta_line(late)):
+                yield line
+        try:
+            yield _line(TextStreamResult(result=generation.result().to_output()))
+        except BitingLipError as exc:
+            yield _line(TextStreamError.of(exc))
     finally:
         if not generation.done():
             generation.cancel()
