@@ -426,7 +426,7 @@ def _text_decoder(tokenizer: Any) -> Callable[[list[int]], str]:
     """How a row's tokens become its text, every step for every row. A fast tokenizer that does no
     clean-up of spaces decodes straight through its `tokenizers` backend: the same text as
     `tokenizer.decode`, without the wrapper that first walks the list converting each id (a third of
-    a 64-row step's time on a GPU, docs/architecture.md §3.24)."""
+    the per-row bookkeeping of a 64-row step, docs/architecture.md §3.24)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True):
         return lambda tokens: str(backend.decode(tokens, skip_special_tokens=True))
