@@ -46,21 +46,19 @@ KV_TYPES = {"f16": (llama_cpp.GGML_TYPE_F16, 2.0), "q8_0": (llama_cpp.GGML_TYPE_
 HEAD_OF_LINE_S = 2.0  # how long a request that does not fit yet lets smaller ones pass it
 
 
-SMALL_BLOCK, BLOCK = 8, 64  # prompt blocks: every 8 tokens up to 64, then every 64
-
-
 def block_end(position: int) -> int:
-    """The end of the prompt block holding `position`: blocks end every 8 tokens up to 64, then every 64.
+    """The end of the prompt block holding `position`: blocks end at 16, 32, then every 64 tokens.
     A prompt is prefilled one block per `llama_decode` call, so a prompt's cells hold the same values
     whether it was prefilled whole or from a cached prefix (which always ends at a block end), and its
     last block is computed in the same shape (llama.cpp still rounds with cell placement: greedy text is
     best effort across cache states, as across batch shapes). 64-token blocks cost nothing measurable
-    against one 512-token call; the small first ones let a chat reuse nearly all of its system prompt
-    (SmolLM2's chat header is 24 tokens: 16 were reused with 16-token blocks) for a few more calls on a
-    prompt nothing is cached for (docs/architecture.md §3.15)."""
-    if position < BLOCK:
-        return (position // SMALL_BLOCK + 1) * SMALL_BLOCK
-    return (position // BLOCK + 1) * BLOCK
+    against one 512-token call; the small first ones let a short chat reuse its system prompt
+    (docs/architecture.md §3.15)."""
+    if position < 16:
+        return 16
+    if position < 32:
+        return 32
+    return (position // 64 + 1) * 64
 
 
 def reusable_prefix(cached: list[int], prompt: list[int]) -> int:

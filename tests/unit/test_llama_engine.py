@@ -218,15 +218,13 @@ def test_small_requests_pass_one_that_waits_for_room_and_cancelled_waiters_end()
 
 
 def test_prompt_blocks_end_at_fixed_positions() -> None:
-    positions = (0, 7, 8, 23, 24, 63, 64, 127, 128)
-    assert [block_end(p) for p in positions] == [8, 8, 16, 24, 32, 64, 128, 128, 192]
+    assert [block_end(p) for p in (0, 15, 16, 31, 32, 63, 64, 127, 128)] == [16, 16, 32, 32, 64, 64, 128, 128, 192]
     prompt = list(range(100))
     assert reusable_prefix([], prompt) == 0
-    assert reusable_prefix(prompt[:7], prompt) == 0  # shorter than the first block
-    assert reusable_prefix(prompt[:40], prompt) == 40
-    assert reusable_prefix(prompt[:63], prompt) == 56
+    assert reusable_prefix(prompt[:15], prompt) == 0  # shorter than the first block
+    assert reusable_prefix(prompt[:40], prompt) == 32
     assert reusable_prefix(prompt, prompt) == 64  # the last token is always computed: 99 cut to 64
-    assert reusable_prefix(prompt[:64], prompt[:64]) == 56  # ...even when the whole prompt is cached
+    assert reusable_prefix(prompt[:64], prompt[:64]) == 32  # ...even when the whole prompt is cached
     assert reusable_prefix([*prompt[:20], -1, *prompt[21:]], prompt) == 16  # differs at 20
 
 
@@ -247,7 +245,7 @@ def test_a_repeated_prompt_reuses_its_cached_prefix_and_repeats_its_text(engine:
     engine.reset()
     assert ok(engine.run_batch([TextRequest(ids, greedy())])[0]).cached_tokens == 0
     other = chat(engine, "Which city is the capital of Spain?")  # the system prompt is shared
-    assert 24 <= ok(engine.run_batch([TextRequest(other, greedy())])[0]).cached_tokens < len(other)
+    assert 16 <= ok(engine.run_batch([TextRequest(other, greedy())])[0]).cached_tokens < len(other)
 
 
 def test_the_cached_prefix_makes_room_for_a_request_that_needs_its_cells() -> None:
