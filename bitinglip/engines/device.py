@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,10 +83,7 @@ def weights_bytes(folder: Path, dtype: torch.dtype) -> int | None:
                 if known is None:
                     return None
                 size, floating = known
-                elements = 1
-                for dim in tensor.get_shape():
-                    elements *= dim
-                total += elements * (itemsize if floating else size)
+                total += math.prod(tensor.get_shape()) * (itemsize if floating else size)
     return total
 
 

@@ -195,9 +195,6 @@ async def _stream(pool: ModelPool, body: WorkerTextRequest) -> AsyncIterator[byt
         while (delta := await deltas.get()) is not None:
             if line := _delta_line(delta):
                 yield line
-        while not deltas.empty():  # a piece after the end would be a bug: sent all the same, not lost
-            if (late := deltas.get_nowait()) is not None and (line := _delta_line(late)):
-                yield line
         try:
             yield _line(TextStreamResult(result=generation.result().to_output()))
         except BitingLipError as exc:
