@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -36,14 +39,30 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=30000")
+            switch_to_wal(cursor)
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     migrate(engine)
     return engine
+
+
+def switch_to_wal(cursor: Any, patience_s: float = 30.0) -> None:
+    """Switch a SQLite file to WAL (it stays so: later opens find it there). The switch needs the
+    file to itself, and SQLite answers "database is locked" at once, without its busy handler, when
+    another connection reads it meanwhile (processes opening a new database together): wait and retry."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))
 
 
 @functools.cache

@@ -8,6 +8,7 @@ database together don't race."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -27,7 +28,7 @@ from sqlalchemy import Engine, MetaData, Table, create_engine, insert, inspect, 
 
 from bitinglip.auth.usage import UsageLedger
 from bitinglip.db.migrations import FIRST_WAVE, SECURITY, VERSION_TABLE, alembic_config
-from bitinglip.db.session import Database, schema_head, schema_revision
+from bitinglip.db.session import Database, switch_to_wal, schema_head, schema_revision
 from bitinglip.db.tables import (
     ApiKey,
     Base,
@@ -415,3 +416,22 @@ def test_processes_opening_a_fresh_database_together(url: str) -> None:
             assert conn.execute(text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar_one() == 1
     finally:
         db.dispose()
+
+
+def test_the_switch_to_wal_waits_for_a_reader_sqlite_refuses_at_once(tmp_path: Path) -> None:
+    """SQLite can answer "database is locked" to the switch without waiting (seen with 8 threads
+    opening a new file: CI failed on it); here the refusal is made certain by no busy timeout, while
+    another connection holds a read open for a moment. Past its patience the error goes up."""
+    path = tmp_path / "fresh.db"
+    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    reader.execute("CREATE TABLE t (x)")
+    reader.execute("BEGIN")
+    reader.execute("SELECT * FROM t").fetchall()
+    impatient = sqlite3.connect(path, timeout=0, isolation_level=None)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        impatient.execute("PRAGMA journal_mode=WAL")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        switch_to_wal(impatient.cursor(), patience_s=0.2)
+    threading.Timer(0.3, reader.commit).start()
+    switch_to_wal(impatient.cursor(), patience_s=10)
+    assert impatient.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
