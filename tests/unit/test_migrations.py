@@ -28,7 +28,7 @@ from sqlalchemy import Engine, MetaData, Table, create_engine, insert, inspect, 
 
 from bitinglip.auth.usage import UsageLedger
 from bitinglip.db.migrations import FIRST_WAVE, SECURITY, VERSION_TABLE, alembic_config
-from bitinglip.db.session import Database, switch_to_wal, schema_head, schema_revision
+from bitinglip.db.session import Database, schema_head, schema_revision, switch_to_wal
 from bitinglip.db.tables import (
     ApiKey,
     Base,
