@@ -26,7 +26,7 @@ from bitinglip.result_cache import CacheUse
 from bitinglip.serving.serving import OpenAIServing
 
 
-def get_state(request: Request) -> GatewayState:
+async def get_state(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.gateway
     return state
 
@@ -57,26 +57,26 @@ async def authenticated(
 PrincipalDep = Annotated[Principal, Depends(authenticated)]
 
 
-def _admin(who: PrincipalDep, state: StateDep, request: Request) -> Principal:
+async def _admin(who: PrincipalDep, state: StateDep, request: Request) -> Principal:
     state.auth.require_admin(who, f"{request.method} {request.url.path}")
     return who
 
 
-def _owner(who: PrincipalDep) -> str:
+async def _owner(who: PrincipalDep) -> str:
     """The owner of what this request creates."""
     return who.username
 
 
-def _scope(who: PrincipalDep) -> str | None:
+async def _scope(who: PrincipalDep) -> str | None:
     """The owner filter of what this request reads: None (everything) for admins."""
     return who.scope
 
 
-def _settings(state: StateDep) -> Settings:
+async def _settings(state: StateDep) -> Settings:
     return state.settings
 
 
-def _metered(state: StateDep, who: PrincipalDep, request: Request, response: Response) -> MeteredInference:
+async def _metered(state: StateDep, who: PrincipalDep, request: Request, response: Response) -> MeteredInference:
     """`Cache-Control: no-cache|no-store` opts out of the result cache; `X-Cache` says what it did."""
 
     def report(outcome: str) -> None:
@@ -86,43 +86,43 @@ def _metered(state: StateDep, who: PrincipalDep, request: Request, response: Res
     return MeteredInference(state.inference, state.limiter, who, use)
 
 
-def _jobs(state: StateDep) -> JobService:
+async def _jobs(state: StateDep) -> JobService:
     return state.jobs
 
 
-def _models(state: StateDep) -> ModelService:
+async def _models(state: StateDep) -> ModelService:
     return state.models
 
 
-def _memory(state: StateDep) -> ModelMemoryService:
+async def _memory(state: StateDep) -> ModelMemoryService:
     return ModelMemoryService(state.models, state.workers, state.worker_client)
 
 
-def _workers(state: StateDep) -> WorkerDirectory:
+async def _workers(state: StateDep) -> WorkerDirectory:
     return state.workers
 
 
-def _openai(state: StateDep, metered: Annotated[MeteredInference, Depends(_metered)]) -> OpenAIServing:
+async def _openai(state: StateDep, metered: Annotated[MeteredInference, Depends(_metered)]) -> OpenAIServing:
     return OpenAIServing(metered, state.models)
 
 
-def _files(state: StateDep) -> FileService:
+async def _files(state: StateDep) -> FileService:
     return state.files
 
 
-def _batches(state: StateDep) -> BatchService:
+async def _batches(state: StateDep) -> BatchService:
     return state.batches
 
 
-def _auth(state: StateDep) -> AuthService:
+async def _auth(state: StateDep) -> AuthService:
     return state.auth
 
 
-def _usage(state: StateDep) -> UsageService:
+async def _usage(state: StateDep) -> UsageService:
     return UsageService(state.settings, state.auth.accounts, state.limiter)
 
 
-def _idempotency_key(
+async def _idempotency_key(
     request: Request,
     _declared: Annotated[
         str | None,
