@@ -90,13 +90,16 @@ _RAISE = (
     .values(reserved=UsageCounter.reserved + bindparam("b_amount"))
     .execution_options(synchronize_session=False)
 )
-_RAISE_WITHIN_LIMIT = _RAISE.where(UsageCounter.used + UsageCounter.reserved + bindparam("b_amount") <= bindparam("b_limit"))
+_RAISE_WITHIN_LIMIT = _RAISE.where(
+    UsageCounter.used + UsageCounter.reserved + bindparam("b_amount") <= bindparam("b_limit")
+)
 _LOWER = (
     update(UsageCounter)
     .where(*_ONE_COUNTER)
     .values(reserved=UsageCounter.reserved - bindparam("b_amount"))
     .execution_options(synchronize_session=False)
 )
+
 
 def job_hold_id(job_id: str) -> str:
     """An async job's reservation: taken at acceptance, settled by whoever finishes the job."""
