@@ -2,8 +2,9 @@
 connection each, asyncio, so the load generator stays light on a 2-core box), for the embedded
 default (SQLite) and with the gateway DB on PostgreSQL. Targets: p95 <= 20 ms and >= 500 accepted/s.
 
-Baseline in the same run: `GET /api/v1/auth/me` from the same 16 submitters: the same key check, rate
-limit, logging and framework, without the job (the ceiling of this gateway and client here). Also
+Baselines in the same run: `GET /api/v1/auth/me` from the same 16 submitters: the same key check, rate
+limit, logging and framework, without the job (the ceiling of this gateway and client here); and the
+framework's floor, a bare FastAPI route under uvicorn (bench/floor_app.py) with the same client. Also
 checks durability: a job answered 202 just before the gateway is killed with SIGKILL is there, and
 runs, after a restart.
 
@@ -12,10 +13,13 @@ runs, after a restart.
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 
@@ -28,12 +32,18 @@ JOB = {"type": "text", "priority": "low", "params": {"prompt": "Hi", "max_tokens
 
 
 async def _round(platform: Platform, seconds: float, method: str, path: str, expect: int) -> tuple[float, list[float]]:
-    latencies: list[float] = []
     headers = {"Authorization": f"Bearer {platform.admin_key}"}
+    return await _load(platform.gateway, headers, seconds, method, path, expect)
+
+
+async def _load(
+    base_url: str, headers: dict[str, str], seconds: float, method: str, path: str, expect: int
+) -> tuple[float, list[float]]:
+    latencies: list[float] = []
     deadline = time.perf_counter() + seconds
 
     async def submitter() -> None:
-        async with httpx.AsyncClient(base_url=platform.gateway, headers=headers, timeout=60) as client:
+        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as client:
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
                 response = await client.request(method, path, json=JOB if method == "POST" else None)
@@ -75,6 +85,32 @@ def _measure(platform: Platform, seconds: float, label: str) -> None:
     _durable(platform)
 
 
+def _framework_floor(seconds: float) -> None:
+    """The same client against one bare FastAPI route under uvicorn on this machine: what any Python
+    gateway here starts from, before keys, limits, logs or a database."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [sys.executable, "-m", "uvicorn", "bench.floor_app:app", "--port", str(port)]
+    server = subprocess.Popen([*argv, "--log-level", "warning", "--no-access-log"], cwd=Path(__file__).parent.parent)
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{base_url}/me").raise_for_status()
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the floor app did not start"
+                time.sleep(0.2)
+        asyncio.run(_load(base_url, {}, 2, "GET", "/me", 200))
+        print(f"Framework floor, {SUBMITTERS} submitters, {seconds:.0f} s:")
+        _report("GET /me (bare FastAPI)", *asyncio.run(_load(base_url, {}, seconds, "GET", "/me", 200)))
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 @contextmanager
 def _postgres() -> Iterator[dict[str, str]]:
     resources = ClusterResources()
@@ -87,6 +123,7 @@ def _postgres() -> Iterator[dict[str, str]]:
 
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
+    _framework_floor(seconds)
     with running_platform() as platform:
         _measure(platform, seconds, "SQLite (embedded default)")
     with _postgres() as env, running_platform(env) as platform:
