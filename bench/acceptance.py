@@ -108,7 +108,11 @@ def _framework_floor(seconds: float) -> None:
         _report("GET /me (bare FastAPI)", *asyncio.run(_load(base_url, {}, seconds, "GET", "/me", 200)))
     finally:
         server.terminate()
-        server.wait(10)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 @contextmanager

@@ -293,7 +293,9 @@ class UsageLedger:
     @staticmethod
     def _ensure_counter(s: Session, subject: str, day: str, kind: str) -> None:
         """The day's counter, created at zero when missing (the gateway DB is SQLite or PostgreSQL); once
-        per transaction, which may take many holds on it (a group of accepted jobs)."""
+        per transaction, which may take many holds on it (a group of accepted jobs). The mark lives in
+        the session, which every caller uses for one transaction (Database.session) and none rolls back
+        part of: a savepoint rolled back past the insert would leave the mark wrong."""
         ensured: set[tuple[str, str, str]] = s.info.setdefault("usage_counters_ensured", set())
         if (subject, day, kind) in ensured:
             return
