@@ -13,9 +13,9 @@ runs, after a restart.
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +24,10 @@ from pathlib import Path
 import httpx
 
 from bench.harness import median, pct, running_platform
+from bitinglip.platform import PROJECT_DIR
+from bitinglip.supervisor import Supervisor
 from tests.cluster_harness import ClusterResources
-from tests.platform_harness import Platform
+from tests.platform_harness import Platform, free_port
 
 SUBMITTERS = 16
 JOB = {"type": "text", "priority": "low", "params": {"prompt": "Hi", "max_tokens": 1, "temperature": 0}}
@@ -88,31 +90,19 @@ def _measure(platform: Platform, seconds: float, label: str) -> None:
 def _framework_floor(seconds: float) -> None:
     """The same client against one bare FastAPI route under uvicorn on this machine: what any Python
     gateway here starts from, before keys, limits, logs or a database."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    argv = [sys.executable, "-m", "uvicorn", "bench.floor_app:app", "--port", str(port)]
-    server = subprocess.Popen([*argv, "--log-level", "warning", "--no-access-log"], cwd=Path(__file__).parent.parent)
-    try:
-        base_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{base_url}/me").raise_for_status()
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the floor app did not start"
-                time.sleep(0.2)
-        asyncio.run(_load(base_url, {}, 2, "GET", "/me", 200))
-        print(f"Framework floor, {SUBMITTERS} submitters, {seconds:.0f} s:")
-        _report("GET /me (bare FastAPI)", *asyncio.run(_load(base_url, {}, seconds, "GET", "/me", 200)))
-    finally:
-        server.terminate()
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="bitinglip-floor-") as logs:
+        sup = Supervisor(Path(logs), dict(os.environ))
+        argv = [sys.executable, "-m", "uvicorn", "bench.floor_app:app", "--port", str(port), "--no-access-log"]
+        sup.start("floor", [*argv, "--log-level", "warning"], cwd=PROJECT_DIR)
         try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            sup.wait_http(f"{base_url}/me", timeout=30)
+            asyncio.run(_load(base_url, {}, 2, "GET", "/me", 200))
+            print(f"Framework floor, {SUBMITTERS} submitters, {seconds:.0f} s:")
+            _report("GET /me (bare FastAPI)", *asyncio.run(_load(base_url, {}, seconds, "GET", "/me", 200)))
+        finally:
+            sup.stop_all()
 
 
 @contextmanager

@@ -351,8 +351,4 @@ class UsageLedger:
             return
         day, kind, amount, caps = hold
         for subject, _ in caps:
-            s.execute(
-                update(UsageCounter)
-                .where(UsageCounter.subject == subject, UsageCounter.day == day, UsageCounter.kind == kind)
-                .values(reserved=UsageCounter.reserved - amount)
-            )
+            s.execute(_LOWER, {"b_subject": subject, "b_day": day, "b_kind": kind, "b_amount": amount})
