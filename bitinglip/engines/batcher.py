@@ -222,12 +222,12 @@ class Batcher(ABC, Generic[I, R]):
         """Forget the requests being computed and return them (`stop` fails them)."""
 
     async def _wait_for_batch(self) -> None:
-        """Until something waits, then until a full batch waits or the oldest has waited `max_wait`."""
+        """Until something waits, then until a batch is gathered or the oldest has waited `max_wait`."""
         while not self._queue:
             self._changed.clear()
             await self._changed.wait()
         deadline = min(p.arrived for p in self._queue) + self.max_wait
-        while len(self._queue) < self.max_batch_size:
+        while not self._gathered():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -236,6 +236,10 @@ class Batcher(ABC, Generic[I, R]):
                 await asyncio.wait_for(self._changed.wait(), remaining)
             except TimeoutError:
                 break
+
+    def _gathered(self) -> bool:
+        """Whether a first batch may start before `max_wait`: when it is full."""
+        return len(self._queue) >= self.max_batch_size
 
     def _take(self, room: int | None = None, background_room: int | None = None) -> list[_Pending[I, R]]:
         """Up to `room` (default: a full batch) waiting requests, best rank first, of which at most
@@ -427,6 +431,12 @@ class ContinuousBatcher(Batcher[I, R]):
                 _settle(p, result)
             self._batches += 1 if admitted else 0
             self._running = len(self._in_flight)
+
+    def _gathered(self) -> bool:
+        """Also as soon as an interactive request waits: requests arriving after it join at the next
+        step, so gathering would only add `max_wait` to its time to first token. Background work
+        alone still gathers, so that a burst of jobs is prefilled together."""
+        return super()._gathered() or any(p.interactive for p in self._queue)
 
     def _forget(self, items: list[I]) -> None:
         if self._discard is not None:  # on the compute thread, between steps, like everything the engine does

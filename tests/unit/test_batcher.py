@@ -273,6 +273,27 @@ async def test_continuous_batcher_admits_new_items_while_others_run(executor: Th
     await batcher.stop()
 
 
+async def test_an_idle_continuous_batcher_starts_an_interactive_request_at_once_and_gathers_background_work(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """max_wait is 3 s. An interactive request does not wait for company (later ones join at the next
+    step); background requests arriving apart start together, after the wait."""
+    engine = CountdownEngine()
+    batcher = ContinuousBatcher("c", engine.step, engine.reset, executor, BatchKnobs(4, 3_000, 16))
+    started = time.monotonic()
+    assert await batcher.submit("chat:2", 0) == "done chat:2"
+    assert time.monotonic() - started < 2.0  # well before max_wait: it did not gather
+    assert engine.widths == [1, 1]
+
+    first = asyncio.ensure_future(batcher.submit("job1:1", 3))
+    await asyncio.sleep(0.2)
+    assert engine.steps == 2  # still gathering: no step for the background request yet
+    second = asyncio.ensure_future(batcher.submit("job2:1", 3))
+    assert await asyncio.gather(first, second) == ["done job1:1", "done job2:1"]
+    assert engine.widths == [1, 1, 2]  # both in one first step
+    await batcher.stop()
+
+
 async def test_continuous_batcher_fails_a_poison_item_alone(executor: ThreadPoolExecutor) -> None:
     engine = CountdownEngine()
     batcher = ContinuousBatcher("c", engine.step, engine.reset, executor, BatchKnobs(4, 20, 16))
