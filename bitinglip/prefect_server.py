@@ -1,6 +1,7 @@
-"""`python -m bitinglip.prefect_server [--queue-poll-s S] <prefect server start arguments>`: Prefect's own
-server command, with its in-process task queue (docket) looking for due work every S seconds instead of
-every 250 ms.
+"""`python -m bitinglip.prefect_server [--queue-poll-s S] [--quiet-loop] <prefect server start arguments>`:
+Prefect's own server command, with its in-process task queue (docket) looking for due work every S
+seconds instead of every 250 ms, and uvicorn looking for a stop once a second instead of ten times
+(`bitinglip.quiet_server`).
 
 Why: that look is most of what an idle Prefect 3.9 server spends (0.7 of its 1.8% of a core here,
 docs/architecture.md §3.23), and Prefect builds docket's `Worker` with the library's defaults and no
@@ -31,7 +32,7 @@ LEAN_QUEUE_POLL_S = 2.0
 
 def command(settings: Settings, host: str, port: int) -> list[str]:
     """The argv that runs Prefect's server for this platform."""
-    lean = ["--queue-poll-s", f"{LEAN_QUEUE_POLL_S:g}"] if settings.prefect_lean else []
+    lean = ["--queue-poll-s", f"{LEAN_QUEUE_POLL_S:g}", "--quiet-loop"] if settings.prefect_lean else []
     return [sys.executable, "-m", "bitinglip.prefect_server", *lean, "start", "--host", host, "--port", str(port)]
 
 
@@ -60,7 +61,12 @@ def relax_task_queue(poll_s: float) -> bool:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bitinglip.prefect_server", add_help=False)
     parser.add_argument("--queue-poll-s", type=float, default=None)
+    parser.add_argument("--quiet-loop", action="store_true")  # uvicorn looks for a stop once a second
     known, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if known.quiet_loop:
+        from bitinglip import quiet_server
+
+        quiet_server.install()
     if known.queue_poll_s is not None:
         if not (math.isfinite(known.queue_poll_s) and known.queue_poll_s > 0):  # nan passes a plain <= 0
             parser.error("--queue-poll-s must be a positive number of seconds")

@@ -105,10 +105,14 @@ def up(
 
 
 def _serve(app: Any, host: str, port: int, trusted_proxies: list[str] | None = None) -> None:
-    """uvicorn with our logging (log_config=None) and a bounded graceful shutdown. Forwarded headers
-    count only from configured proxies (uvicorn would trust 127.0.0.1 by default)."""
+    """uvicorn with our logging (log_config=None), a bounded graceful shutdown and a quiet idle loop
+    (`bitinglip.quiet_server`). Forwarded headers count only from configured proxies (uvicorn would
+    trust 127.0.0.1 by default)."""
     import uvicorn
 
+    from bitinglip import quiet_server
+
+    quiet_server.install()
     uvicorn.run(
         app,
         host=host,

@@ -39,6 +39,7 @@ def test_command_relaxes_the_queue_only_when_lean(tmp_path: Path) -> None:
         "bitinglip.prefect_server",
         "--queue-poll-s",
         "2",
+        "--quiet-loop",
         "start",
         "--host",
         "127.0.0.1",
@@ -46,7 +47,11 @@ def test_command_relaxes_the_queue_only_when_lean(tmp_path: Path) -> None:
         "4200",
     ]
     plain = prefect_server.command(Settings(home_dir=tmp_path, prefect_lean=False), "127.0.0.1", 4200)
-    assert "--queue-poll-s" not in plain and plain[-4:] == ["--host", "127.0.0.1", "--port", "4200"]
+    assert (
+        "--queue-poll-s" not in plain
+        and "--quiet-loop" not in plain
+        and plain[-4:] == ["--host", "127.0.0.1", "--port", "4200"]
+    )
 
 
 @pytest.mark.parametrize("pace", ["0", "-1", "nan", "inf"])
