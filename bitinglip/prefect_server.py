@@ -1,7 +1,7 @@
 """`python -m bitinglip.prefect_server [--queue-poll-s S] [--quiet-loop] <prefect server start arguments>`:
 Prefect's own server command, with its in-process task queue (docket) looking for due work every S
-seconds instead of every 250 ms, and uvicorn looking for a stop once a second instead of ten times
-(`bitinglip.quiet_server`).
+seconds instead of every 250 ms and reading its in-memory pub/sub in 1 s waits instead of 0.1 s, and
+uvicorn looking for a stop once a second instead of ten times (`bitinglip.quiet_server`).
 
 Why: that look is most of what an idle Prefect 3.9 server spends (0.7 of its 1.8% of a core here,
 docs/architecture.md §3.23), and Prefect builds docket's `Worker` with the library's defaults and no
@@ -13,13 +13,16 @@ server starts unchanged and says so in its log."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import inspect
 import logging
 import math
+import queue
 import sys
+import time
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bitinglip.config import Settings
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # How often docket looks for due work on a lean server (its default: 250 ms).
 LEAN_QUEUE_POLL_S = 2.0
+# How long one read of docket's in-memory pub/sub waits for a message (burner_redis: 0.1 s).
+LEAN_PUBSUB_WAIT_S = 1.0
 
 
 def command(settings: Settings, host: str, port: int) -> list[str]:
@@ -58,6 +63,39 @@ def relax_task_queue(poll_s: float) -> bool:
     return True
 
 
+def relax_pubsub_reads(wait_s: float) -> bool:
+    """docket's in-memory Redis (burner_redis: what a server without Redis runs) reads its pub/sub
+    queue through a worker thread in 0.1 s slices, and docket's cancellation listener asks for 0.1 s
+    reads in a loop: ten thread hops a second for as long as the server runs, most of what an idle
+    server spends once the task queue's look is relaxed (docs/architecture.md §3.23). Here a blocking
+    read waits up to `wait_s` per hop, short timeouts included: a message still returns the moment it
+    arrives, only an empty read ends later (docket's listener just reads again; a stopping docket
+    waits that long for it). False if this burner_redis reads otherwise (the server then runs with
+    its defaults)."""
+    try:
+        from burner_redis.pubsub import PubSub
+    except ImportError:
+        return False
+    original = getattr(PubSub, "_queue_get", None)
+    if original is None or list(inspect.signature(original).parameters) != ["self", "timeout"]:
+        return False
+
+    async def read(self: Any, timeout: float | None) -> Any:
+        if timeout == 0.0 or not isinstance(getattr(self, "_queue", None), queue.Queue):
+            return await original(self, timeout)
+        deadline = None if timeout is None else time.monotonic() + max(timeout, wait_s)
+        while True:
+            hop = wait_s if deadline is None else max(0.0, min(wait_s, deadline - time.monotonic()))
+            try:
+                return await asyncio.to_thread(self._queue.get, True, hop)
+            except queue.Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+
+    setattr(PubSub, "_queue_get", read)  # noqa: B010 (a class's method, replaced for its callers)
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bitinglip.prefect_server", add_help=False)
     parser.add_argument("--queue-poll-s", type=float, default=None)
@@ -73,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
         if not relax_task_queue(known.queue_poll_s):
             logging.basicConfig()
             log.warning("this Prefect has no docket Worker hook: its task queue polls at its defaults")
+        if not relax_pubsub_reads(LEAN_PUBSUB_WAIT_S):
+            logging.basicConfig()
+            log.warning("this burner_redis reads its pub/sub otherwise: docket's listener polls at its defaults")
     from prefect.cli import app
 
     sys.argv = ["prefect", "server", *rest]

@@ -1,8 +1,10 @@
-"""The launcher of Prefect's server: the task queue's worker it builds polls at the given pace, and the
-platform asks for that pace only when lean."""
+"""The launcher of Prefect's server: the task queue's worker it builds polls at the given pace, its
+in-memory pub/sub reads wait longer, and the platform asks for both only when lean."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -58,3 +60,42 @@ def test_command_relaxes_the_queue_only_when_lean(tmp_path: Path) -> None:
 def test_a_pace_that_is_not_a_positive_number_is_refused(pace: str) -> None:
     with pytest.raises(SystemExit):
         prefect_server.main(["--queue-poll-s", pace, "start"])
+
+
+@pytest.fixture()
+def original_pubsub_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from burner_redis.pubsub import PubSub
+
+    monkeypatch.setattr(PubSub, "_queue_get", PubSub._queue_get)  # restored after the test
+
+
+@pytest.mark.usefixtures("original_pubsub_reads")
+async def test_relaxed_pubsub_reads_wait_longer_when_empty_and_still_deliver_at_once() -> None:
+    """docket's in-memory pub/sub (burner_redis), as the cancellation listener reads it."""
+    assert prefect_server.relax_pubsub_reads(0.5)
+    async with Docket(name="test-pubsub", url="memory://") as docket, docket._pubsub() as pubsub:
+        await pubsub.subscribe("channel")
+        assert (await pubsub.get_message(timeout=None) or {})["type"] == "subscribe"
+
+        started = time.monotonic()
+        assert await pubsub.get_message(timeout=0.1) is None  # empty: one longer wait, not 0.1 s
+        assert time.monotonic() - started >= 0.45
+        assert await pubsub.get_message(timeout=0.0) is None  # a non-blocking read stays one
+
+        waiting = asyncio.ensure_future(pubsub.get_message(timeout=None))
+        await asyncio.sleep(0.1)
+        async with docket.redis() as redis:
+            await redis.publish("channel", "cancel this")
+        message = await asyncio.wait_for(waiting, timeout=5)
+        assert message is not None and message["data"] == b"cancel this"
+
+
+def test_a_pubsub_that_reads_otherwise_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from burner_redis.pubsub import PubSub
+
+    async def other(self: object, timeout: float | None, block: bool) -> None:  # another signature
+        return None
+
+    monkeypatch.setattr(PubSub, "_queue_get", other)
+    assert not prefect_server.relax_pubsub_reads(1.0)
+    assert PubSub._queue_get is other
