@@ -1,7 +1,7 @@
-"""`python -m bitinglip.prefect_server [--queue-poll-s S] [--quiet-loop] <prefect server start arguments>`:
-Prefect's own server command, with its in-process task queue (docket) looking for due work every S
-seconds instead of every 250 ms and reading its in-memory pub/sub in 1 s waits instead of 0.1 s, and
-uvicorn looking for a stop once a second instead of ten times (`bitinglip.quiet_server`).
+"""`python -m bitinglip.prefect_server [--queue-poll-s S] [--pubsub-wait-s W] [--quiet-loop] <prefect server
+start arguments>`: Prefect's own server command, with its in-process task queue (docket) looking for due
+work every S seconds instead of every 250 ms, reading its in-memory pub/sub in waits of W seconds instead
+of 0.1 s, and uvicorn looking for a stop once a second instead of ten times (`bitinglip.quiet_server`).
 
 Why: that look is most of what an idle Prefect 3.9 server spends (0.7 of its 1.8% of a core here,
 docs/architecture.md §3.23), and Prefect builds docket's `Worker` with the library's defaults and no
@@ -37,7 +37,11 @@ LEAN_PUBSUB_WAIT_S = 1.0
 
 def command(settings: Settings, host: str, port: int) -> list[str]:
     """The argv that runs Prefect's server for this platform."""
-    lean = ["--queue-poll-s", f"{LEAN_QUEUE_POLL_S:g}", "--quiet-loop"] if settings.prefect_lean else []
+    lean = (
+        ["--queue-poll-s", f"{LEAN_QUEUE_POLL_S:g}", "--pubsub-wait-s", f"{LEAN_PUBSUB_WAIT_S:g}", "--quiet-loop"]
+        if settings.prefect_lean
+        else []
+    )
     return [sys.executable, "-m", "bitinglip.prefect_server", *lean, "start", "--host", host, "--port", str(port)]
 
 
@@ -69,9 +73,10 @@ def relax_pubsub_reads(wait_s: float) -> bool:
     reads in a loop: ten thread hops a second for as long as the server runs, most of what an idle
     server spends once the task queue's look is relaxed (docs/architecture.md §3.23). Here a blocking
     read waits up to `wait_s` per hop, short timeouts included: a message still returns the moment it
-    arrives, only an empty read ends later (docket's listener just reads again; a stopping docket
-    waits that long for it). False if this burner_redis reads otherwise (the server then runs with
-    its defaults)."""
+    arrives, only an empty read ends later (docket's listener just reads again). The price, paid at
+    stops only: a stopping docket waits up to `wait_s` for its listener, and a cancelled read leaves
+    its thread parked that long (burner_redis chose 0.1 s slices to keep that short). False if this
+    burner_redis reads otherwise (the server then runs with its defaults)."""
     try:
         from burner_redis.pubsub import PubSub
     except ImportError:
@@ -81,7 +86,7 @@ def relax_pubsub_reads(wait_s: float) -> bool:
         return False
 
     async def read(self: Any, timeout: float | None) -> Any:
-        if timeout == 0.0 or not isinstance(getattr(self, "_queue", None), queue.Queue):
+        if (timeout is not None and timeout <= 0) or not isinstance(getattr(self, "_queue", None), queue.Queue):
             return await original(self, timeout)
         deadline = None if timeout is None else time.monotonic() + max(timeout, wait_s)
         while True:
@@ -99,21 +104,22 @@ def relax_pubsub_reads(wait_s: float) -> bool:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bitinglip.prefect_server", add_help=False)
     parser.add_argument("--queue-poll-s", type=float, default=None)
+    parser.add_argument("--pubsub-wait-s", type=float, default=None)
     parser.add_argument("--quiet-loop", action="store_true")  # uvicorn looks for a stop once a second
     known, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    for flag, value in (("--queue-poll-s", known.queue_poll_s), ("--pubsub-wait-s", known.pubsub_wait_s)):
+        if value is not None and not (math.isfinite(value) and value > 0):  # nan passes a plain <= 0
+            parser.error(f"{flag} must be a positive number of seconds")
     if known.quiet_loop:
         from bitinglip import quiet_server
 
         quiet_server.install()
-    if known.queue_poll_s is not None:
-        if not (math.isfinite(known.queue_poll_s) and known.queue_poll_s > 0):  # nan passes a plain <= 0
-            parser.error("--queue-poll-s must be a positive number of seconds")
-        if not relax_task_queue(known.queue_poll_s):
-            logging.basicConfig()
-            log.warning("this Prefect has no docket Worker hook: its task queue polls at its defaults")
-        if not relax_pubsub_reads(LEAN_PUBSUB_WAIT_S):
-            logging.basicConfig()
-            log.warning("this burner_redis reads its pub/sub otherwise: docket's listener polls at its defaults")
+    if known.queue_poll_s is not None and not relax_task_queue(known.queue_poll_s):
+        logging.basicConfig()
+        log.warning("this Prefect has no docket Worker hook: its task queue polls at its defaults")
+    if known.pubsub_wait_s is not None and not relax_pubsub_reads(known.pubsub_wait_s):
+        logging.basicConfig()
+        log.warning("this burner_redis reads its pub/sub otherwise: docket's listener polls at its defaults")
     from prefect.cli import app
 
     sys.argv = ["prefect", "server", *rest]

@@ -433,10 +433,11 @@ class ContinuousBatcher(Batcher[I, R]):
             self._running = len(self._in_flight)
 
     def _gathered(self) -> bool:
-        """Also as soon as an interactive request waits: requests arriving after it join at the next
-        step, so gathering would only add `max_wait` to its time to first token. Background work
-        alone still gathers, so that a burst of jobs is prefilled together."""
-        return super()._gathered() or any(p.interactive for p in self._queue)
+        """Also as soon as an interactive request waits (one whose caller is still there): requests
+        arriving after it join at the next step, so gathering would only add `max_wait` to its time to
+        first token. Background work alone still gathers, so that a burst of jobs is prefilled
+        together."""
+        return super()._gathered() or any(p.interactive and not p.future.done() for p in self._queue)
 
     def _forget(self, items: list[I]) -> None:
         if self._discard is not None:  # on the compute thread, between steps, like everything the engine does

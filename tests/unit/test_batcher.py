@@ -276,13 +276,13 @@ async def test_continuous_batcher_admits_new_items_while_others_run(executor: Th
 async def test_an_idle_continuous_batcher_starts_an_interactive_request_at_once_and_gathers_background_work(
     executor: ThreadPoolExecutor,
 ) -> None:
-    """max_wait is 3 s. An interactive request does not wait for company (later ones join at the next
+    """max_wait is 1 s. An interactive request does not wait for company (later ones join at the next
     step); background requests arriving apart start together, after the wait."""
     engine = CountdownEngine()
-    batcher = ContinuousBatcher("c", engine.step, engine.reset, executor, BatchKnobs(4, 3_000, 16))
+    batcher = ContinuousBatcher("c", engine.step, engine.reset, executor, BatchKnobs(4, 1_000, 16))
     started = time.monotonic()
     assert await batcher.submit("chat:2", 0) == "done chat:2"
-    assert time.monotonic() - started < 2.0  # well before max_wait: it did not gather
+    assert time.monotonic() - started < 0.8  # before max_wait: it did not gather
     assert engine.widths == [1, 1]
 
     first = asyncio.ensure_future(batcher.submit("job1:1", 3))
@@ -291,6 +291,24 @@ async def test_an_idle_continuous_batcher_starts_an_interactive_request_at_once_
     second = asyncio.ensure_future(batcher.submit("job2:1", 3))
     assert await asyncio.gather(first, second) == ["done job1:1", "done job2:1"]
     assert engine.widths == [1, 1, 2]  # both in one first step
+    await batcher.stop()
+
+
+async def test_an_interactive_request_ends_a_background_gather_but_a_cancelled_one_does_not(
+    executor: ThreadPoolExecutor,
+) -> None:
+    engine = CountdownEngine()
+    batcher = ContinuousBatcher("c", engine.step, engine.reset, executor, BatchKnobs(4, 1_000, 16))
+    job = asyncio.ensure_future(batcher.submit("job:1", 3))
+    await asyncio.sleep(0.05)
+    gone = asyncio.ensure_future(batcher.submit("gone:1", 0))
+    await asyncio.sleep(0)  # it is queued, and the gathering loop is due to look
+    gone.cancel()  # its caller went away before the loop looked
+    await asyncio.sleep(0.2)
+    assert engine.steps == 0  # the job still gathers: a cancelled request is no reason to start
+    chat = asyncio.ensure_future(batcher.submit("chat:1", 0))
+    assert await asyncio.wait_for(asyncio.gather(job, chat), timeout=0.7) == ["done job:1", "done chat:1"]
+    assert engine.widths == [2]  # the chat ended the gather at once; both started in one step
     await batcher.stop()
 
 

@@ -41,6 +41,8 @@ def test_command_relaxes_the_queue_only_when_lean(tmp_path: Path) -> None:
         "bitinglip.prefect_server",
         "--queue-poll-s",
         "2",
+        "--pubsub-wait-s",
+        "1",
         "--quiet-loop",
         "start",
         "--host",
@@ -52,14 +54,16 @@ def test_command_relaxes_the_queue_only_when_lean(tmp_path: Path) -> None:
     assert (
         "--queue-poll-s" not in plain
         and "--quiet-loop" not in plain
+        and "--pubsub-wait-s" not in plain
         and plain[-4:] == ["--host", "127.0.0.1", "--port", "4200"]
     )
 
 
+@pytest.mark.parametrize("flag", ["--queue-poll-s", "--pubsub-wait-s"])
 @pytest.mark.parametrize("pace", ["0", "-1", "nan", "inf"])
-def test_a_pace_that_is_not_a_positive_number_is_refused(pace: str) -> None:
+def test_a_pace_that_is_not_a_positive_number_is_refused(flag: str, pace: str) -> None:
     with pytest.raises(SystemExit):
-        prefect_server.main(["--queue-poll-s", pace, "start"])
+        prefect_server.main([flag, pace, "start"])
 
 
 @pytest.fixture()
@@ -72,22 +76,26 @@ def original_pubsub_reads(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("original_pubsub_reads")
 async def test_relaxed_pubsub_reads_wait_longer_when_empty_and_still_deliver_at_once() -> None:
     """docket's in-memory pub/sub (burner_redis), as the cancellation listener reads it."""
-    assert prefect_server.relax_pubsub_reads(0.5)
+    assert prefect_server.relax_pubsub_reads(5.0)
     async with Docket(name="test-pubsub", url="memory://") as docket, docket._pubsub() as pubsub:
         await pubsub.subscribe("channel")
         assert (await pubsub.get_message(timeout=None) or {})["type"] == "subscribe"
 
         started = time.monotonic()
         assert await pubsub.get_message(timeout=0.1) is None  # empty: one longer wait, not 0.1 s
-        assert time.monotonic() - started >= 0.45
+        assert time.monotonic() - started >= 4.5
         assert await pubsub.get_message(timeout=0.0) is None  # a non-blocking read stays one
+        assert await pubsub.get_message(timeout=-1) is None  # and so does a spent timeout
 
-        waiting = asyncio.ensure_future(pubsub.get_message(timeout=None))
-        await asyncio.sleep(0.1)
-        async with docket.redis() as redis:
-            await redis.publish("channel", "cancel this")
-        message = await asyncio.wait_for(waiting, timeout=5)
-        assert message is not None and message["data"] == b"cancel this"
+        for timeout in (None, 0.1):  # a message ends a wait the moment it arrives, not at the wait's end
+            waiting = asyncio.ensure_future(pubsub.get_message(timeout=timeout))
+            await asyncio.sleep(0.1)
+            sent = time.monotonic()
+            async with docket.redis() as redis:
+                await redis.publish("channel", "cancel this")
+            message = await asyncio.wait_for(waiting, timeout=10)
+            assert message is not None and message["data"] == b"cancel this"
+            assert time.monotonic() - sent < 2.5  # the wait is 5 s
 
 
 def test_a_pubsub_that_reads_otherwise_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:

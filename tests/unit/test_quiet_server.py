@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 import uvicorn
+import uvloop
 from fastapi import FastAPI
 
 from bitinglip import quiet_server
@@ -39,10 +40,18 @@ class Counting(QuietServer):
         return await super().on_tick(counter)
 
 
-def _serve_in_thread(server: QuietServer) -> threading.Thread:
-    """Off the main thread uvicorn installs no signal handlers: the test calls `handle_exit` itself,
-    as the handler would."""
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+def _serve_in_thread(server: QuietServer, uv: bool = True) -> threading.Thread:
+    """On uvloop, as uvicorn[standard] runs (`uv=False`: asyncio's own loop). Off the main thread
+    uvicorn installs no signal handlers: the test calls `handle_exit` itself, as the handler would."""
+
+    def serve() -> None:
+        loop = uvloop.new_event_loop() if uv else asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(server.serve())
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
@@ -80,6 +89,28 @@ def test_idle_it_still_looks_about_once_a_second() -> None:
     thread.join(timeout=30)
     assert not thread.is_alive()
     assert 1 <= looks <= 4, looks  # uvicorn's own loop: 25
+
+
+def test_on_asyncios_own_loop_it_keeps_uvicorns_look() -> None:
+    """There a signal landing on another thread would not wake the loop: looks stay ten a second."""
+    server = Counting(uvicorn.Config(_app(), host="127.0.0.1", port=free_port(), log_config=None))
+    thread = _serve_in_thread(server, uv=False)
+    before = server.ticks
+    time.sleep(1.0)
+    looks = server.ticks - before
+    server.handle_exit(signal.SIGTERM, None)
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert looks >= 5, looks
+
+
+def test_a_stop_asked_before_serving_ends_it_without_a_loop() -> None:
+    server = QuietServer(uvicorn.Config(_app(), host="127.0.0.1", port=free_port(), log_config=None))
+    server.handle_exit(signal.SIGTERM, None)  # no loop yet: nothing to wake, and nothing fails
+    thread = threading.Thread(target=lambda: uvloop.run(server.serve()), daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and server.should_exit
 
 
 def test_install_makes_uvicorn_run_serve_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
