@@ -3,12 +3,12 @@ start arguments>`: Prefect's own server command, with its in-process task queue 
 work every S seconds instead of every 250 ms, reading its in-memory pub/sub in waits of W seconds instead
 of 0.1 s, and uvicorn looking for a stop once a second instead of ten times (`bitinglip.quiet_server`).
 
-Why: that look is most of what an idle Prefect 3.9 server spends (0.7 of its 1.8% of a core here,
-docs/architecture.md §3.23), and Prefect builds docket's `Worker` with the library's defaults and no
-setting. The queue only carries housekeeping (late runs, lease and log clean-up, cancelling child runs),
-for which a second or two is nothing. The server runs in this process (`prefect server start` serves in
-the foreground), so the adjusted `Worker` is the one it uses. If a Prefect release moves that name, the
-server starts unchanged and says so in its log."""
+Why: these wake-ups are most of what an idle Prefect 3.9 server spends (docket's look alone was 0.7 of
+its 1.8% of a core, docs/architecture.md §3.23), and Prefect builds docket's `Worker` with the library's
+defaults and no setting. The queue only carries housekeeping (late runs, lease and log clean-up,
+cancelling child runs), for which a second or two is nothing. The server runs in this process (`prefect
+server start` serves in the foreground), so what is adjusted here is what it uses. If a release moves
+one of these names, the server starts with that part unchanged and says so in its log."""
 
 from __future__ import annotations
 
