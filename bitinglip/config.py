@@ -102,6 +102,15 @@ class Settings(BaseSettings):
         default=None, description="Shared token on every gateway -> model worker call; default: generated."
     )
     max_keys_per_user: int = Field(default=20, ge=1, description="Most live API keys one user may hold.")
+    credential_recheck_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="Each gateway keeps verified API keys and login tokens in memory and checks this often "
+        "(while requests come) whether any credential changed anywhere: the most time a key revoked, a user "
+        "disabled or limits changed on another replica can still take to hold there (on the replica that "
+        "made the change it holds at once). 0: read the database on every request.",
+    )
     login_attempts_per_minute: int = Field(
         default=10, ge=1, description="Login attempts per client address, and per address + user name."
     )

@@ -19,7 +19,8 @@ from api.auth.schemas import (
 )
 from bitinglip.auth.accounts import AccountStore
 from bitinglip.auth.audit import audit
-from bitinglip.auth.credentials import issue_token, parse_api_key, read_token
+from bitinglip.auth.credential_cache import CredentialCache
+from bitinglip.auth.credentials import ParsedKey, issue_token, parse_api_key, read_token, secret_hash
 from bitinglip.auth.limits import Limiter, RateState, effective_limits
 from bitinglip.auth.principal import Limits, Principal
 from bitinglip.config import Settings
@@ -31,6 +32,9 @@ class AuthService:
         self.settings = settings
         self.accounts = accounts
         self.limiter = limiter
+        self.verified: CredentialCache[Principal] = CredentialCache(
+            lambda: asyncio.to_thread(accounts.epoch), settings.credential_recheck_s
+        )
 
     def bootstrap(self) -> None:
         key = self.settings.admin_api_key.get_secret_value() if self.settings.admin_api_key else None
@@ -63,21 +67,36 @@ class AuthService:
             raise Unauthorized("missing credentials: send Authorization: Bearer <API key or login token>")
         token = token.strip()
         if (parsed := parse_api_key(token)) is not None:
-            found = await asyncio.to_thread(self.accounts.lookup_key, parsed)
-            if found is None:
+            # keyed by the whole key: a wrong secret for a known key id is never answered from memory
+            key = await self.verified.get(("key", parsed.key_id, secret_hash(parsed.secret)), lambda: self._key(parsed))
+            if key is None:
                 raise Unauthorized("invalid, revoked or disabled API key")
-            key, user, stored = found
-            return Principal(
-                user.username,
-                user.role,
-                key.id,
-                user_limits=effective_limits(stored, self.settings),
-                key_limits=Limits(key.rate_limit_per_minute, key.tokens_per_day, key.images_per_day),
-            )
+            return key
         claims = read_token(token, self.settings.secret("jwt_secret"))
-        account = await asyncio.to_thread(self.accounts.lookup_user, str(claims["sub"]))
-        if account is None:
+        username = str(claims["sub"])
+        user = await self.verified.get(("user", username), lambda: self._user(username))
+        if user is None:
             raise Unauthorized("invalid credentials")
+        return user
+
+    async def _key(self, parsed: ParsedKey) -> Principal | None:
+        found = await asyncio.to_thread(self.accounts.lookup_key, parsed)
+        if found is None:
+            return None
+        key, user, stored = found
+        return Principal(
+            user.username,
+            user.role,
+            key.id,
+            user_limits=effective_limits(stored, self.settings),
+            key_limits=Limits(key.rate_limit_per_minute, key.tokens_per_day, key.images_per_day),
+        )
+
+    async def _user(self, username: str) -> Principal | None:
+        """A login token's user; None when unknown."""
+        account = await asyncio.to_thread(self.accounts.lookup_user, username)
+        if account is None:
+            return None
         user, stored = account
         if user.disabled:
             raise Unauthorized("this user is disabled")
@@ -136,6 +155,7 @@ class AuthService:
 
     async def revoke_key(self, who: Principal, key_id: str) -> KeyView:
         record = await asyncio.to_thread(self.accounts.revoke_key, key_id, who.scope)
+        self.verified.clear()  # here at once; other replicas at their next epoch read
         audit("api_key_revoked", actor=who.username, key_id=key_id, for_user=record.username)
         return KeyView.from_record(record)
 
@@ -155,22 +175,26 @@ class AuthService:
 
     async def update_user(self, who: Principal, username: str, request: UserUpdateRequest) -> UserView:
         """Disable or enable a user, change their role, and set the limits all their keys and login
-        tokens share. Roles and the disabled flag are read on every request, so a change holds from the
-        user's next one; the last enabled admin can be neither demoted nor disabled (409)."""
+        tokens share. A change holds from the user's next request to this gateway, and within
+        BITINGLIP_CREDENTIAL_RECHECK_S on other replicas; the last enabled admin can be neither demoted
+        nor disabled (409)."""
         self.require_admin(who, "changing users")
-        user = await asyncio.to_thread(self.accounts.user, username)
-        if request.role is not None and request.role != user.role:
-            was = user.role
-            with _audited("user_role_changed", who, user=username, role=request.role, was=was):
-                user = await asyncio.to_thread(self.accounts.set_role, username, request.role)
-        if request.disabled is not None:
-            event = "user_disabled" if request.disabled else "user_enabled"
-            with _audited(event, who, user=username):
-                user = await asyncio.to_thread(self.accounts.set_disabled, username, request.disabled)
-        if request.limits is not None:
-            new = request.limits.as_limits()
-            await asyncio.to_thread(self.accounts.set_limits, username, new, who.username)
-            audit("user_limits_set", actor=who.username, user=username, **vars(new))
+        try:
+            user = await asyncio.to_thread(self.accounts.user, username)
+            if request.role is not None and request.role != user.role:
+                was = user.role
+                with _audited("user_role_changed", who, user=username, role=request.role, was=was):
+                    user = await asyncio.to_thread(self.accounts.set_role, username, request.role)
+            if request.disabled is not None:
+                event = "user_disabled" if request.disabled else "user_enabled"
+                with _audited(event, who, user=username):
+                    user = await asyncio.to_thread(self.accounts.set_disabled, username, request.disabled)
+            if request.limits is not None:
+                new = request.limits.as_limits()
+                await asyncio.to_thread(self.accounts.set_limits, username, new, who.username)
+                audit("user_limits_set", actor=who.username, user=username, **vars(new))
+        finally:
+            self.verified.clear()  # whatever went through holds here at once; other replicas at their next epoch read
         stored = await asyncio.to_thread(self.accounts.stored_limits, username)
         return UserView.from_record(user, stored)
 

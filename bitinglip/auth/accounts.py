@@ -21,7 +21,7 @@ from bitinglip.auth.credentials import (
 )
 from bitinglip.auth.principal import Limits
 from bitinglip.db.session import Database
-from bitinglip.db.tables import ApiKey, User, UserLimits
+from bitinglip.db.tables import ApiKey, CredentialEpoch, User, UserLimits
 from bitinglip.errors import Conflict, InvalidRequest, NotFound
 
 ROLES = ("admin", "user")
@@ -44,6 +44,15 @@ def _leaves_an_admin(s: Session, username: str) -> ColumnElement[bool]:
         .scalar_subquery()
     )
     return or_(User.role != "admin", User.disabled.is_(True), others > 0)
+
+
+def _withdraws_credentials(s: Session) -> None:
+    """Raises the credential epoch in this transaction: every gateway replica drops the credentials it
+    keeps in memory (bitinglip/auth/credential_cache.py) once it commits. Called by every change that
+    can withdraw or narrow what a key or login token may do."""
+    bumped = cast("CursorResult[Any]", s.execute(update(CredentialEpoch).values(epoch=CredentialEpoch.epoch + 1)))
+    if bumped.rowcount == 0:  # a database whose row is missing (made by create_all): start it
+        s.add(CredentialEpoch(id=1, epoch=1))
 
 
 def _last_admin(username: str) -> Conflict:
@@ -119,6 +128,7 @@ class AccountStore:
                 statement = statement.where(_leaves_an_admin(s, username))
             if cast("CursorResult[Any]", s.execute(statement.values(disabled=disabled))).rowcount == 0:
                 raise _last_admin(username)
+            _withdraws_credentials(s)
         return self.user(username)
 
     def set_role(self, username: str, role: str) -> User:
@@ -132,6 +142,7 @@ class AccountStore:
                 statement = statement.where(_leaves_an_admin(s, username))
             if cast("CursorResult[Any]", s.execute(statement.values(role=role))).rowcount == 0:
                 raise _last_admin(username)
+            _withdraws_credentials(s)
         return self.user(username)
 
     def check_password(self, username: str, password: str) -> User | None:
@@ -171,6 +182,7 @@ class AccountStore:
             row.tokens_per_day = limits.tokens_per_day
             row.images_per_day = limits.images_per_day
             row.updated_by = by
+            _withdraws_credentials(s)
         return row
 
     # -- API keys
@@ -232,6 +244,7 @@ class AccountStore:
                 raise NotFound(f"API key {key_id!r} not found", param="key_id")
             if record.revoked_at is None:
                 record.revoked_at = _now()
+                _withdraws_credentials(s)
             return record
 
     def lookup_key(self, parsed: ParsedKey) -> tuple[ApiKey, User, UserLimits | None] | None:
@@ -252,6 +265,11 @@ class AccountStore:
             if record.last_used_at is None or _now() - record.last_used_at > _TOUCH_EVERY:
                 record.last_used_at = _now()
             return record, user, limits
+
+    def epoch(self) -> int:
+        """The credential epoch (0 before the first change)."""
+        with self.db.session() as s:
+            return int(s.scalar(select(func.max(CredentialEpoch.epoch))) or 0)
 
     def lookup_user(self, username: str) -> tuple[User, UserLimits | None] | None:
         """A login token's user with their stored limits; None when unknown."""

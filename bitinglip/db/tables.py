@@ -259,3 +259,14 @@ class IdempotencyKey(Base):
     object_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class CredentialEpoch(Base):
+    """One row, raised in the same transaction as every change that can withdraw or narrow a credential
+    (a key revoked, a user disabled or demoted, limits changed): gateway replicas that keep verified
+    credentials in memory (bitinglip/auth/credential_cache.py) drop them when they see it move."""
+
+    __tablename__ = "credential_epoch"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)

@@ -82,7 +82,7 @@ ADDED_COLUMNS: dict[str, dict[str, Any]] = {
     "jobs": {"webhook": None},  # 0005
 }
 # Tables later revisions added (0005), beside the security wave's
-TODAY = SECURITY | {"webhook_secrets", "webhook_deliveries", "idempotency_keys"}
+TODAY = SECURITY | {"webhook_secrets", "webhook_deliveries", "idempotency_keys", "credential_epoch"}
 
 
 def old_create_all(engine: Engine) -> None:
@@ -242,7 +242,7 @@ def assert_today_and_usable(db: Database) -> None:
     """Today's schema, exactly, and today's code works on it: limits, the usage ledger, access rules."""
     assert tables_of(db.engine) == TODAY | {VERSION_TABLE}
     with db.engine.connect() as conn:
-        assert schema_revision(conn) == schema_head() == "0005_webhooks_idempotency"
+        assert schema_revision(conn) == schema_head() == "0006_credential_epoch"
     assert schema_diff(db.engine) == []  # what autogenerate would write: nothing
 
     with db.session() as s:
