@@ -20,6 +20,7 @@ import logging.handlers
 import queue
 import re
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterable
@@ -66,6 +67,10 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # user:password@ in URLs (database, Redis, Prefect)
     (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)([^@\s/]+)(@)"), rf"\g<1>{REDACTED}\g<3>"),
 )
+# Something every pattern above needs to match: text without any of it (most lines) skips them all.
+_MIGHT_HOLD_A_CREDENTIAL = re.compile(
+    r"(?i)bl-|eyJ|bearer|basic|token|passw|secret|api[_-]?key|auth[_-]?string|authorization|credential|://"
+)
 # A field named like this holds a credential whatever its value looks like.
 _SECRET_FIELD = re.compile(
     r"(?i)^(.*(password|passwd|secret|api[_-]?key|auth[_-]?string|authorization|credentials?)|(.*_)?token)$"
@@ -78,8 +83,9 @@ def redact_text(text: str, literals: Iterable[str] = ()) -> str:
     for literal in literals:
         if literal in text:
             text = text.replace(literal, REDACTED)
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    if _MIGHT_HOLD_A_CREDENTIAL.search(text):
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
     if not text.isascii():
         try:
             text.encode("utf-8")
@@ -219,20 +225,70 @@ class BackgroundHandler(logging.handlers.QueueHandler):
             self.dropped += 1
 
 
-_listener: logging.handlers.QueueListener | None = None
+class LineWriter(threading.Thread):
+    """The one writer thread: takes every record waiting, renders each and writes them with one write
+    and one flush. Under load (an access line per request) that is one system call for many lines,
+    where a handler per record made two for each."""
+
+    MAX_BATCH = 512
+    _STOP = logging.LogRecord("bitinglip.logs", logging.INFO, __file__, 0, "stop", None, None)
+
+    def __init__(self, records: queue.Queue[logging.LogRecord], formatter: logging.Formatter) -> None:
+        super().__init__(name="log-writer", daemon=True)
+        self.records = records
+        self.formatter = formatter
+        self.stream = sys.stderr
+
+    def run(self) -> None:
+        while True:
+            batch = [self.records.get()]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    batch.append(self.records.get_nowait())
+                except queue.Empty:
+                    break
+            lines = [self._render(record) for record in batch if record is not self._STOP]
+            if lines:
+                self._write("\n".join(lines) + "\n")
+            if any(record is self._STOP for record in batch):
+                return
+
+    def _render(self, record: logging.LogRecord) -> str:
+        try:
+            return self.formatter.format(record)
+        except Exception as exc:  # a record that cannot be rendered must not stop the writer
+            return f"[unrenderable log record from {record.name}: {type(exc).__name__}]"
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # the stream is closed or gone (a pipe's reader exited): nothing to tell
+            pass
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Writes what is still queued, then ends."""
+        try:
+            self.records.put(self._STOP, timeout=timeout_s)
+        except queue.Full:
+            return
+        self.join(timeout_s)
 
 
-def _stop_listener() -> None:
-    global _listener
-    if _listener is not None:
-        _listener.stop()  # writes what is still queued
-        _listener = None
+_writer: LineWriter | None = None
+
+
+def _stop_writer() -> None:
+    global _writer
+    if _writer is not None:
+        _writer.stop()
+        _writer = None
 
 
 def configure_logging(settings: Settings, process: str, console_level: str | None = None) -> None:
     """`console_level` raises the bar for this process's console only (the CLI shows progress bars,
     not Prefect's INFO chatter; those lines still reach the run's log in the Prefect UI)."""
-    global _listener
+    global _writer
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if settings.log_format == "json"
@@ -262,18 +318,16 @@ def configure_logging(settings: Settings, process: str, console_level: str | Non
         ],
         foreign_pre_chain=[_context_from_record, level, _record_time, module, structlog.stdlib.ExtraAdder()],
     )
-    writer = logging.StreamHandler()
-    writer.setFormatter(formatter)
-    _stop_listener()
+    _stop_writer()
     records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_SIZE)
     handler = BackgroundHandler(records)
     handler.setFormatter(formatter)
     if console_level is not None:
         handler.setLevel(console_level.upper())
-    _listener = logging.handlers.QueueListener(records, writer)
-    _listener.start()
-    atexit.unregister(_stop_listener)
-    atexit.register(_stop_listener)
+    _writer = LineWriter(records, formatter)
+    _writer.start()
+    atexit.unregister(_stop_writer)
+    atexit.register(_stop_writer)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())

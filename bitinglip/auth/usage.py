@@ -13,9 +13,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import CursorResult, bindparam, delete, literal, select, update
+from sqlalchemy import CursorResult, Table, bindparam, delete, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -77,28 +77,25 @@ def tokens_used(result: dict[str, Any] | None) -> int:
     return int(usage.get("total_tokens", 0))
 
 
-# The statements a hold runs, built once (building them per call was half of an accepted job's cost);
-# no session synchronisation: holds touch counters as rows, never as loaded objects.
+# The statements a hold runs, built once (building them per call was half of an accepted job's cost),
+# on the tables rather than the mapped classes: holds touch counters as rows, never as loaded objects,
+# and the ORM's bulk-statement path around each one was most of what remained.
+_COUNTERS, _HOLDS = cast(Table, UsageCounter.__table__), cast(Table, UsageHold.__table__)
 _ONE_COUNTER = (
-    UsageCounter.subject == bindparam("b_subject"),
-    UsageCounter.day == bindparam("b_day"),
-    UsageCounter.kind == bindparam("b_kind"),
+    _COUNTERS.c.subject == bindparam("b_subject"),
+    _COUNTERS.c.day == bindparam("b_day"),
+    _COUNTERS.c.kind == bindparam("b_kind"),
 )
-_RAISE = (
-    update(UsageCounter)
-    .where(*_ONE_COUNTER)
-    .values(reserved=UsageCounter.reserved + bindparam("b_amount"))
-    .execution_options(synchronize_session=False)
-)
+_RAISE = update(_COUNTERS).where(*_ONE_COUNTER).values(reserved=_COUNTERS.c.reserved + bindparam("b_amount"))
 _RAISE_WITHIN_LIMIT = _RAISE.where(
-    UsageCounter.used + UsageCounter.reserved + bindparam("b_amount") <= bindparam("b_limit")
+    _COUNTERS.c.used + _COUNTERS.c.reserved + bindparam("b_amount") <= bindparam("b_limit")
 )
-_LOWER = (
-    update(UsageCounter)
-    .where(*_ONE_COUNTER)
-    .values(reserved=UsageCounter.reserved - bindparam("b_amount"))
-    .execution_options(synchronize_session=False)
-)
+_LOWER = update(_COUNTERS).where(*_ONE_COUNTER).values(reserved=_COUNTERS.c.reserved - bindparam("b_amount"))
+_NEW_COUNTER = {  # the day's counter at zero, unless it is there already
+    name: dialect.insert(_COUNTERS).values(used=0, reserved=0).on_conflict_do_nothing()
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+_NEW_HOLD = insert(_HOLDS)
 
 
 def job_hold_id(job_id: str) -> str:
@@ -246,7 +243,8 @@ class UsageLedger:
                     s.execute(_LOWER, {**counter, "b_subject": done})
                 raise refusal
             raised.append(subject)
-        s.add(UsageHold(id=hold_id, day=day, kind=kind, amount=amount, caps=[list(c) for c in caps]))
+        hold = {"id": hold_id, "day": day, "kind": kind, "amount": amount, "caps": [list(c) for c in caps]}
+        s.execute(_NEW_HOLD, hold)
         return Hold(hold_id, kind, amount)
 
     def settle(self, hold_id: str, actual: int) -> int | None:
@@ -299,9 +297,8 @@ class UsageLedger:
         ensured: set[tuple[str, str, str]] = s.info.setdefault("usage_counters_ensured", set())
         if (subject, day, kind) in ensured:
             return
-        values = {"subject": subject, "day": day, "kind": kind, "used": 0, "reserved": 0}
-        dialect = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
-        s.execute(dialect.insert(UsageCounter).values(**values).on_conflict_do_nothing())
+        dialect = "postgresql" if s.get_bind().dialect.name == "postgresql" else "sqlite"
+        s.execute(_NEW_COUNTER[dialect], {"subject": subject, "day": day, "kind": kind})
         ensured.add((subject, day, kind))
 
     @staticmethod

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Delete, Update, delete, func, select, update
+from sqlalchemy import ColumnElement, CursorResult, Delete, Table, Update, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -32,6 +32,9 @@ def _rows(session: Session, statement: Update | Delete) -> int:
     """Run an UPDATE and say how many rows it changed (0: someone else got there first)."""
     result = cast("CursorResult[Any]", session.execute(statement))
     return int(result.rowcount)
+
+
+_INSERT_JOB = insert(cast(Table, Job.__table__))
 
 
 def _now() -> datetime:
@@ -125,41 +128,48 @@ class JobStore:
         """Each job with its `within` (its quota hold) in one transaction and one commit for all; a job
         whose `within` refuses it (a BitingLipError, which leaves the transaction as it found it) is
         answered with that error and the others are written. Any other failure fails them all."""
-        made: dict[int, Job | BitingLipError] = {}
+        made: dict[int, dict[str, Any] | BitingLipError] = {}
         # by owner: the quota counters each job's hold locks (its user's, then its key's) are taken in one
         # order by every group and every settlement, so two transactions never wait on each other in a circle
         order = sorted(range(len(jobs)), key=lambda i: jobs[i].owner)
-        # no autoflush: the rows go in at the commit, one batched INSERT per table, not one per job
-        with self.db.session() as s, s.no_autoflush:
+        with self.db.session() as s:
             for i in order:
-                new, job = jobs[i], self._row(jobs[i])
+                new, row = jobs[i], self._row(jobs[i])
                 try:
                     if new.within is not None:
-                        new.within(s, job.id)
+                        new.within(s, row["id"])
                 except BitingLipError as refused:
                     made[i] = refused
                     continue
-                s.add(job)
-                made[i] = job
-        for i, new in enumerate(jobs):
-            if isinstance(written := made[i], Job):
-                set_committed_value(written, "params", new.params)
-                set_committed_value(written, "webhook", new.webhook)
-        return [made[i] for i in range(len(jobs))]
+                made[i] = row
+            rows = [row for row in made.values() if isinstance(row, dict)]
+            if rows:  # one batched INSERT for the group, as rows: no unit of work to track them
+                s.execute(_INSERT_JOB, rows)
+        return [self._accepted(made[i], jobs[i]) for i in range(len(jobs))]
 
-    def _row(self, new: NewJob) -> Job:
-        return Job(
-            request_id=new.request_id,
-            id=str(uuid.uuid4()),
-            type=new.type_,
-            model=new.model,
-            params=self.cipher.seal_json(new.params),
-            priority=new.priority,
-            owner=new.owner,
-            status="queued",
-            created_at=_now(),
-            webhook=self.cipher.seal_json(new.webhook),
-        )
+    def _row(self, new: NewJob) -> dict[str, Any]:
+        """A new job's row, every column the view reads given (a Core insert fills no ORM defaults)."""
+        return {
+            "id": str(uuid.uuid4()),
+            "request_id": new.request_id,
+            "type": new.type_,
+            "model": new.model,
+            "params": self.cipher.seal_json(new.params),
+            "priority": new.priority,
+            "owner": new.owner,
+            "status": "queued",
+            "attempts": 0,
+            "cancel_requested": False,
+            "created_at": _now(),
+            "webhook": self.cipher.seal_json(new.webhook),
+        }
+
+    @staticmethod
+    def _accepted(made: dict[str, Any] | BitingLipError, new: NewJob) -> Job | BitingLipError:
+        """The written job as a detached row with its plaintext payload, as `get` returns one."""
+        if isinstance(made, BitingLipError):
+            return made
+        return Job(**{**made, "params": new.params, "webhook": new.webhook})
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
         with self.db.session() as s:

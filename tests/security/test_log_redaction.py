@@ -16,8 +16,10 @@ from pathlib import Path
 
 import httpx
 import jwt
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bitinglip.logs import MAX_TRACEBACK_LINES, REDACTED, Redactor
+from bitinglip.logs import _MIGHT_HOLD_A_CREDENTIAL, _PATTERNS, MAX_TRACEBACK_LINES, REDACTED, Redactor
 from tests.conftest import EMBEDDING_MODEL, TEXT_MODEL
 from tests.platform_harness import Platform
 from tests.security.conftest import envelope
@@ -193,3 +195,46 @@ def test_redactor_masks_every_credential_shape() -> None:
     plain = "usage prompt_tokens=37 max_tokens=4 tokens_per_day=100; the login token has expired"
     assert redact(None, "info", {"event": plain})["event"] == plain
     assert redact(None, "info", {"event": "a \ud800 b"})["event"] == "a \\ud800 b"  # writable, not a crash
+
+
+_FRAGMENTS = [
+    "bl-0123456789ab-",
+    "S" * 40,
+    "eyJhbGciOiJ9",
+    ".",
+    "eyJzdWIi",
+    "Bearer ",
+    "BASIC ",
+    "Token ",
+    "password",
+    "PassWd",
+    "secret",
+    "api_key",
+    "API-KEY",
+    "apikey",
+    "auth_string",
+    "Auth-String",
+    "authorization",
+    "credentials",
+    "postgresql://",
+    "user:",
+    "pw@",
+    "host",
+    "=",
+    ": ",
+    '"',
+    "'",
+    " ",
+    "&",
+    "x" * 12,
+    "b'",
+]
+
+
+@given(st.lists(st.sampled_from(_FRAGMENTS) | st.text(max_size=8), max_size=12).map("".join))
+@settings(max_examples=2000, deadline=None)
+def test_the_quick_gate_never_skips_what_a_pattern_would_mask(text: str) -> None:
+    """Lines without any trigger word skip the masking patterns (the common case, cheaply); the gate
+    must hold for every line a pattern would change."""
+    if any(pattern.search(text) for pattern, _ in _PATTERNS):
+        assert _MIGHT_HOLD_A_CREDENTIAL.search(text), text
