@@ -26,9 +26,13 @@ from bitinglip.result_cache import CacheUse
 from bitinglip.serving.serving import OpenAIServing
 
 
-async def get_state(request: Request) -> GatewayState:
+def _gateway(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.gateway
     return state
+
+
+async def get_state(request: Request) -> GatewayState:
+    return _gateway(request)
 
 
 StateDep = Annotated[GatewayState, Depends(get_state)]
@@ -43,11 +47,14 @@ BEARER = HTTPBearer(
 async def authenticated(
     request: Request,
     response: Response,
-    state: StateDep,
     _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
 ) -> Principal:
-    """The caller, counted against its rate limit; the limit's state goes out in X-RateLimit-*."""
-    principal, rate = await state.auth.authenticate(request.headers.get("authorization"), request.url.path)
+    """The caller, counted against its rate limit; the limit's state goes out in X-RateLimit-*.
+
+    The dependencies on every request take services from the request (`_gateway`), not through
+    `StateDep`: FastAPI resolves each dependency node anew on every request, cached or not, and at a
+    few hundred requests a second the nodes were a third of an accepted job's time in the gateway."""
+    principal, rate = await _gateway(request).auth.authenticate(request.headers.get("authorization"), request.url.path)
     response.headers.update(rate.headers())
     request.state.principal = principal
     bind_caller(principal)  # model lookups in this request see only the models the caller may use
@@ -57,8 +64,8 @@ async def authenticated(
 PrincipalDep = Annotated[Principal, Depends(authenticated)]
 
 
-async def _admin(who: PrincipalDep, state: StateDep, request: Request) -> Principal:
-    state.auth.require_admin(who, f"{request.method} {request.url.path}")
+async def _admin(who: PrincipalDep, request: Request) -> Principal:
+    _gateway(request).auth.require_admin(who, f"{request.method} {request.url.path}")
     return who
 
 
@@ -72,53 +79,56 @@ async def _scope(who: PrincipalDep) -> str | None:
     return who.scope
 
 
-async def _settings(state: StateDep) -> Settings:
-    return state.settings
+async def _settings(request: Request) -> Settings:
+    return _gateway(request).settings
 
 
-async def _metered(state: StateDep, who: PrincipalDep, request: Request, response: Response) -> MeteredInference:
+async def _metered(who: PrincipalDep, request: Request, response: Response) -> MeteredInference:
     """`Cache-Control: no-cache|no-store` opts out of the result cache; `X-Cache` says what it did."""
 
     def report(outcome: str) -> None:
         response.headers["X-Cache"] = outcome
 
     use = CacheUse.from_header(request.headers.get("cache-control"), report)
+    state = _gateway(request)
     return MeteredInference(state.inference, state.limiter, who, use)
 
 
-async def _jobs(state: StateDep) -> JobService:
-    return state.jobs
+async def _jobs(request: Request) -> JobService:
+    return _gateway(request).jobs
 
 
-async def _models(state: StateDep) -> ModelService:
-    return state.models
+async def _models(request: Request) -> ModelService:
+    return _gateway(request).models
 
 
-async def _memory(state: StateDep) -> ModelMemoryService:
+async def _memory(request: Request) -> ModelMemoryService:
+    state = _gateway(request)
     return ModelMemoryService(state.models, state.workers, state.worker_client)
 
 
-async def _workers(state: StateDep) -> WorkerDirectory:
-    return state.workers
+async def _workers(request: Request) -> WorkerDirectory:
+    return _gateway(request).workers
 
 
-async def _openai(state: StateDep, metered: Annotated[MeteredInference, Depends(_metered)]) -> OpenAIServing:
-    return OpenAIServing(metered, state.models)
+async def _openai(request: Request, metered: Annotated[MeteredInference, Depends(_metered)]) -> OpenAIServing:
+    return OpenAIServing(metered, _gateway(request).models)
 
 
-async def _files(state: StateDep) -> FileService:
-    return state.files
+async def _files(request: Request) -> FileService:
+    return _gateway(request).files
 
 
-async def _batches(state: StateDep) -> BatchService:
-    return state.batches
+async def _batches(request: Request) -> BatchService:
+    return _gateway(request).batches
 
 
-async def _auth(state: StateDep) -> AuthService:
-    return state.auth
+async def _auth(request: Request) -> AuthService:
+    return _gateway(request).auth
 
 
-async def _usage(state: StateDep) -> UsageService:
+async def _usage(request: Request) -> UsageService:
+    state = _gateway(request)
     return UsageService(state.settings, state.auth.accounts, state.limiter)
 
 

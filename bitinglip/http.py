@@ -39,7 +39,9 @@ _STATUS_TYPES = {
 }
 
 
-access_log = structlog.get_logger("bitinglip.access")
+# A plain logging logger, not structlog's: its line is queued as a record and dressed (context, time,
+# rendering) on the log writer's thread, not on the event loop before every answer goes out.
+access_log = logging.getLogger("bitinglip.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # The request's id, set by CorrelationIdMiddleware (None outside a request); readers call `.get()`.
@@ -95,13 +97,8 @@ class AccessLog:
             if self.observe is not None:
                 self.observe(scope, status, elapsed)
             if scope.get("path") not in ("/health", "/metrics/", "/metrics"):
-                access_log.info(
-                    "request",
-                    method=scope.get("method"),
-                    path=scope.get("path"),
-                    status=status,
-                    ms=round(elapsed * 1000, 1),
-                )
+                fields = {"method": scope.get("method"), "path": scope.get("path"), "status": status}
+                access_log.info("request", extra={**fields, "ms": round(elapsed * 1000, 1)})
             structlog.contextvars.unbind_contextvars("request_id")
 
 
