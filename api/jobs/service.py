@@ -8,7 +8,6 @@ from functools import cached_property
 from typing import Literal
 
 from pydantic import BaseModel
-from sqlalchemy.orm import Session
 
 from api.jobs.schemas import _PRIORITY_NAMES, JobPageView, JobRequest, JobView, QueueStatus
 from api.models.service import ModelService
@@ -105,15 +104,6 @@ class JobService:
         # a model the caller may not use is unknown to them: refused here, at acceptance
         record = await self.models.resolve(params.model or self.settings.default_model(request.type), request.type, who)
         kind, amount = usage.estimate(params, self.settings.default_max_tokens)
-        ledger, caps = self._ledger, who.quota_caps(kind)
-
-        def within(session: Session, job_id: str) -> None:
-            """The hold, named after the job (its worker settles it), and the idempotency key commit
-            with the job's row or not at all."""
-            ledger.reserve_in(session, kind, amount, caps, hold_id=usage.job_hold_id(job_id))
-            if claim is not None:
-                claim.record(session, job_id)
-
         new = NewJob(
             type_=request.type,
             model=record.id,
@@ -121,7 +111,10 @@ class JobService:
             priority=int(Priority.for_job(request.priority)),
             owner=who.username,
             request_id=REQUEST_ID.get(),
-            within=within,
+            # the hold, named after the job (its worker settles it), and the idempotency key commit with the
+            # job's row or not at all
+            hold=usage.HoldRequest(kind, amount, who.quota_caps(kind)),
+            within=None if claim is None else claim.record,
             webhook=webhook,
         )
         # a job with an idempotency key gets a transaction of its own: losing a race for the key rolls
@@ -162,16 +155,12 @@ class JobService:
         await self._settle_if_final(job)
         return (await self._views([job]))[0]
 
-    @property
-    def _ledger(self) -> usage.UsageLedger:
-        return usage.UsageLedger(self.store.db)
-
     async def _settle_if_final(self, job: Job) -> None:
         """A job that ended without running (cancelled while queued) gives its reservation back; one
         the worker finished was settled there already (settling twice does nothing)."""
         if job.status in ("completed", "failed", "cancelled"):
             actual = usage.job_usage(job.type, job.result)
-            await asyncio.to_thread(self._ledger.settle, usage.job_hold_id(job.id), actual)
+            await asyncio.to_thread(self.store.ledger.settle, usage.job_hold_id(job.id), actual)
 
     # -- deletion by the owner
 

@@ -17,6 +17,8 @@ from sqlalchemy import ColumnElement, CursorResult, Delete, Table, Update, delet
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from bitinglip.auth import usage
+from bitinglip.auth.usage import HoldRequest, UsageLedger
 from bitinglip.config import get_settings
 from bitinglip.crypto import Cipher
 from bitinglip.db.paging import after_cursor
@@ -35,6 +37,10 @@ def _rows(session: Session, statement: Update | Delete) -> int:
 
 
 _INSERT_JOB = insert(cast(Table, Job.__table__))
+
+
+def _counters_of(new: NewJob) -> tuple[str, ...]:
+    return tuple(subject for subject, _ in new.hold.caps) if new.hold is not None else ()
 
 
 def _now() -> datetime:
@@ -70,7 +76,8 @@ class JobPage:
 
 @dataclass(frozen=True)
 class NewJob:
-    """A job to accept; `within(session, job_id)` runs in the transaction that inserts it."""
+    """A job to accept; `within(session, job_id)` runs in the transaction that inserts it, after its
+    `hold` was granted."""
 
     type_: str
     model: str
@@ -80,6 +87,7 @@ class NewJob:
     request_id: str | None = None
     within: Callable[[Session, str], object] | None = None
     webhook: dict[str, Any] | None = None  # {"url", "events"}, sealed like params
+    hold: HoldRequest | None = None  # the quota it may use, held in the INSERT's transaction (`job:ID`)
 
 
 class JobStore:
@@ -87,6 +95,7 @@ class JobStore:
         """`cipher` defaults to the keys in this process's settings (every process reads the same)."""
         self.db = db
         self.cipher = cipher or Cipher.from_settings(get_settings())
+        self.ledger = UsageLedger(db)
 
     def _open(self, job: Job) -> Job:
         """Plaintext payload on the (detached) row, without marking it changed."""
@@ -125,26 +134,37 @@ class JobStore:
         return made
 
     def create_many(self, jobs: list[NewJob]) -> list[Job | BitingLipError]:
-        """Each job with its `within` (its quota hold) in one transaction and one commit for all; a job
-        whose `within` refuses it (a BitingLipError, which leaves the transaction as it found it) is
-        answered with that error and the others are written. Any other failure fails them all."""
+        """Each job with its quota hold and its `within` in one transaction and one commit for all; a
+        job whose hold is refused, or whose `within` refuses it (a BitingLipError, which leaves the
+        transaction as it found it), is answered with that error and the others are written. Any other
+        failure fails them all."""
         made: dict[int, dict[str, Any] | BitingLipError] = {}
-        # by owner: the quota counters each job's hold locks (its user's, then its key's) are taken in one
-        # order by every group and every settlement, so two transactions never wait on each other in a circle
-        order = sorted(range(len(jobs)), key=lambda i: jobs[i].owner)
+        # by owner, then the counters each hold names (user before key): the quota counters are locked in
+        # one order by every group and every settlement, so two transactions never wait on each other in a circle
+        order = sorted(range(len(jobs)), key=lambda i: (jobs[i].owner, _counters_of(jobs[i])))
+        rows = {i: self._row(jobs[i]) for i in order}
         with self.db.session() as s:
+            holding = [i for i in order if jobs[i].hold is not None]
+            requests = [(usage.job_hold_id(rows[i]["id"]), cast(HoldRequest, jobs[i].hold)) for i in holding]
+            refused = {
+                i: outcome
+                for i, outcome in zip(holding, self.ledger.reserve_all(s, requests), strict=True)
+                if isinstance(outcome, BitingLipError)
+            }
             for i in order:
-                new, row = jobs[i], self._row(jobs[i])
+                new, row = jobs[i], rows[i]
                 try:
+                    if i in refused:
+                        raise refused[i]
                     if new.within is not None:
                         new.within(s, row["id"])
-                except BitingLipError as refused:
-                    made[i] = refused
+                except BitingLipError as refusal:
+                    made[i] = refusal
                     continue
                 made[i] = row
-            rows = [row for row in made.values() if isinstance(row, dict)]
-            if rows:  # one batched INSERT for the group, as rows: no unit of work to track them
-                s.execute(_INSERT_JOB, rows)
+            written = [row for row in made.values() if isinstance(row, dict)]
+            if written:  # one batched INSERT for the group, as rows: no unit of work to track them
+                s.execute(_INSERT_JOB, written)
         return [self._accepted(made[i], jobs[i]) for i in range(len(jobs))]
 
     def _row(self, new: NewJob) -> dict[str, Any]:

@@ -5,6 +5,7 @@ happens once, a key's narrower quota and its user's are held together or not at 
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 from sqlalchemy.orm import Session
 
-from bitinglip.auth.usage import UsageLedger, job_hold_id
+from bitinglip.auth.usage import Hold, HoldRequest, UsageLedger
 from bitinglip.db.session import Database
 from bitinglip.db.tables import Job
 from bitinglip.errors import RateLimited, ServiceUnavailable
@@ -111,10 +112,7 @@ def test_a_group_of_jobs_commits_those_that_fit_and_refuses_the_others_alone(led
     user, key = ("user:gus", 100), ("key:g1", 20)
 
     def job(amount: int, caps: list[tuple[str, int | None]]) -> NewJob:
-        def hold(s: Session, job_id: str) -> object:
-            return ledger.reserve_in(s, "tokens", amount, caps, hold_id=job_hold_id(job_id))
-
-        return NewJob("text", "m@1", {"prompt": "hi"}, 2, "gus", within=hold)
+        return NewJob("text", "m@1", {"prompt": "hi"}, 2, "gus", hold=HoldRequest("tokens", amount, caps))
 
     made = store.create_many([job(15, [user, key]), job(15, [user, key]), job(60, [user])])
     assert isinstance(made[1], RateLimited) and "quota of 20" in str(made[1])  # the key's quota: 15 + 15 > 20
@@ -129,11 +127,7 @@ def test_concurrent_submissions_through_the_intake_are_all_written_once(ledger: 
 
     async def submit_all() -> list[Job | BaseException]:
         intake = JobIntake(store)
-
-        def hold(s: Session, job_id: str) -> object:
-            return ledger.reserve_in(s, "tokens", 3, [user], hold_id=job_hold_id(job_id))
-
-        new = NewJob("text", "m@1", {"prompt": "hi"}, 2, "hal", within=hold)
+        new = NewJob("text", "m@1", {"prompt": "hi"}, 2, "hal", hold=HoldRequest("tokens", 3, [user]))
         try:
             return await asyncio.gather(*(intake.create(new) for _ in range(40)), return_exceptions=True)
         finally:
@@ -150,17 +144,15 @@ def test_one_jobs_failure_in_a_group_is_not_the_others(ledger: UsageLedger) -> N
     """A group whose transaction fails (here one row's own error; on PostgreSQL also a deadlock victim) is
     written again one job per transaction: the others are accepted, the bad one hears its own error."""
     store, user = JobStore(ledger.db), ("user:ivy", None)
-
-    def hold(s: Session, job_id: str) -> object:
-        return ledger.reserve_in(s, "tokens", 5, [user], hold_id=job_hold_id(job_id))
+    hold = HoldRequest("tokens", 5, [user])
 
     def broken(s: Session, job_id: str) -> object:
         raise RuntimeError("this job's row cannot be written")
 
     async def submit() -> list[Job | BaseException]:
         intake = JobIntake(store)
-        good = NewJob("text", "m@1", {"prompt": "hi"}, 2, "ivy", within=hold)
-        bad = NewJob("text", "m@1", {"prompt": "hi"}, 2, "ivy", within=broken)
+        good = NewJob("text", "m@1", {"prompt": "hi"}, 2, "ivy", hold=hold)
+        bad = NewJob("text", "m@1", {"prompt": "hi"}, 2, "ivy", hold=hold, within=broken)
         try:
             return await asyncio.gather(*(intake.create(j) for j in (good, bad, good, good)), return_exceptions=True)
         finally:
@@ -171,6 +163,71 @@ def test_one_jobs_failure_in_a_group_is_not_the_others(ledger: UsageLedger) -> N
     written = [o for o in outcomes if isinstance(o, Job)]
     assert len(written) == 3 and len(store.many([j.id for j in written])) == 3
     assert ledger.counters([user], "tokens")[0].reserved == 15  # three holds, none of the failed group's
+
+
+def test_a_group_grants_and_refuses_exactly_what_holds_one_by_one_would(ledger: UsageLedger) -> None:
+    """`reserve_all` takes a group's holds in a few statements (unlimited counters summed, each counter
+    locked once); for any mix of users, keys, limits and amounts its answers and counters are those of
+    `reserve_in` hold by hold, in the same order: a limited counter and an unlimited one on the same
+    subject, a key narrower than its user, refusals between grants."""
+    rng = random.Random(7)
+    seen: set[bool] = set()
+    for trial in range(25):
+        requests: list[HoldRequest] = []
+        for _ in range(rng.randint(1, 12)):
+            user = rng.choice(["ann", "bo"])
+            user_cap = (f"user:{user}", rng.choice([None, None, 40, 90]))
+            caps = [user_cap] + (
+                [(f"key:{user}{rng.randint(1, 2)}", rng.choice([None, 25]))] if rng.random() < 0.6 else []
+            )
+            requests.append(HoldRequest(rng.choice(["tokens", "images"]), rng.randint(1, 30), caps))
+
+        def renamed(request: HoldRequest, prefix: str) -> HoldRequest:
+            caps = [(f"{subject}-{prefix}", limit) for subject, limit in request.caps]
+            return HoldRequest(request.kind, request.amount, caps)
+
+        one_by_one: list[bool] = []
+        with ledger.db.session() as s:
+            for i, request in enumerate(requests):
+                try:
+                    r = renamed(request, f"a{trial}")
+                    ledger.reserve_in(s, r.kind, r.amount, r.caps, hold_id=f"a{trial}-{i}")
+                    one_by_one.append(True)
+                except RateLimited:
+                    one_by_one.append(False)
+        with ledger.db.session() as s:
+            group = ledger.reserve_all(s, [(f"g{trial}-{i}", renamed(r, f"g{trial}")) for i, r in enumerate(requests)])
+        assert [isinstance(outcome, Hold) for outcome in group] == one_by_one, (trial, requests)
+        seen.update(one_by_one)
+        for request in requests:
+            for kind in ("tokens", "images"):
+                a = ledger.counters(renamed(request, f"a{trial}").caps, kind)  # type: ignore[arg-type]
+                g = ledger.counters(renamed(request, f"g{trial}").caps, kind)  # type: ignore[arg-type]
+                assert [(c.used, c.reserved) for c in a] == [(c.used, c.reserved) for c in g], (trial, request)
+        for i, outcome in enumerate(group):  # and each granted hold settles as any other
+            if isinstance(outcome, Hold):
+                assert ledger.settle(f"g{trial}-{i}", 1) == 1
+    assert seen == {True, False}  # grants and refusals both happened
+
+
+def test_concurrent_groups_never_pass_the_quota(ledger: UsageLedger) -> None:
+    """Gateway replicas writing groups at once for the same user: a quota is never passed, and the
+    counters equal the holds written (no lost update on an unlimited counter summed by two groups)."""
+    store = JobStore(ledger.db)
+    limited = [("user:jo", 200), ("key:jo1", None)]
+    start = threading.Barrier(6)
+
+    def group(_: int) -> list[Job | RateLimited]:
+        start.wait()
+        jobs = [NewJob("text", "m@1", {"prompt": "hi"}, 2, "jo", hold=HoldRequest("tokens", 9, limited))] * 8
+        return store.create_many(jobs)  # type: ignore[return-value]
+
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = [o for made in pool.map(group, range(6)) for o in made]
+    written = [o for o in outcomes if isinstance(o, Job)]
+    assert len(written) == 200 // 9  # 22 of the 48 fit, whichever groups they were in
+    user, key = ledger.counters(limited, "tokens")
+    assert user.reserved == key.reserved == 9 * len(written)
 
 
 def test_a_stopped_intake_answers_every_submission() -> None:
