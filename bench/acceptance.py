@@ -22,8 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psutil
 
-from bench.harness import median, pct, running_platform
+from bench.harness import cpu_seconds, median, pct, running_platform
 from bitinglip.platform import PROJECT_DIR
 from bitinglip.supervisor import Supervisor
 from tests.cluster_harness import ClusterResources
@@ -81,8 +82,18 @@ def _measure(platform: Platform, seconds: float, label: str) -> None:
     print(f"{label}, {SUBMITTERS} submitters, {seconds:.0f} s per round:")
     health_rate, health = asyncio.run(_round(platform, seconds, "GET", "/api/v1/auth/me", 200))
     _report("GET /api/v1/auth/me", health_rate, health)
+    processes = {name: psutil.Process(child.process.pid) for name, child in platform.children.items()}
+    processes["load generator (this process)"] = psutil.Process()
+    before, started = cpu_seconds(list(processes.values())), time.perf_counter()
     rate, accepted = asyncio.run(_round(platform, seconds, "POST", "/api/v1/tasks", 202))
+    after, elapsed = cpu_seconds(list(processes.values())), time.perf_counter() - started
     _report("POST /api/v1/tasks", rate, accepted)
+    split = ", ".join(
+        f"{name} {100 * (after[p.pid] - before[p.pid]) / elapsed:.0f}%"
+        for name, p in processes.items()
+        if p.pid in before and p.pid in after
+    )
+    print(f"  CPU during it (% of one core; 2 cores here): {split}")
     print(f"  accepted/s vs auth/me: {rate / health_rate:.2f}   (targets: p95 <= 20 ms, >= 500/s)")
     _durable(platform)
 

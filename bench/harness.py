@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -47,6 +48,18 @@ def user_store(backend: str = "transformers") -> ModelStore:
                 backend=backend if name == MODEL else "transformers",
             )
     return store
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> dict[int, float]:
+    """CPU time used so far (user + system) by each process still there, by pid."""
+    seconds = {}
+    for p in processes:
+        try:
+            t = p.cpu_times()
+            seconds[p.pid] = t.user + t.system
+        except psutil.Error:
+            continue
+    return seconds
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 
+from bench.harness import cpu_seconds
 from tests.ops.up_process import bitinglip, start_up, up_env
 
 SETTLE_S = 20  # after ready: first heartbeats, registrations, model warm-up
@@ -37,17 +38,6 @@ def _component(p: psutil.Process) -> str:
     return "other: " + line[:60]
 
 
-def _cpu(processes: list[psutil.Process]) -> dict[int, float]:
-    seconds = {}
-    for p in processes:
-        try:
-            t = p.cpu_times()
-            seconds[p.pid] = t.user + t.system
-        except psutil.Error:
-            continue
-    return seconds
-
-
 def measure(lean: bool, seconds: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bitinglip-idle-") as tmp:
         home = Path(tmp) / "home"
@@ -59,9 +49,9 @@ def measure(lean: bool, seconds: float) -> dict[str, float]:
             time.sleep(SETTLE_S)
             root = psutil.Process(up.pid)
             processes = [root, *root.children(recursive=True)]
-            before = _cpu(processes)
+            before = cpu_seconds(processes)
             time.sleep(seconds)
-            after = _cpu(processes)
+            after = cpu_seconds(processes)
             shares: dict[str, float] = defaultdict(float)
             for p in processes:
                 if p.pid in before and p.pid in after:
