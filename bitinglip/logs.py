@@ -263,11 +263,11 @@ class LineWriter(threading.Thread):
         try:
             self.stream.write(text)
             self.stream.flush()
-        except (OSError, ValueError):  # the stream is closed or gone (a pipe's reader exited): nothing to tell
+        except Exception:  # a stream that is closed or gone must not end the writer; there is nobody to tell
             pass
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Writes what is still queued, then ends."""
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Writes what is still queued, then ends (a full queue of records with tracebacks takes seconds)."""
         try:
             self.records.put(self._STOP, timeout=timeout_s)
         except queue.Full:

@@ -154,8 +154,10 @@ class AuthService:
         return [KeyView.from_record(k) for k in await asyncio.to_thread(self.accounts.keys, scope)]
 
     async def revoke_key(self, who: Principal, key_id: str) -> KeyView:
-        record = await asyncio.to_thread(self.accounts.revoke_key, key_id, who.scope)
-        self.verified.clear()  # here at once; other replicas at their next epoch read
+        try:
+            record = await asyncio.to_thread(self.accounts.revoke_key, key_id, who.scope)
+        finally:  # even when the caller left meanwhile: here at once, other replicas at their next epoch read
+            self.verified.clear()
         audit("api_key_revoked", actor=who.username, key_id=key_id, for_user=record.username)
         return KeyView.from_record(record)
 

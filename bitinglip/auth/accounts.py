@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, func, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, Table, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -50,9 +51,12 @@ def _withdraws_credentials(s: Session) -> None:
     """Raises the credential epoch in this transaction: every gateway replica drops the credentials it
     keeps in memory (bitinglip/auth/credential_cache.py) once it commits. Called by every change that
     can withdraw or narrow what a key or login token may do."""
-    bumped = cast("CursorResult[Any]", s.execute(update(CredentialEpoch).values(epoch=CredentialEpoch.epoch + 1)))
-    if bumped.rowcount == 0:  # a database whose row is missing (made by create_all): start it
-        s.add(CredentialEpoch(id=1, epoch=1))
+    # an upsert, so a database whose row is missing (made by create_all) starts it, once however many
+    # changes come together
+    dialect = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
+    table = cast(Table, CredentialEpoch.__table__)
+    raised = dialect.insert(table).values(id=1, epoch=1)
+    s.execute(raised.on_conflict_do_update(index_elements=["id"], set_={"epoch": table.c.epoch + 1}))
 
 
 def _last_admin(username: str) -> Conflict:

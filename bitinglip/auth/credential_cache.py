@@ -66,6 +66,7 @@ class CredentialCache(Generic[T]):
         return value
 
     def clear(self) -> None:
+        """Drops everything, and whatever lookups in flight would have put back."""
         self._entries.clear()
         self._generation += 1
 
@@ -75,6 +76,8 @@ class CredentialCache(Generic[T]):
             return
         if self._checking is None:
             self._checking = asyncio.get_running_loop().create_task(self._check())
+            # its failure is every waiter's; if all of them left, it is still taken here, not logged as lost
+            self._checking.add_done_callback(lambda task: task.cancelled() or task.exception())
         await asyncio.shield(self._checking)
 
     async def _check(self) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, bindparam, delete, insert, literal, select, update
+from sqlalchemy import CursorResult, Table, bindparam, delete, false, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -95,12 +95,15 @@ _NEW_COUNTER = {  # the day's counter at zero, unless it is there already
     name: dialect.insert(_COUNTERS).values(used=0, reserved=0).on_conflict_do_nothing()
     for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
 }
-# Creates the day's counter or, when it is there, locks its row (PostgreSQL; SQLite has one writer): a
-# group of holds locks each counter when it first names it, so its locks follow the holds' own order.
+# Creates the day's counter or, when it is there, locks its row (PostgreSQL locks the conflicting row even
+# where the update's WHERE is false, and writes no new row version; SQLite has one writer): a group of
+# holds locks each counter when it first names it, so its locks follow the holds' own order.
 _LOCKED_COUNTER = {
     name: dialect.insert(_COUNTERS)
     .values(used=0, reserved=0)
-    .on_conflict_do_update(index_elements=["subject", "day", "kind"], set_={"reserved": _COUNTERS.c.reserved})
+    .on_conflict_do_update(
+        index_elements=["subject", "day", "kind"], set_={"reserved": _COUNTERS.c.reserved}, where=false()
+    )
     for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
 }
 _NEW_HOLD = insert(_HOLDS)
@@ -275,7 +278,7 @@ class UsageLedger:
           summed for it so far, so no hold passes a quota however the group is made up;
         - the holds' rows go in with one batched INSERT."""
         day, dialect = today(), "postgresql" if s.get_bind().dialect.name == "postgresql" else "sqlite"
-        locked: set[tuple[str, str]] = s.info.setdefault("usage_counters_locked", set())
+        locked: set[tuple[str, str]] = set()  # (subject, kind) of today's counters this call has locked
         summed: dict[tuple[str, str], int] = {}
         outcomes: list[Hold | RateLimited] = []
 
@@ -417,6 +420,10 @@ class UsageLedger:
                 .values(reserved=UsageCounter.reserved - amount, used=UsageCounter.used + charge)
             )
         return charge
+
+    def release_in(self, s: Session, hold_id: str) -> None:
+        """Gives a hold back inside the caller's transaction (work refused after its hold was granted)."""
+        self._release(s, hold_id)
 
     def _release(self, s: Session, hold_id: str) -> None:
         hold = self._take(s, hold_id)

@@ -268,5 +268,5 @@ class CredentialEpoch(Base):
 
     __tablename__ = "credential_epoch"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     epoch: Mapped[int] = mapped_column(Integer, default=0)

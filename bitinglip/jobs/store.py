@@ -136,8 +136,8 @@ class JobStore:
     def create_many(self, jobs: list[NewJob]) -> list[Job | BitingLipError]:
         """Each job with its quota hold and its `within` in one transaction and one commit for all; a
         job whose hold is refused, or whose `within` refuses it (a BitingLipError, which leaves the
-        transaction as it found it), is answered with that error and the others are written. Any other
-        failure fails them all."""
+        transaction as it found it; the job's granted hold is given back), is answered with that error
+        and the others are written. Any other failure fails them all."""
         made: dict[int, dict[str, Any] | BitingLipError] = {}
         # by owner, then the counters each hold names (user before key): the quota counters are locked in
         # one order by every group and every settlement, so two transactions never wait on each other in a circle
@@ -159,6 +159,8 @@ class JobStore:
                     if new.within is not None:
                         new.within(s, row["id"])
                 except BitingLipError as refusal:
+                    if new.hold is not None and i not in refused:  # its granted hold goes back with it
+                        self.ledger.release_in(s, usage.job_hold_id(row["id"]))
                     made[i] = refusal
                     continue
                 made[i] = row
@@ -168,7 +170,7 @@ class JobStore:
         return [self._accepted(made[i], jobs[i]) for i in range(len(jobs))]
 
     def _row(self, new: NewJob) -> dict[str, Any]:
-        """A new job's row, every column the view reads given (a Core insert fills no ORM defaults)."""
+        """A new job's row with every column the answer shows, so the returned object carries them too."""
         return {
             "id": str(uuid.uuid4()),
             "request_id": new.request_id,
@@ -186,7 +188,7 @@ class JobStore:
 
     @staticmethod
     def _accepted(made: dict[str, Any] | BitingLipError, new: NewJob) -> Job | BitingLipError:
-        """The written job as a detached row with its plaintext payload, as `get` returns one."""
+        """The written job as an object outside any session, with its plaintext payload (the answer's view)."""
         if isinstance(made, BitingLipError):
             return made
         return Job(**{**made, "params": new.params, "webhook": new.webhook})

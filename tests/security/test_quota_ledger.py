@@ -14,12 +14,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bitinglip.auth.usage import Hold, HoldRequest, UsageLedger
+from bitinglip.auth.usage import Hold, HoldRequest, UsageLedger, job_hold_id
 from bitinglip.db.session import Database
-from bitinglip.db.tables import Job
-from bitinglip.errors import RateLimited, ServiceUnavailable
+from bitinglip.db.tables import Job, UsageHold
+from bitinglip.errors import Conflict, RateLimited, ServiceUnavailable
 from bitinglip.jobs.intake import JobIntake
 from bitinglip.jobs.store import JobStore, NewJob
 
@@ -238,3 +239,21 @@ def test_a_stopped_intake_answers_every_submission() -> None:
             await intake.create(NewJob("text", "m@1", {}, 2, "ivy"))
 
     asyncio.run(after_stop())
+
+
+def test_a_job_refused_after_its_hold_was_granted_gives_the_hold_back(ledger: UsageLedger) -> None:
+    store, user = JobStore(ledger.db), ("user:kim", 100)
+
+    def refuse(s: Session, job_id: str) -> object:
+        raise Conflict("refused after its hold was granted")
+
+    made = store.create_many(
+        [
+            NewJob("text", "m@1", {"prompt": "hi"}, 2, "kim", hold=HoldRequest("tokens", 30, [user]), within=refuse),
+            NewJob("text", "m@1", {"prompt": "hi"}, 2, "kim", hold=HoldRequest("tokens", 20, [user])),
+        ]
+    )
+    assert isinstance(made[0], Conflict) and isinstance(made[1], Job)
+    assert ledger.counters([user], "tokens")[0].reserved == 20
+    with ledger.db.session() as s:
+        assert list(s.scalars(select(UsageHold.id))) == [job_hold_id(made[1].id)]

@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
+from sqlalchemy import delete
 
+from bitinglip.auth.accounts import AccountStore
 from bitinglip.auth.credential_cache import CredentialCache
+from bitinglip.auth.principal import Limits
+from bitinglip.db.session import Database
+from bitinglip.db.tables import CredentialEpoch
 
 
 class Clock:
@@ -20,7 +26,7 @@ class Clock:
         return self.now
 
 
-class Database:
+class Accounts:
     """What the cache reads: an epoch and credentials, counting every read."""
 
     def __init__(self) -> None:
@@ -43,12 +49,12 @@ class Database:
         return load
 
 
-def cache(db: Database, clock: Clock, recheck_s: float = 1.0, ttl_s: float = 60.0) -> CredentialCache[str]:
+def cache(db: Accounts, clock: Clock, recheck_s: float = 1.0, ttl_s: float = 60.0) -> CredentialCache[str]:
     return CredentialCache(db.read_epoch, recheck_s, ttl_s=ttl_s, clock=clock)
 
 
 async def test_a_verified_credential_is_read_once_and_a_refused_one_every_time() -> None:
-    db, clock = Database(), Clock()
+    db, clock = Accounts(), Clock()
     verified = cache(db, clock)
     assert [await verified.get("good", db.loader("good")) for _ in range(5)] == ["alice"] * 5
     assert db.loads == 1 and db.epoch_reads == 1
@@ -57,7 +63,7 @@ async def test_a_verified_credential_is_read_once_and_a_refused_one_every_time()
 
 
 async def test_an_epoch_move_drops_everything_within_recheck() -> None:
-    db, clock = Database(), Clock()
+    db, clock = Accounts(), Clock()
     verified = cache(db, clock, recheck_s=1.0)
     await verified.get("good", db.loader("good"))
     del db.valid["good"]  # revoked elsewhere ...
@@ -71,7 +77,7 @@ async def test_an_epoch_move_drops_everything_within_recheck() -> None:
 
 
 async def test_an_unmoved_epoch_keeps_entries_and_the_epoch_is_read_once_for_many() -> None:
-    db, clock = Database(), Clock()
+    db, clock = Accounts(), Clock()
     verified = cache(db, clock)
     await verified.get("good", db.loader("good"))
     clock.now += 5
@@ -82,7 +88,7 @@ async def test_an_unmoved_epoch_keeps_entries_and_the_epoch_is_read_once_for_man
 
 async def test_nothing_outlives_its_ttl() -> None:
     """A change made straight in the database raises no epoch; the entry's age bounds it."""
-    db, clock = Database(), Clock()
+    db, clock = Accounts(), Clock()
     verified = cache(db, clock, ttl_s=60)
     await verified.get("good", db.loader("good"))
     db.valid["good"] = "alice-demoted"
@@ -91,7 +97,7 @@ async def test_nothing_outlives_its_ttl() -> None:
 
 
 async def test_a_lookup_begun_before_a_drop_does_not_refill() -> None:
-    db, clock = Database(), Clock()
+    db, clock = Accounts(), Clock()
     verified = cache(db, clock)
     started, release = asyncio.Event(), asyncio.Event()
 
@@ -110,7 +116,7 @@ async def test_a_lookup_begun_before_a_drop_does_not_refill() -> None:
 
 
 async def test_recheck_zero_reads_every_time() -> None:
-    db, clock = Database(), Clock()
+    db, clock = Accounts(), Clock()
     verified = cache(db, clock, recheck_s=0)
     for _ in range(3):
         assert await verified.get("good", db.loader("good")) == "alice"
@@ -118,7 +124,7 @@ async def test_recheck_zero_reads_every_time() -> None:
 
 
 async def test_a_failed_epoch_read_fails_the_request_and_is_retried() -> None:
-    db, clock = Database(), Clock()
+    db, clock = Accounts(), Clock()
     calls = 0
 
     async def flaky() -> int:
@@ -132,3 +138,28 @@ async def test_a_failed_epoch_read_fails_the_request_and_is_retried() -> None:
     with pytest.raises(ConnectionError):
         await verified.get("good", db.loader("good"))
     assert await verified.get("good", db.loader("good")) == "alice" and calls == 2
+
+
+def test_every_change_that_withdraws_a_credential_raises_the_epoch(tmp_path: Path) -> None:
+    """On a real database: revoking, disabling, enabling, changing a role and changing limits each raise
+    the epoch in their own transaction, and a database whose epoch row is missing (made by create_all)
+    starts it on the first change."""
+    db = Database(f"sqlite:///{tmp_path / 'gateway.db'}")
+    accounts = AccountStore(db)
+    accounts.create_user("root", None, "admin")
+    accounts.create_user("dana", None, "user")
+    _, key = accounts.create_key("dana", "k")
+    with db.session() as s:
+        s.execute(delete(CredentialEpoch))
+    assert accounts.epoch() == 0
+    changes = [
+        lambda: accounts.revoke_key(key.id, None),
+        lambda: accounts.set_disabled("dana", True),
+        lambda: accounts.set_disabled("dana", False),
+        lambda: accounts.set_role("dana", "admin"),
+        lambda: accounts.set_limits("dana", Limits(rate_limit_per_minute=5), "root"),
+    ]
+    for expected, change in enumerate(changes, start=1):
+        change()
+        assert accounts.epoch() == expected
+    db.dispose()
