@@ -3,7 +3,8 @@ for the caller; every route but /health, the docs and login depends on `authenti
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -24,6 +25,8 @@ from bitinglip.idempotency import HEADER, check_key
 from bitinglip.models.access import bind_caller
 from bitinglip.result_cache import CacheUse
 from bitinglip.serving.serving import OpenAIServing
+
+T = TypeVar("T")
 
 
 def _gateway(request: Request) -> GatewayState:
@@ -79,10 +82,6 @@ async def _scope(who: PrincipalDep) -> str | None:
     return who.scope
 
 
-async def _settings(request: Request) -> Settings:
-    return _gateway(request).settings
-
-
 async def _metered(who: PrincipalDep, request: Request, response: Response) -> MeteredInference:
     """`Cache-Control: no-cache|no-store` opts out of the result cache; `X-Cache` says what it did."""
 
@@ -94,42 +93,17 @@ async def _metered(who: PrincipalDep, request: Request, response: Response) -> M
     return MeteredInference(state.inference, state.limiter, who, use)
 
 
-async def _jobs(request: Request) -> JobService:
-    return _gateway(request).jobs
+def _from_state(pick: Callable[[GatewayState], T]) -> Callable[[Request], Awaitable[T]]:
+    """A dependency for what the lifespan built (or makes from it), read from the request."""
 
+    async def dependency(request: Request) -> T:
+        return pick(_gateway(request))
 
-async def _models(request: Request) -> ModelService:
-    return _gateway(request).models
-
-
-async def _memory(request: Request) -> ModelMemoryService:
-    state = _gateway(request)
-    return ModelMemoryService(state.models, state.workers, state.worker_client)
-
-
-async def _workers(request: Request) -> WorkerDirectory:
-    return _gateway(request).workers
+    return dependency
 
 
 async def _openai(request: Request, metered: Annotated[MeteredInference, Depends(_metered)]) -> OpenAIServing:
     return OpenAIServing(metered, _gateway(request).models)
-
-
-async def _files(request: Request) -> FileService:
-    return _gateway(request).files
-
-
-async def _batches(request: Request) -> BatchService:
-    return _gateway(request).batches
-
-
-async def _auth(request: Request) -> AuthService:
-    return _gateway(request).auth
-
-
-async def _usage(request: Request) -> UsageService:
-    state = _gateway(request)
-    return UsageService(state.settings, state.auth.accounts, state.limiter)
 
 
 async def _idempotency_key(
@@ -153,17 +127,21 @@ def replayed(response: Response, replay: bool) -> None:
         response.headers["Idempotent-Replayed"] = "true"
 
 
-SettingsDep = Annotated[Settings, Depends(_settings)]
+SettingsDep = Annotated[Settings, Depends(_from_state(lambda s: s.settings))]
 InferenceDep = Annotated[MeteredInference, Depends(_metered)]
-JobServiceDep = Annotated[JobService, Depends(_jobs)]
-ModelServiceDep = Annotated[ModelService, Depends(_models)]
-ModelMemoryDep = Annotated[ModelMemoryService, Depends(_memory)]
-WorkerDirectoryDep = Annotated[WorkerDirectory, Depends(_workers)]
+JobServiceDep = Annotated[JobService, Depends(_from_state(lambda s: s.jobs))]
+ModelServiceDep = Annotated[ModelService, Depends(_from_state(lambda s: s.models))]
+ModelMemoryDep = Annotated[
+    ModelMemoryService, Depends(_from_state(lambda s: ModelMemoryService(s.models, s.workers, s.worker_client)))
+]
+WorkerDirectoryDep = Annotated[WorkerDirectory, Depends(_from_state(lambda s: s.workers))]
 OpenAIServingDep = Annotated[OpenAIServing, Depends(_openai)]
-FileServiceDep = Annotated[FileService, Depends(_files)]
-BatchServiceDep = Annotated[BatchService, Depends(_batches)]
-AuthServiceDep = Annotated[AuthService, Depends(_auth)]
-UsageServiceDep = Annotated[UsageService, Depends(_usage)]
+FileServiceDep = Annotated[FileService, Depends(_from_state(lambda s: s.files))]
+BatchServiceDep = Annotated[BatchService, Depends(_from_state(lambda s: s.batches))]
+AuthServiceDep = Annotated[AuthService, Depends(_from_state(lambda s: s.auth))]
+UsageServiceDep = Annotated[
+    UsageService, Depends(_from_state(lambda s: UsageService(s.settings, s.auth.accounts, s.limiter)))
+]
 AdminDep = Annotated[Principal, Depends(_admin)]
 OwnerDep = Annotated[str, Depends(_owner)]
 ScopeDep = Annotated[str | None, Depends(_scope)]
