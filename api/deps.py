@@ -34,11 +34,16 @@ def _gateway(request: Request) -> GatewayState:
     return state
 
 
-async def get_state(request: Request) -> GatewayState:
-    return _gateway(request)
+def _from_state(pick: Callable[[GatewayState], T]) -> Callable[[Request], Awaitable[T]]:
+    """A dependency for what the lifespan built (or makes from it), read from the request."""
+
+    async def dependency(request: Request) -> T:
+        return pick(_gateway(request))
+
+    return dependency
 
 
-StateDep = Annotated[GatewayState, Depends(get_state)]
+StateDep = Annotated[GatewayState, Depends(_from_state(lambda s: s))]
 
 
 # Declares the bearer scheme in OpenAPI (so /docs has "Authorize"); the header is checked below.
@@ -91,15 +96,6 @@ async def _metered(who: PrincipalDep, request: Request, response: Response) -> M
     use = CacheUse.from_header(request.headers.get("cache-control"), report)
     state = _gateway(request)
     return MeteredInference(state.inference, state.limiter, who, use)
-
-
-def _from_state(pick: Callable[[GatewayState], T]) -> Callable[[Request], Awaitable[T]]:
-    """A dependency for what the lifespan built (or makes from it), read from the request."""
-
-    async def dependency(request: Request) -> T:
-        return pick(_gateway(request))
-
-    return dependency
 
 
 async def _openai(request: Request, metered: Annotated[MeteredInference, Depends(_metered)]) -> OpenAIServing:

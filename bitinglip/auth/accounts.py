@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, CursorResult, Table, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -21,7 +20,7 @@ from bitinglip.auth.credentials import (
     verify_password,
 )
 from bitinglip.auth.principal import Limits
-from bitinglip.db.session import Database
+from bitinglip.db.session import Database, dialect_of, per_dialect
 from bitinglip.db.tables import ApiKey, CredentialEpoch, User, UserLimits
 from bitinglip.errors import Conflict, InvalidRequest, NotFound
 
@@ -47,16 +46,23 @@ def _leaves_an_admin(s: Session, username: str) -> ColumnElement[bool]:
     return or_(User.role != "admin", User.disabled.is_(True), others > 0)
 
 
+# an upsert, so a database whose row is missing (made by create_all) starts it, once however many
+# changes come together
+_EPOCHS = cast(Table, CredentialEpoch.__table__)
+_RAISE_EPOCH = per_dialect(
+    lambda dialect: (
+        dialect.insert(_EPOCHS)
+        .values(id=1, epoch=1)
+        .on_conflict_do_update(index_elements=["id"], set_={"epoch": _EPOCHS.c.epoch + 1})
+    )
+)
+
+
 def _withdraws_credentials(s: Session) -> None:
     """Raises the credential epoch in this transaction: every gateway replica drops the credentials it
     keeps in memory (bitinglip/auth/credential_cache.py) once it commits. Called by every change that
     can withdraw or narrow what a key or login token may do."""
-    # an upsert, so a database whose row is missing (made by create_all) starts it, once however many
-    # changes come together
-    dialect = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
-    table = cast(Table, CredentialEpoch.__table__)
-    raised = dialect.insert(table).values(id=1, epoch=1)
-    s.execute(raised.on_conflict_do_update(index_elements=["id"], set_={"epoch": table.c.epoch + 1}))
+    s.execute(_RAISE_EPOCH[dialect_of(s)])
 
 
 def _last_admin(username: str) -> Conflict:

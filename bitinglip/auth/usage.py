@@ -16,11 +16,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Table, bindparam, delete, false, insert, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from bitinglip.auth.principal import Cap, QuotaKind
-from bitinglip.db.session import Database
+from bitinglip.db.session import Database, dialect_of, per_dialect
 from bitinglip.db.tables import ApiKey, UsageCounter, UsageHold
 from bitinglip.errors import RateLimited
 from bitinglip.schemas import EmbeddingParams, ImageParams, TextGenerationParams
@@ -91,22 +90,32 @@ _RAISE_WITHIN_LIMIT = _RAISE.where(
     _COUNTERS.c.used + _COUNTERS.c.reserved + bindparam("b_amount") <= bindparam("b_limit")
 )
 _LOWER = update(_COUNTERS).where(*_ONE_COUNTER).values(reserved=_COUNTERS.c.reserved - bindparam("b_amount"))
-_NEW_COUNTER = {  # the day's counter at zero, unless it is there already
-    name: dialect.insert(_COUNTERS).values(used=0, reserved=0).on_conflict_do_nothing()
-    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
-}
+# the day's counter at zero, unless it is there already
+_NEW_COUNTER = per_dialect(
+    lambda dialect: dialect.insert(_COUNTERS).values(used=0, reserved=0).on_conflict_do_nothing()
+)
 # Creates the day's counter or, when it is there, locks its row (PostgreSQL locks the conflicting row even
 # where the update's WHERE is false, and writes no new row version; SQLite has one writer): a group of
 # holds locks each counter when it first names it, so its locks follow the holds' own order.
-_LOCKED_COUNTER = {
-    name: dialect.insert(_COUNTERS)
-    .values(used=0, reserved=0)
-    .on_conflict_do_update(
-        index_elements=["subject", "day", "kind"], set_={"reserved": _COUNTERS.c.reserved}, where=false()
+_LOCKED_COUNTER = per_dialect(
+    lambda dialect: (
+        dialect.insert(_COUNTERS)
+        .values(used=0, reserved=0)
+        .on_conflict_do_update(
+            index_elements=["subject", "day", "kind"], set_={"reserved": _COUNTERS.c.reserved}, where=false()
+        )
     )
-    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
-}
+)
 _NEW_HOLD = insert(_HOLDS)
+
+
+def _on(subject: str, day: str, kind: str, amount: int, limit: int | None = None) -> dict[str, Any]:
+    """The bound values of the counter statements above, for one counter."""
+    return {"b_subject": subject, "b_day": day, "b_kind": kind, "b_amount": amount, "b_limit": limit}
+
+
+def _hold_row(hold_id: str, day: str, kind: str, amount: int, caps: list[Cap]) -> dict[str, Any]:
+    return {"id": hold_id, "day": day, "kind": kind, "amount": amount, "caps": [list(c) for c in caps]}
 
 
 def job_hold_id(job_id: str) -> str:
@@ -255,16 +264,11 @@ class UsageLedger:
         raised: list[str] = []
         for subject, limit in caps:
             self._ensure_counter(s, subject, day, kind)
-            counter = {"b_subject": subject, "b_day": day, "b_kind": kind, "b_amount": amount, "b_limit": limit}
-            held = s.execute(_RAISE if limit is None else _RAISE_WITHIN_LIMIT, counter)
+            held = s.execute(_RAISE if limit is None else _RAISE_WITHIN_LIMIT, _on(subject, day, kind, amount, limit))
             if _rows(held) != 1:
-                refusal = quota_exceeded(kind, self._counter(s, subject, limit, day, kind), amount)
-                for done in raised:
-                    s.execute(_LOWER, {**counter, "b_subject": done})
-                raise refusal
+                raise self._refused(s, subject, limit, day, kind, amount, raised)
             raised.append(subject)
-        hold = {"id": hold_id, "day": day, "kind": kind, "amount": amount, "caps": [list(c) for c in caps]}
-        s.execute(_NEW_HOLD, hold)
+        s.execute(_NEW_HOLD, _hold_row(hold_id, day, kind, amount, caps))
         return Hold(hold_id, kind, amount)
 
     def reserve_all(self, s: Session, requests: list[tuple[str, HoldRequest]]) -> list[Hold | RateLimited]:
@@ -277,35 +281,27 @@ class UsageLedger:
         - a counter with a limit is raised per hold with the conditional UPDATE, after whatever was
           summed for it so far, so no hold passes a quota however the group is made up;
         - the holds' rows go in with one batched INSERT."""
-        day, dialect = today(), "postgresql" if s.get_bind().dialect.name == "postgresql" else "sqlite"
+        day, locking = today(), _LOCKED_COUNTER[dialect_of(s)]
         locked: set[tuple[str, str]] = set()  # (subject, kind) of today's counters this call has locked
         summed: dict[tuple[str, str], int] = {}
         outcomes: list[Hold | RateLimited] = []
 
         def raise_summed(subject: str, kind: str) -> None:
             if amount := summed.pop((subject, kind), 0):
-                s.execute(_RAISE, {"b_subject": subject, "b_day": day, "b_kind": kind, "b_amount": amount})
+                s.execute(_RAISE, _on(subject, day, kind, amount))
 
         for hold_id, request in requests:
             raised: list[str] = []
             refusal: RateLimited | None = None
             for subject, limit in request.caps:
                 if (subject, request.kind) not in locked:
-                    s.execute(_LOCKED_COUNTER[dialect], {"subject": subject, "day": day, "kind": request.kind})
+                    s.execute(locking, {"subject": subject, "day": day, "kind": request.kind})
                     locked.add((subject, request.kind))
                 if limit is None:
                     continue
                 raise_summed(subject, request.kind)
-                counter = {
-                    "b_subject": subject, "b_day": day, "b_kind": request.kind,
-                    "b_amount": request.amount, "b_limit": limit,
-                }  # fmt: skip
-                if _rows(s.execute(_RAISE_WITHIN_LIMIT, counter)) != 1:
-                    refusal = quota_exceeded(
-                        request.kind, self._counter(s, subject, limit, day, request.kind), request.amount
-                    )
-                    for done in raised:
-                        s.execute(_LOWER, {**counter, "b_subject": done})
+                if _rows(s.execute(_RAISE_WITHIN_LIMIT, _on(subject, day, request.kind, request.amount, limit))) != 1:
+                    refusal = self._refused(s, subject, limit, day, request.kind, request.amount, raised)
                     break
                 raised.append(subject)
             if refusal is not None:
@@ -318,13 +314,23 @@ class UsageLedger:
         for subject, kind in list(summed):
             raise_summed(subject, kind)
         rows = [
-            {"id": hold_id, "day": day, "kind": r.kind, "amount": r.amount, "caps": [list(c) for c in r.caps]}
+            _hold_row(hold_id, day, r.kind, r.amount, r.caps)
             for (hold_id, r), outcome in zip(requests, outcomes, strict=True)
             if isinstance(outcome, Hold)
         ]
         if rows:
             s.execute(_NEW_HOLD, rows)
         return outcomes
+
+    def _refused(
+        self, s: Session, subject: str, limit: int | None, day: str, kind: QuotaKind, amount: int, raised: list[str]
+    ) -> RateLimited:
+        """`subject`'s quota refuses a hold: the refusal, with the counters the hold raised already
+        lowered again, so the transaction is as the hold found it."""
+        refusal = quota_exceeded(kind, self._counter(s, subject, limit, day, kind), amount)
+        for done in raised:
+            s.execute(_LOWER, _on(done, day, kind, amount))
+        return refusal
 
     def settle(self, hold_id: str, actual: int) -> int | None:
         """Moves the hold from `reserved` to `used` at its real count; None when it was settled already.
@@ -376,8 +382,7 @@ class UsageLedger:
         ensured: set[tuple[str, str, str]] = s.info.setdefault("usage_counters_ensured", set())
         if (subject, day, kind) in ensured:
             return
-        dialect = "postgresql" if s.get_bind().dialect.name == "postgresql" else "sqlite"
-        s.execute(_NEW_COUNTER[dialect], {"subject": subject, "day": day, "kind": kind})
+        s.execute(_NEW_COUNTER[dialect_of(s)], {"subject": subject, "day": day, "kind": kind})
         ensured.add((subject, day, kind))
 
     @staticmethod
@@ -431,4 +436,4 @@ class UsageLedger:
             return
         day, kind, amount, caps = hold
         for subject, _ in caps:
-            s.execute(_LOWER, {"b_subject": subject, "b_day": day, "b_kind": kind, "b_amount": amount})
+            s.execute(_LOWER, _on(subject, day, kind, amount))

@@ -8,14 +8,15 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from bitinglip.db.migrations import ADOPT, VERSION_TABLE, alembic_config
@@ -25,6 +26,20 @@ log = logging.getLogger(__name__)
 # PostgreSQL advisory lock ids, one place so they never collide
 SCHEMA_LOCK = 727274  # schema migration by replicas starting together
 STARTUP_LOCK = 727275  # gateway bootstrapping (first admin, model registry)
+
+
+T = TypeVar("T")
+
+
+def per_dialect(build: Callable[[Any], T]) -> dict[str, T]:
+    """`build(dialect)` for each database a gateway runs on, built once: `INSERT .. ON CONFLICT` is
+    dialect-specific in SQLAlchemy. Pick one with `dialect_of(session)`."""
+    return {"postgresql": build(postgresql), "sqlite": build(sqlite)}
+
+
+def dialect_of(s: Session) -> str:
+    """ "postgresql" or "sqlite": which of `per_dialect`'s statements a session runs."""
+    return "postgresql" if s.get_bind().dialect.name == "postgresql" else "sqlite"
 
 
 def make_engine(url: str) -> Engine:

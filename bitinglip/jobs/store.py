@@ -153,13 +153,14 @@ class JobStore:
             }
             for i in order:
                 new, row = jobs[i], rows[i]
+                if i in refused:
+                    made[i] = refused[i]
+                    continue
                 try:
-                    if i in refused:
-                        raise refused[i]
                     if new.within is not None:
                         new.within(s, row["id"])
                 except BitingLipError as refusal:
-                    if new.hold is not None and i not in refused:  # its granted hold goes back with it
+                    if new.hold is not None:  # its granted hold goes back with it
                         self.ledger.release_in(s, usage.job_hold_id(row["id"]))
                     made[i] = refusal
                     continue
