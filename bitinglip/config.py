@@ -211,6 +211,13 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device_map: str | None = Field(default=None, description="accelerate device_map, e.g. auto, balanced.")
     torch_threads: int | None = None
+    omp_spin_count: int = Field(
+        default=10_000,
+        ge=0,
+        description="How long torch's OpenMP threads spin before they sleep at a barrier (GOMP_SPINCOUNT) in "
+        "model workers; a GOMP_SPINCOUNT already in the environment wins. OpenMP's own default spins 30x longer, "
+        "which burns the CPU that Prefect and the gateway need beside the model (docs/architecture.md §3.8).",
+    )
     llama_kv_tokens: int = Field(
         default=4096,
         ge=256,

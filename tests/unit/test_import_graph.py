@@ -75,3 +75,19 @@ def test_serving_loads_no_model_library_nor_gateway_nor_flows() -> None:
     )
     assert {"bitinglip.serving.protocol", "bitinglip.serving.serving", "bitinglip.serving.offline"} <= loaded
     assert not {m.split(".")[0] for m in loaded} & {*MODEL_LIBRARIES, "api", "flows", "prefect"}
+
+
+def test_worker_command_sets_openmp_spins_before_torch_loads() -> None:
+    """libgomp reads GOMP_SPINCOUNT once, when torch loads: the CLI must not load torch before
+    `bitinglip worker` sets it, and an operator's own value wins."""
+    from bitinglip.cli import short_openmp_spins
+    from bitinglip.config import Settings
+
+    assert "torch" not in {m.split(".")[0] for m in _modules_after("import bitinglip.cli")}
+    settings = Settings()
+    environ: dict[str, str] = {}
+    short_openmp_spins(settings, environ)
+    assert environ == {"GOMP_SPINCOUNT": "10000"}
+    mine = {"GOMP_SPINCOUNT": "300000"}
+    short_openmp_spins(settings, mine)
+    assert mine == {"GOMP_SPINCOUNT": "300000"}
