@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from bitinglip.errors import InvalidRequest, ModelNotFound
 from bitinglip.models.backends import Backend
@@ -36,6 +37,8 @@ class FileEntry(BaseModel):
 
 
 class Manifest(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
     name: str
     revision: str
     task: Task
@@ -79,15 +82,13 @@ def hash_tree(root: Path) -> dict[str, FileEntry]:
 class ModelStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._parsed: dict[Path, tuple[tuple[int, int, int], Manifest]] = {}  # shared, so Manifest is frozen
 
     def path_for(self, name: str, revision: str) -> Path:
         return self.root / check_part(name, "model") / check_part(revision, "revision")
 
     def manifest(self, name: str, revision: str) -> Manifest | None:
-        file = self.path_for(name, revision) / MANIFEST
-        if not file.is_file():
-            return None
-        return Manifest.model_validate_json(file.read_text())
+        return self._read(self.path_for(name, revision) / MANIFEST)
 
     def installed(self) -> list[Manifest]:
         if not self.root.is_dir():
@@ -95,10 +96,30 @@ class ModelStore:
         found = []
         for file in sorted(self.root.glob(f"*/*/{MANIFEST}")):
             try:
-                found.append(Manifest.model_validate_json(file.read_text()))
+                manifest = self._read(file)
             except ValueError:
                 continue  # not ours or damaged: never served
+            if manifest is not None:
+                found.append(manifest)
         return found
+
+    def _read(self, file: Path) -> Manifest | None:
+        """Parsed again only when the file changed (its inode, size or mtime): every request and job
+        resolves its model here, and reading and parsing the file each time was ~15% of a worker's
+        event loop under async jobs (docs/architecture.md §3.3)."""
+        try:
+            info = file.stat()
+        except OSError:
+            self._parsed.pop(file, None)
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        seen = (info.st_ino, info.st_size, info.st_mtime_ns)
+        if (cached := self._parsed.get(file)) is not None and cached[0] == seen:
+            return cached[1]
+        manifest = Manifest.model_validate_json(file.read_text())
+        self._parsed[file] = (seen, manifest)
+        return manifest
 
     def resolve(self, model_id: str) -> Manifest:
         """NAME@REVISION, or NAME for its most recently installed revision."""
