@@ -165,8 +165,8 @@ class Settings(BaseSettings):
     prefect_lean: bool = Field(
         default=True,
         description="Prefect's server runs only the services the platform uses, at relaxed intervals (its idle "
-        "cost: docs/architecture.md §3.23), and records task runs and events in batches (§3.3); false: Prefect's "
-        "defaults, automations included.",
+        "cost: docs/architecture.md §3.23) and, without Redis, records task runs and events in batches (§3.3); "
+        "false: Prefect's defaults, automations included.",
     )
     prefect_redis_url: str | None = Field(
         default=None, description="Prefect messaging, cache and leases on Redis (prefect-redis), e.g. redis://h:6379/1."
@@ -567,6 +567,8 @@ class Settings(BaseSettings):
         )
         if self.prefect_lean:
             env.update(LEAN_PREFECT)
+            if self.prefect_redis_url is None:
+                env.update(BATCHED_RECORDING)
         if self.prefect_auth_string is not None:
             auth = self.prefect_auth_string.get_secret_value()
             env["PREFECT_API_AUTH_STRING"] = auth
@@ -586,15 +588,8 @@ class Settings(BaseSettings):
 
 # What an idle Prefect server does, cut to what the platform needs (docs/architecture.md §3.23): no automations
 # (the platform defines none) and no pause expirations (its flows never pause); the housekeeping loops that
-# poll the database every 5-20 s by default run once a minute. Task runs and events are recorded in batches
-# (Prefect's defaults: a database write per task-run event, events 20 at a time): an async job's task run costs
-# Prefect's server about half the CPU (§3.3); a state shows in the UI within a second of the event.
+# poll the database every 5-20 s by default run once a minute.
 LEAN_PREFECT = {
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
-    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "200",
-    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_READ_BATCH_SIZE": "100",
     "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
     "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_ENABLED": "false",
     "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "60",
@@ -603,6 +598,19 @@ LEAN_PREFECT = {
     "PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS": "60",
     "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "60",
     "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS": "60",
+}
+
+# Task runs and events recorded in batches (Prefect's defaults: a database write per task-run event, events 20
+# at a time): an async job's task run costs Prefect's server about half the CPU (docs/architecture.md §3.3); a
+# task run's state reaches the UI within a second, events within Prefect's 5 s as before. Embedded default
+# only: its in-memory broker loses whatever is queued in a crash anyway, where on Redis a batch would be
+# acknowledged before it is written.
+BATCHED_RECORDING = {
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "200",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_READ_BATCH_SIZE": "100",
 }
 
 

@@ -32,6 +32,8 @@ def not_installed(model_id: str) -> ModelNotFound:
 
 
 class FileEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
     size: int
     sha256: str
 

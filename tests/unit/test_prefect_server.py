@@ -107,3 +107,26 @@ def test_a_pubsub_that_reads_otherwise_is_left_alone(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(PubSub, "_queue_get", other)
     assert not prefect_server.relax_pubsub_reads(1.0)
     assert PubSub._queue_get is other
+
+
+@pytest.mark.parametrize("redis", [None, "redis://127.0.0.1:6379/9"])
+def test_lean_settings_are_prefect_settings_and_batch_recording_only_without_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis: str | None
+) -> None:
+    """Prefect ignores an environment name it does not know, so each one the lean server sets is read
+    back through Prefect's own settings; on Redis, events are not acknowledged before they are written."""
+    from prefect.settings import Settings as PrefectSettings
+
+    env = Settings(home_dir=tmp_path, prefect_lean=True, prefect_redis_url=redis).prefect_env()
+    for name, value in env.items():
+        if name.startswith("PREFECT_SERVER_SERVICES_"):
+            monkeypatch.setenv(name, value)
+    services = PrefectSettings().server.services
+    assert services.triggers.enabled is False and services.pause_expirations.enabled is False
+    assert services.late_runs.loop_seconds == services.foreman.loop_seconds == 60
+    recorder, persister = services.task_run_recorder, services.event_persister
+    if redis is None:
+        assert (recorder.batch_size, recorder.read_batch_size, recorder.flush_interval) == (100, 100, 1)
+        assert (persister.batch_size, persister.read_batch_size, persister.flush_interval) == (200, 100, 5)
+    else:  # Prefect's defaults
+        assert (recorder.batch_size, recorder.read_batch_size, persister.batch_size) == (1, 1, 20)
