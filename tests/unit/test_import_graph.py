@@ -84,7 +84,7 @@ def test_worker_command_sets_openmp_spins_before_torch_loads() -> None:
     from bitinglip.config import Settings
 
     assert "torch" not in {m.split(".")[0] for m in _modules_after("import bitinglip.cli")}
-    settings = Settings()
+    settings = Settings(omp_spin_count=10_000)
     environ: dict[str, str] = {}
     short_openmp_spins(settings, environ)
     assert environ == {"GOMP_SPINCOUNT": "10000"}
