@@ -12,11 +12,11 @@ from datetime import datetime
 
 import httpx
 
-from bench.harness import median, pct, running_platform
+from bench.harness import jobs_in_flight, median, pct, running_platform
 from tests.platform_harness import Platform
 
 JOBS = 200
-POLL_S = 0.1  # how often the round asks whether any job is still queued or running (one row a look)
+POLL_S = 0.1  # how often the round asks whether any job is still queued or running (the queue's counts)
 
 
 def sync_round(platform: Platform, clients: int, tag: str) -> float:
@@ -62,10 +62,7 @@ def run_round(platform: Platform, submitters: int, tag: str) -> float:
             accepted.extend(batch)
     ids = {job_id for job_id, _ in accepted}
     with platform.client(timeout=60) as client:
-        while any(
-            client.get("/api/v1/tasks", params={"status": status, "limit": 1}).json()["items"]
-            for status in ("queued", "running")
-        ):
+        while jobs_in_flight(client):
             time.sleep(POLL_S)
         wall = time.perf_counter() - t0
         page = client.get("/api/v1/tasks", params={"limit": 500}).json()["items"]

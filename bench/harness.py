@@ -101,6 +101,12 @@ def run_clients(
     return time.perf_counter() - started
 
 
+def jobs_in_flight(client: httpx.Client) -> int:
+    """Jobs queued or running on the platform, from the queue's counts (one query, however many jobs)."""
+    by_status = client.get("/api/v1/queue/status").json()["by_status"]
+    return int(by_status.get("queued", 0) + by_status.get("running", 0))
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:

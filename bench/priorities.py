@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from bench.engines import Level, chat
-from bench.harness import median, pct, run_clients
+from bench.harness import jobs_in_flight, median, pct, run_clients
 from bitinglip.config import Settings
 from bitinglip.models import installer
 from bitinglip.models.catalog import load_catalog
@@ -50,9 +50,7 @@ class Background:
         with self.platform.client(timeout=60) as client:
             i = 0
             while not self.stop.is_set():
-                by_status = client.get("/api/v1/queue/status").json()["by_status"]
-                waiting = by_status.get("queued", 0) + by_status.get("running", 0)
-                for _ in range(max(0, BACKLOG - waiting)):
+                for _ in range(max(0, BACKLOG - jobs_in_flight(client))):
                     topic = TOPICS[i % len(TOPICS)]
                     body = {
                         "type": "text",
@@ -116,8 +114,7 @@ def background_window(platform: Platform, with_interactive: bool) -> tuple[int, 
         feeder.cancel_all(client)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # let the engine drain before the next phase
-            by_status = client.get("/api/v1/queue/status").json()["by_status"]
-            if not by_status.get("queued", 0) and not by_status.get("running", 0):
+            if not jobs_in_flight(client):
                 break
             time.sleep(0.5)
     return tokens, (end - start).total_seconds(), level
