@@ -367,7 +367,7 @@ def _run(settings: Settings, console: Console, install: bool, replicas: int, sta
         console.print(
             f"  curl -s {settings.gateway_url}/api/v1/inference/text -H 'Content-Type: application/json' "
             f'-H "Authorization: Bearer $(cat {settings.admin_key_file})" '
-            """-d '{"messages":[{"role":"user","content":"Which city is the capital of France?"}],"""
+            """-d '{"messages":[{"role":"user","content":"What is the capital of France? Answer with one word."}],"""
             """"max_tokens":32,"temperature":0}'""",
             soft_wrap=True,
         )

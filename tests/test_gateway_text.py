@@ -6,9 +6,10 @@ import re
 
 import httpx
 
+from tests.conftest import CAPITAL_QUESTION
 from tests.platform_harness import Platform
 
-CAPITAL = [{"role": "user", "content": "Which city is the capital of France?"}]
+CAPITAL = [{"role": "user", "content": CAPITAL_QUESTION}]
 
 
 def assert_envelope(response: httpx.Response, status: int, code: str | None = None) -> dict[str, object]:

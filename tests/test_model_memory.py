@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EMBEDDING_MODEL, IMAGE_MODEL, TEXT_MODEL, TEXT_MODEL_FP32
+from tests.conftest import CAPITAL_QUESTION, EMBEDDING_MODEL, IMAGE_MODEL, TEXT_MODEL, TEXT_MODEL_FP32
 from tests.platform_harness import Platform
 from tests.test_gateway_text import assert_envelope
 
@@ -243,7 +243,7 @@ def test_the_gateway_takes_a_request_a_worker_has_no_room_for_elsewhere(
         "max_tokens": 2000,
         "ignore_eos": True,  # busy for the whole test, whatever the model would say
     }
-    question = [{"role": "user", "content": "Which city is the capital of France?"}]
+    question = [{"role": "user", "content": CAPITAL_QUESTION}]
     with client.stream("POST", "/api/v1/inference/text", json={**story, "stream": True}) as busy:
         lines = busy.iter_lines()
         assert '"delta"' in next(lines)  # the platform's worker is generating

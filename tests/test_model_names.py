@@ -11,13 +11,13 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import EMBEDDING_MODEL, TEXT_MODEL
+from tests.conftest import CAPITAL_QUESTION, EMBEDDING_MODEL, TEXT_MODEL
 from tests.platform_harness import Platform
 from tests.security.conftest import envelope
 
 SMOL_HUB = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
-CHAT = [{"role": "user", "content": "Which city is the capital of France?"}]
+CHAT = [{"role": "user", "content": CAPITAL_QUESTION}]
 
 
 def test_the_hugging_face_id_names_the_installed_model(platform: Platform) -> None:

@@ -13,7 +13,7 @@ from bitinglip.engines.text import TextEngine, _Row
 from bitinglip.engines.types import GenerationFailed, SamplingParams, TextDelta, TextRequest, TextResult
 from bitinglip.errors import ContextLengthExceeded, InvalidRequest
 from bitinglip.models.store import ModelStore
-from tests.conftest import TEXT_MODEL_FP32
+from tests.conftest import CAPITAL_QUESTION, TEXT_MODEL_FP32
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_model_was_converted_from_gguf_to_safetensors(model_store: ModelStore) -
 
 
 def test_mixed_batch_gives_each_request_its_own_answer(engine: TextEngine) -> None:
-    paris = chat(engine, "Which city is the capital of France?")
+    paris = chat(engine, CAPITAL_QUESTION)
     alone = engine.run_batch([TextRequest(paris, greedy())])[0]
     mixed = engine.run_batch(
         [
@@ -119,7 +119,7 @@ def test_context_and_input_checks(engine: TextEngine) -> None:
 
 def test_continuous_batching_admits_requests_mid_flight_without_changing_answers(engine: TextEngine) -> None:
     assert engine.supports_continuous
-    first = TextRequest(chat(engine, "Which city is the capital of France?"), greedy(max_tokens=24))
+    first = TextRequest(chat(engine, CAPITAL_QUESTION), greedy(max_tokens=24))
     late = TextRequest(engine.encode("1, 2, 3,", None), greedy(max_tokens=12))
     expected = {id(r): engine.run_batch([TextRequest(r.input_ids, r.sampling)])[0].text for r in (first, late)}
     done = {id(req): result for req, result in engine.step([first])}
@@ -221,7 +221,7 @@ def test_tiny_temperature_is_greedy_and_params_are_checked() -> None:
 
 
 def test_poison_rows_beside_normal_rows_in_a_static_batch(engine: TextEngine) -> None:
-    paris = chat(engine, "Which city is the capital of France?")
+    paris = chat(engine, CAPITAL_QUESTION)
     count = engine.encode("1, 2, 3,", None)
     expected = [engine.run_batch([TextRequest(p, greedy())])[0] for p in (paris, count)]
     greedy_count = engine.run_batch([TextRequest(count, greedy(max_tokens=16))])[0]
@@ -247,7 +247,7 @@ def test_poison_rows_beside_normal_rows_in_a_static_batch(engine: TextEngine) ->
 
 
 def test_poison_admitted_mid_flight_leaves_the_running_batch_alone(engine: TextEngine) -> None:
-    first = TextRequest(chat(engine, "Which city is the capital of France?"), greedy(max_tokens=24))
+    first = TextRequest(chat(engine, CAPITAL_QUESTION), greedy(max_tokens=24))
     late = TextRequest(engine.encode("1, 2, 3,", None), greedy(max_tokens=12))
     expected = {id(r): engine.run_batch([TextRequest(r.input_ids, r.sampling)])[0] for r in (first, late)}
     broken = out_of_vocabulary(engine)

