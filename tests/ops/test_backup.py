@@ -90,7 +90,7 @@ def test_backup_of_a_live_platform_restores_into_a_fresh_home(tmp_path: Path, mo
         assert job["status"] == "completed"
         assert admin.post(f"/api/v1/models/{EMBEDDING_MODEL}/pin").status_code == 200
         # A backup holds what Prefect has recorded by then: its server writes task runs in batches, within a
-        # second on the embedded default (docs/architecture.md §3.23).
+        # second on the embedded default (docs/architecture.md §3.3).
         assert prefect_task_run_state(original, job["prefect_run_id"]) == "COMPLETED"
         backup = cli(cli_env(settings), "backup", str(archive))  # while everything runs
         assert backup.returncode == 0, backup.stdout + backup.stderr
