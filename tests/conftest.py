@@ -26,6 +26,7 @@ from tests.platform_harness import Platform, platform_settings
 # margin at every token (1.9 nats at the narrowest); "Which city is the capital of France?" was a near tie at
 # its first token (0.03 nats) that the CPU decided: builds for AVX2 answered "Le Grand Château...".
 CAPITAL_QUESTION = "What is the capital of France? Answer with one word."
+CAPITAL = [{"role": "user", "content": CAPITAL_QUESTION}]  # as chat messages
 TEXT_MODEL = "smollm2-135m-instruct"  # served as users get it: the GGUF on llama.cpp (auto backend)
 TEXT_MODEL_FP32 = "smollm2-135m-fp32"  # the same GGUF converted for the transformers engine
 EMBEDDING_MODEL = "all-minilm-l6-v2"

@@ -6,10 +6,8 @@ import re
 
 import httpx
 
-from tests.conftest import CAPITAL_QUESTION
+from tests.conftest import CAPITAL
 from tests.platform_harness import Platform
-
-CAPITAL = [{"role": "user", "content": CAPITAL_QUESTION}]
 
 
 def assert_envelope(response: httpx.Response, status: int, code: str | None = None) -> dict[str, object]:

@@ -8,8 +8,9 @@ from typing import Any
 
 import httpx
 
+from tests.conftest import CAPITAL
 from tests.platform_harness import Platform
-from tests.test_gateway_text import CAPITAL, assert_envelope
+from tests.test_gateway_text import assert_envelope
 
 TERMINAL = {"completed", "failed", "cancelled"}
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CAPITAL_QUESTION, EMBEDDING_MODEL, IMAGE_MODEL, TEXT_MODEL, TEXT_MODEL_FP32
+from tests.conftest import CAPITAL, EMBEDDING_MODEL, IMAGE_MODEL, TEXT_MODEL, TEXT_MODEL_FP32
 from tests.platform_harness import Platform
 from tests.test_gateway_text import assert_envelope
 
@@ -243,7 +243,6 @@ def test_the_gateway_takes_a_request_a_worker_has_no_room_for_elsewhere(
         "max_tokens": 2000,
         "ignore_eos": True,  # busy for the whole test, whatever the model would say
     }
-    question = [{"role": "user", "content": CAPITAL_QUESTION}]
     with client.stream("POST", "/api/v1/inference/text", json={**story, "stream": True}) as busy:
         lines = busy.iter_lines()
         assert '"delta"' in next(lines)  # the platform's worker is generating
@@ -256,12 +255,12 @@ def test_the_gateway_takes_a_request_a_worker_has_no_room_for_elsewhere(
             sdk = platform.sdk()
             if stream:
                 chunks = sdk.chat.completions.create(
-                    model=TEXT_MODEL_FP32, messages=question, max_tokens=12, temperature=0, stream=True
+                    model=TEXT_MODEL_FP32, messages=CAPITAL, max_tokens=12, temperature=0, stream=True
                 )
                 text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
             else:
                 reply = sdk.chat.completions.create(
-                    model=TEXT_MODEL_FP32, messages=question, max_tokens=12, temperature=0
+                    model=TEXT_MODEL_FP32, messages=CAPITAL, max_tokens=12, temperature=0
                 )
                 text = reply.choices[0].message.content or ""
             assert "Paris" in text

@@ -11,30 +11,29 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import CAPITAL_QUESTION, EMBEDDING_MODEL, TEXT_MODEL
+from tests.conftest import CAPITAL, EMBEDDING_MODEL, TEXT_MODEL
 from tests.platform_harness import Platform
 from tests.security.conftest import envelope
 
 SMOL_HUB = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
-CHAT = [{"role": "user", "content": CAPITAL_QUESTION}]
 
 
 def test_the_hugging_face_id_names_the_installed_model(platform: Platform) -> None:
     client = platform.client()
     for alias in (SMOL_HUB, SMOL_HUB.lower(), f"{SMOL_HUB}@q4_1"):
-        reply = client.post("/api/v1/inference/text", json={"model": alias, "messages": CHAT, "max_tokens": 4})
+        reply = client.post("/api/v1/inference/text", json={"model": alias, "messages": CAPITAL, "max_tokens": 4})
         assert reply.status_code == 200 and reply.json()["model"] == f"{TEXT_MODEL}@q4_1", (alias, reply.text)
     embedded = client.post("/api/v1/inference/embeddings", json={"model": MINILM_HUB, "input": "hi"})
     assert embedded.status_code == 200 and embedded.json()["model"] == f"{EMBEDDING_MODEL}@main"
     job = client.post("/api/v1/tasks", json={"params": {"model": SMOL_HUB, "prompt": "hi", "max_tokens": 1}})
     assert job.status_code == 202 and job.json()["model"] == f"{TEXT_MODEL}@q4_1", job.text
     sdk = platform.sdk()
-    chat = sdk.chat.completions.create(model=SMOL_HUB, messages=CHAT, max_tokens=4, temperature=0)
+    chat = sdk.chat.completions.create(model=SMOL_HUB, messages=CAPITAL, max_tokens=4, temperature=0)
     assert chat.choices[0].message.content and chat.model == SMOL_HUB  # echoed as asked, as OpenAI does
     assert len(sdk.embeddings.create(model=MINILM_HUB, input=["a", "b"]).data[1].embedding) == 384
     with pytest.raises(openai.NotFoundError):  # a revision it does not have is no alias of anything
-        sdk.chat.completions.create(model=f"{SMOL_HUB}@main", messages=CHAT, max_tokens=1)
+        sdk.chat.completions.create(model=f"{SMOL_HUB}@main", messages=CAPITAL, max_tokens=1)
 
 
 def test_a_model_of_another_task_says_where_it_belongs(platform: Platform) -> None:
@@ -49,7 +48,7 @@ def test_a_model_of_another_task_says_where_it_belongs(platform: Platform) -> No
     assert "is a text-generation model; use /v1/chat/completions" in envelope(job, 400)["message"]
     sdk = platform.sdk()
     with pytest.raises(openai.BadRequestError) as raised:
-        sdk.chat.completions.create(model=EMBEDDING_MODEL, messages=CHAT, max_tokens=1)
+        sdk.chat.completions.create(model=EMBEDDING_MODEL, messages=CAPITAL, max_tokens=1)
     assert raised.value.code == "model_task_mismatch" and "use /v1/embeddings" in raised.value.message
     with pytest.raises(openai.BadRequestError) as raised:
         sdk.embeddings.create(model=TEXT_MODEL, input="hi")
@@ -87,7 +86,7 @@ def smol_withheld(platform: Platform) -> Iterator[openai.OpenAI]:
 def test_a_withheld_model_is_neither_found_by_alias_nor_suggested(smol_withheld: openai.OpenAI) -> None:
     for asked in (SMOL_HUB, "smollm2-135m-instruc", TEXT_MODEL):
         with pytest.raises(openai.NotFoundError) as raised:
-            smol_withheld.chat.completions.create(model=asked, messages=CHAT, max_tokens=1)
+            smol_withheld.chat.completions.create(model=asked, messages=CAPITAL, max_tokens=1)
         said, _, suggested = raised.value.message.partition("installed")
         assert "does not exist" in said and TEXT_MODEL not in suggested, raised.value.message
 
@@ -97,7 +96,7 @@ def test_hostile_model_names_are_404s_in_the_envelope(platform: Platform, name: 
     with platform.client() as client:
         for path, body in (
             ("/api/v1/inference/text", {"model": name, "prompt": "hi", "max_tokens": 1}),
-            ("/v1/chat/completions", {"model": name, "messages": CHAT, "max_tokens": 1}),
+            ("/v1/chat/completions", {"model": name, "messages": CAPITAL, "max_tokens": 1}),
             ("/v1/embeddings", {"model": name, "input": "hi"}),
         ):
             error = envelope(client.post(path, json=body), 404, "not_found_error")

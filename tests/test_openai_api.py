@@ -5,9 +5,8 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.conftest import TEXT_MODEL_FP32
+from tests.conftest import CAPITAL, TEXT_MODEL_FP32
 from tests.platform_harness import Platform
-from tests.test_gateway_text import CAPITAL
 
 MODEL = "smollm2-135m-instruct"
 

@@ -17,12 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import CAPITAL_QUESTION, TEXT_MODEL, TEXT_MODEL_FP32
+from tests.conftest import CAPITAL, TEXT_MODEL, TEXT_MODEL_FP32
 from tests.platform_harness import Platform
 from tests.security.conftest import envelope
 
-QUESTION = [{"role": "user", "content": CAPITAL_QUESTION}]
-NORMAL: dict[str, Any] = {"model": TEXT_MODEL, "messages": QUESTION, "max_tokens": 10, "temperature": 0}
+NORMAL: dict[str, Any] = {"model": TEXT_MODEL, "messages": CAPITAL, "max_tokens": 10, "temperature": 0}
 GREEDY_POISON: list[dict[str, Any]] = [  # tiny temperatures: the same answer as temperature 0
     {"temperature": 1e-300},
     {"temperature": 1e-30},
